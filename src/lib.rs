@@ -1,0 +1,1 @@
+//! costmap-operator: keeps LiteLLM's model cost map current in every proxy.

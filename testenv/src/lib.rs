@@ -1,0 +1,1 @@
+//! The local control plane and real LiteLLM maps for tests and xtask.
