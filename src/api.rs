@@ -1,0 +1,420 @@
+//! The `ModelCostMapSync` API (`costmap.dev/v1alpha1`).
+//!
+//! Doc comments on these types become the CRD's descriptions, and so what `kubectl explain`
+//! prints: they are written for the people who write the YAML.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of every resource this operator defines.
+pub const GROUP: &str = "costmap.dev";
+/// Set this annotation to any new value to ask for one sync now ("sync now").
+pub const SYNC_REQUESTED_AT_ANNOTATION: &str = "costmap.dev/sync-requested-at";
+/// Where LiteLLM itself fetches the map from.
+pub const DEFAULT_SOURCE_URL: &str =
+    "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json";
+/// The file name LiteLLM uses for the map, and the default ConfigMap key.
+pub const DEFAULT_KEY: &str = "model_prices_and_context_window.json";
+
+/// Go-style durations made of whole numbers: `90s`, `30m`, `1h30m`, `500ms`.
+const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+
+/// ModelCostMapSync keeps a ConfigMap filled with the current LiteLLM model cost map
+/// (prices and context windows) fetched from a source URL on an interval. The map is
+/// validated before it replaces the last good one, so a broken source never reaches proxies.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "costmap.dev",
+    version = "v1alpha1",
+    kind = "ModelCostMapSync",
+    namespaced,
+    status = "ModelCostMapSyncStatus",
+    shortname = "mcms",
+    category = "litellm",
+    doc = "ModelCostMapSync keeps a ConfigMap filled with the current, validated LiteLLM model cost map.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Models",
+        type_ = "integer",
+        json_path = ".status.artifact.models"
+    ),
+    printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#,
+        priority = 1
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCostMapSyncSpec {
+    /// Source is where the map is fetched from.
+    #[serde(default)]
+    pub source: Source,
+
+    /// Interval is how often the source is checked, as a Go-style duration
+    /// (for example 30m, 1h, 1h30m). At least 1m. Defaults to 1h.
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("interval must be at least 1m"))]
+    pub interval: String,
+
+    /// Suspend stops scheduled and requested syncs while true. The ConfigMap keeps the map
+    /// it holds. Defaults to false.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Target is the ConfigMap, in this object's namespace, that receives the map.
+    #[serde(default)]
+    pub target: Target,
+
+    /// Validation sets the checks a fetched map must pass before it replaces the last good one.
+    #[serde(default)]
+    pub validation: Validation,
+}
+
+/// Where the map comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// URL of the map: http or https. Defaults to LiteLLM's upstream map on GitHub.
+    /// Link-local and cloud metadata addresses are refused unless the operator allow-lists them.
+    #[serde(default = "default_source_url")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message("url must be an http or https URL"))]
+    pub url: String,
+
+    /// HeadersSecretRef names a Secret in this object's namespace; each of its keys is sent
+    /// as a request header with its value (for example Authorization for a private mirror).
+    /// Values are never logged or shown in status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<LocalObjectReference>,
+
+    /// Timeout of one fetch attempt, including reading the body, as a Go-style duration.
+    /// Between 1s and 10m. Defaults to 30s.
+    #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')").message("timeout must be between 1s and 10m"))]
+    pub timeout: String,
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source {
+            url: default_source_url(),
+            headers_secret_ref: None,
+            timeout: default_timeout(),
+        }
+    }
+}
+
+/// A reference to an object in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LocalObjectReference {
+    /// Name of the referent.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The ConfigMap that receives the map.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// ConfigMapName is the name of the ConfigMap to write, in this object's namespace.
+    /// Defaults to the name of this ModelCostMapSync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub config_map_name: Option<String>,
+
+    /// Key is the file name of the map in the ConfigMap. The gzipped map is always stored
+    /// under binaryData "<key>.gz"; the plain map is also stored under data "<key>" when it
+    /// is small enough to fit. Defaults to model_prices_and_context_window.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 250), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: Option<String>,
+}
+
+/// Checks a fetched map must pass. LiteLLM's own acceptance rules are always applied.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Validation {
+    /// MinModels is the fewest models a map may hold. Defaults to 50 (LiteLLM's own floor).
+    #[serde(default = "default_min_models")]
+    #[schemars(range(min = 1))]
+    pub min_models: u32,
+
+    /// MaxRemovedPercent refuses a map that drops more than this share (0-100) of the
+    /// models in the last good map. Defaults to 50 (LiteLLM refuses maps below half its
+    /// bundled copy).
+    #[serde(default = "default_max_removed_percent")]
+    #[schemars(range(max = 100))]
+    pub max_removed_percent: u32,
+}
+
+impl Default for Validation {
+    fn default() -> Self {
+        Validation {
+            min_models: default_min_models(),
+            max_removed_percent: default_max_removed_percent(),
+        }
+    }
+}
+
+/// What the operator observed and did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCostMapSyncStatus {
+    /// ObservedGeneration is the generation of the spec that the last sync attempt used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Conditions: Ready is always present. Ready=True (reason Synced) means the target
+    /// ConfigMap holds a validated map from the source. Ready=False says why the last
+    /// attempt failed (FetchFailed, InvalidMap, ShrinkGuard, TooLarge, WriteFailed); the
+    /// ConfigMap then still holds the last good map. Reason Suspended while suspend is true.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// LastAttemptTime is when the source was last fetched, successfully or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+
+    /// LastSyncTime is when the last sync succeeded: new content written, or the source
+    /// confirmed unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+
+    /// NextSyncTime is when the source will be checked next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_sync_time: Option<Time>,
+
+    /// LastHandledSyncRequest is the last value of the costmap.dev/sync-requested-at
+    /// annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_sync_request: Option<String>,
+
+    /// Artifact describes the map the target ConfigMap holds now: the last good map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+
+    /// LastChange is what the last content change added, removed and changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<LastChange>,
+}
+
+/// The map held by the target ConfigMap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    /// Digest is "sha256:<hex>" of the exact bytes fetched (never re-serialized).
+    pub digest: String,
+
+    /// GitBlobId is the git blob id of those bytes: what a LiteLLM proxy reports as
+    /// source_revision on GET /model/cost_map/source once it has loaded this map.
+    pub git_blob_id: String,
+
+    /// Revision is the source's ETag, or its Last-Modified date when it sends no ETag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+
+    /// Size of the map in bytes, uncompressed.
+    pub size: u64,
+
+    /// Models is the number of models in the map (top-level keys other than sample_spec
+    /// and fallback_generalizations).
+    pub models: u32,
+
+    /// LastUpdateTime is when the content last changed.
+    pub last_update_time: Time,
+}
+
+/// What one content change did to the set of models.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LastChange {
+    /// Added is how many models are new.
+    pub added: u32,
+    /// Removed is how many models are gone.
+    pub removed: u32,
+    /// Changed is how many models kept their name but changed their entry.
+    pub changed: u32,
+    /// AddedModels lists the first 20 added models, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_models: Vec<String>,
+    /// RemovedModels lists the first 20 removed models, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_models: Vec<String>,
+}
+
+fn default_interval() -> String {
+    "1h".to_owned()
+}
+fn default_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_source_url() -> String {
+    DEFAULT_SOURCE_URL.to_owned()
+}
+fn default_min_models() -> u32 {
+    50
+}
+fn default_max_removed_percent() -> u32 {
+    50
+}
+
+/// A spec field that the API server should have refused, met anyway (for example an object
+/// created before the CRD's validation existed).
+#[derive(Debug, thiserror::Error)]
+#[error("spec.{field} is invalid: {reason}")]
+pub struct SpecError {
+    /// JSON path below spec.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ModelCostMapSyncSpec {
+    /// The sync interval.
+    pub fn interval(&self) -> Result<Duration, SpecError> {
+        let interval = parse_duration("interval", &self.interval)?;
+        if interval < Duration::from_secs(60) {
+            return Err(SpecError {
+                field: "interval",
+                reason: "must be at least 1m".into(),
+            });
+        }
+        Ok(interval)
+    }
+
+    /// The timeout of one fetch attempt.
+    pub fn timeout(&self) -> Result<Duration, SpecError> {
+        parse_duration("source.timeout", &self.source.timeout)
+    }
+
+    /// The ConfigMap key of the plain map; the gzipped map lives under `<key>.gz`.
+    pub fn key(&self) -> &str {
+        self.target.key.as_deref().unwrap_or(DEFAULT_KEY)
+    }
+}
+
+impl ModelCostMapSync {
+    /// Name of the target ConfigMap: `spec.target.configMapName`, else this object's name.
+    pub fn config_map_name(&self) -> &str {
+        self.spec
+            .target
+            .config_map_name
+            .as_deref()
+            .or(self.metadata.name.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The value of the sync-request annotation, if set.
+    pub fn sync_request(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(SYNC_REQUESTED_AT_ANNOTATION)
+            .map(String::as_str)
+    }
+}
+
+fn parse_duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
+    // humantime also reads units Go (and so the CRD's pattern and CEL) does not know, like
+    // "1d" or "2 min"; keep to the Go subset so the operator and the API server agree.
+    let parsed = is_go_duration(text)
+        .then(|| humantime::parse_duration(text).ok())
+        .flatten();
+    parsed.ok_or_else(|| SpecError {
+        field,
+        reason: format!("{text:?} is not a duration like 30s, 5m or 1h30m"),
+    })
+}
+
+/// Whether `text` matches [`DURATION_PATTERN`]: one or more `<digits><ms|s|m|h>`.
+fn is_go_duration(text: &str) -> bool {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h"]
+            .into_iter()
+            .find(|unit| rest.starts_with(unit));
+        match unit {
+            Some(unit) => rest = &rest[unit.len()..],
+            None => return false,
+        }
+    }
+    !text.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_from_yaml(yaml: &str) -> ModelCostMapSyncSpec {
+        serde_yaml::from_str(yaml).expect("spec parses")
+    }
+
+    #[test]
+    fn empty_spec_gets_the_documented_defaults() {
+        let spec = spec_from_yaml("{}");
+        assert_eq!(spec.source.url, DEFAULT_SOURCE_URL);
+        assert_eq!(spec.timeout().unwrap(), Duration::from_secs(30));
+        assert_eq!(spec.interval().unwrap(), Duration::from_secs(3600));
+        assert!(!spec.suspend);
+        assert_eq!(spec.key(), DEFAULT_KEY);
+        assert_eq!(spec.validation.min_models, 50);
+        assert_eq!(spec.validation.max_removed_percent, 50);
+    }
+
+    #[test]
+    fn go_style_durations_parse() {
+        let spec = spec_from_yaml("interval: 1h30m\nsource: {timeout: 500ms}");
+        assert_eq!(spec.interval().unwrap(), Duration::from_secs(5400));
+        assert_eq!(spec.timeout().unwrap(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_durations_name_the_field() {
+        for bad in ["", "1 h", "1d", "-5m", "1.5h", "soon"] {
+            let spec = spec_from_yaml(&format!("interval: {bad:?}"));
+            let err = spec.interval().unwrap_err();
+            assert_eq!(err.field, "interval", "{bad}");
+        }
+        let too_short = spec_from_yaml("interval: 59s").interval().unwrap_err();
+        assert!(too_short.to_string().contains("at least 1m"));
+    }
+
+    #[test]
+    fn config_map_name_defaults_to_object_name() {
+        let mut sync = ModelCostMapSync::new("litellm", spec_from_yaml("{}"));
+        assert_eq!(sync.config_map_name(), "litellm");
+        sync.spec.target.config_map_name = Some("prices".into());
+        assert_eq!(sync.config_map_name(), "prices");
+    }
+}

@@ -1,0 +1,140 @@
+//! What a new map changes against the last good one: the models added (day-0 launches),
+//! removed, and changed.
+
+use crate::api::LastChange;
+use crate::validate::ModelMap;
+
+/// How many model names `status.lastChange` lists per direction.
+pub const LISTED_MODELS: usize = 20;
+
+/// The model-level difference between two maps. Names are sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MapChange {
+    /// Models only in the new map.
+    pub added: Vec<String>,
+    /// Models only in the old map.
+    pub removed: Vec<String>,
+    /// Models in both whose entries differ.
+    pub changed: usize,
+}
+
+/// Compares two maps model by model. Entries are compared as parsed JSON, so a change in
+/// layout alone changes nothing, while `4096` -> `4096.0` counts (LiteLLM sees a float).
+pub fn diff(old: &ModelMap, new: &ModelMap) -> MapChange {
+    let mut change = MapChange::default();
+    for (name, entry) in new.models() {
+        match old.model(name) {
+            None => change.added.push(name.to_owned()),
+            Some(old_entry) if old_entry != entry => change.changed += 1,
+            Some(_) => {}
+        }
+    }
+    change.removed = old
+        .models()
+        .filter(|(name, _)| new.model(name).is_none())
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    change
+}
+
+impl MapChange {
+    /// Whether any model was added, removed or changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed == 0
+    }
+
+    /// The summary kept in `status.lastChange`.
+    pub fn to_status(&self) -> LastChange {
+        LastChange {
+            added: count(self.added.len()),
+            removed: count(self.removed.len()),
+            changed: count(self.changed),
+            added_models: self.added.iter().take(LISTED_MODELS).cloned().collect(),
+            removed_models: self.removed.iter().take(LISTED_MODELS).cloned().collect(),
+        }
+    }
+
+    /// One line for an Event: counts, then the names of new models (what users look for on
+    /// launch day).
+    pub fn summary(&self, max_names: usize) -> String {
+        let mut line = format!(
+            "{} added, {} removed, {} changed",
+            self.added.len(),
+            self.removed.len(),
+            self.changed
+        );
+        if !self.added.is_empty() {
+            let names: Vec<&str> = self
+                .added
+                .iter()
+                .take(max_names)
+                .map(String::as_str)
+                .collect();
+            line.push_str(&format!("; new: {}", names.join(", ")));
+            if self.added.len() > max_names {
+                line.push_str(&format!(" and {} more", self.added.len() - max_names));
+            }
+        }
+        line
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(value: serde_json::Value) -> ModelMap {
+        ModelMap::parse(value.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn added_removed_and_changed_models_are_counted() {
+        let old = map(
+            json!({"a": {"mode": "chat"}, "b": {"mode": "chat"}, "c": {"max_tokens": 4096},
+                             "sample_spec": {"mode": "x"}}),
+        );
+        let new = map(
+            json!({"a": {"mode": "chat"}, "c": {"max_tokens": 4096.0}, "d": {"mode": "chat"},
+                             "e": {}, "sample_spec": {"mode": "y"}}),
+        );
+        let change = diff(&old, &new);
+        assert_eq!(change.added, ["d", "e"]);
+        assert_eq!(change.removed, ["b"]);
+        assert_eq!(
+            change.changed, 1,
+            "4096 -> 4096.0 is a change; sample_spec is not a model"
+        );
+        assert!(!change.is_empty());
+    }
+
+    #[test]
+    fn identical_maps_differ_in_nothing_even_when_laid_out_differently() {
+        let compact = ModelMap::parse(br#"{"a":{"mode":"chat","max_tokens":1}}"#).unwrap();
+        let pretty = ModelMap::parse(
+            b"{\n  \"a\": {\n    \"max_tokens\": 1,\n    \"mode\": \"chat\"\n  }\n}",
+        )
+        .unwrap();
+        assert!(diff(&compact, &pretty).is_empty());
+    }
+
+    #[test]
+    fn status_lists_the_first_twenty_names_and_full_counts() {
+        let old = map(json!({}));
+        let new_models: serde_json::Map<String, serde_json::Value> =
+            (0..30).map(|i| (format!("m{i:02}"), json!({}))).collect();
+        let change = diff(&old, &map(serde_json::Value::Object(new_models)));
+        let status = change.to_status();
+        assert_eq!(status.added, 30);
+        assert_eq!(status.added_models.len(), LISTED_MODELS);
+        assert_eq!(status.added_models[0], "m00");
+        assert_eq!(
+            change.summary(3),
+            "30 added, 0 removed, 0 changed; new: m00, m01, m02 and 27 more"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! When to fetch: only when a sync is due, so that a status write (which triggers another
+//! reconcile) never causes a fetch.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::api::ModelCostMapSyncStatus;
+
+/// What the reconciler knows when it decides.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Now.
+    pub now: Timestamp,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `spec.suspend`.
+    pub suspended: bool,
+    /// Value of the sync-request annotation.
+    pub sync_request: Option<&'a str>,
+    /// The current status.
+    pub status: Option<&'a ModelCostMapSyncStatus>,
+    /// Whether the cluster (or memory) still holds the last good map named in status.
+    pub has_last_good: bool,
+}
+
+/// Why a sync runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncCause {
+    /// Never synced.
+    FirstSync,
+    /// The spec changed since the last attempt.
+    SpecChanged,
+    /// A new value of the sync-request annotation.
+    Requested,
+    /// The interval (or the retry backoff) has passed.
+    Due,
+    /// The ConfigMap lost the last good map and nothing else holds it.
+    TargetLost,
+}
+
+/// The decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Suspended: no sync, scheduled or requested.
+    Suspended,
+    /// Sync now.
+    Sync(SyncCause),
+    /// Nothing to do until this much time has passed.
+    Wait(Duration),
+}
+
+/// Decides whether to fetch now.
+pub fn decide(inputs: &Inputs) -> Decision {
+    if inputs.suspended {
+        return Decision::Suspended;
+    }
+    let Some(status) = inputs.status.filter(|s| s.last_attempt_time.is_some()) else {
+        return Decision::Sync(SyncCause::FirstSync);
+    };
+    if status.observed_generation != inputs.generation {
+        return Decision::Sync(SyncCause::SpecChanged);
+    }
+    if inputs.sync_request.is_some()
+        && inputs.sync_request != status.last_handled_sync_request.as_deref()
+    {
+        return Decision::Sync(SyncCause::Requested);
+    }
+    if status.artifact.is_some() && !inputs.has_last_good {
+        return Decision::Sync(SyncCause::TargetLost);
+    }
+    let Some(next) = &status.next_sync_time else {
+        return Decision::Sync(SyncCause::Due);
+    };
+    match inputs.now.duration_until(next.0) {
+        remaining if remaining > SignedDuration::ZERO => Decision::Wait(remaining.unsigned_abs()),
+        _ => Decision::Sync(SyncCause::Due),
+    }
+}
+
+/// How long to wait before retrying after `consecutive_failures` failed syncs: 30s doubling,
+/// never longer than the interval, so a broken source is not hammered and a healthy
+/// schedule is not delayed.
+pub fn retry_after_failure(consecutive_failures: u32, interval: Duration) -> Duration {
+    let exponent = consecutive_failures.saturating_sub(1).min(16);
+    Duration::from_secs(30)
+        .saturating_mul(1 << exponent)
+        .min(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use crate::api::Artifact;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(seconds).unwrap()
+    }
+
+    fn synced_status() -> ModelCostMapSyncStatus {
+        ModelCostMapSyncStatus {
+            observed_generation: Some(2),
+            last_attempt_time: Some(Time(at(1000))),
+            next_sync_time: Some(Time(at(4600))),
+            last_handled_sync_request: Some("r1".into()),
+            artifact: Some(Artifact {
+                digest: "sha256:x".into(),
+                git_blob_id: "x".into(),
+                revision: None,
+                size: 1,
+                models: 1,
+                last_update_time: Time(at(1000)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn inputs(status: &ModelCostMapSyncStatus) -> Inputs<'_> {
+        Inputs {
+            now: at(2000),
+            generation: Some(2),
+            suspended: false,
+            sync_request: Some("r1"),
+            status: Some(status),
+            has_last_good: true,
+        }
+    }
+
+    #[test]
+    fn a_status_write_alone_never_causes_a_fetch() {
+        let status = synced_status();
+        assert_eq!(
+            decide(&inputs(&status)),
+            Decision::Wait(Duration::from_secs(2600))
+        );
+    }
+
+    #[test]
+    fn first_sync_spec_change_request_and_due_each_trigger_a_sync() {
+        let status = synced_status();
+        let first = Inputs {
+            status: None,
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&first), Decision::Sync(SyncCause::FirstSync));
+        let changed = Inputs {
+            generation: Some(3),
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&changed), Decision::Sync(SyncCause::SpecChanged));
+        let requested = Inputs {
+            sync_request: Some("r2"),
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&requested), Decision::Sync(SyncCause::Requested));
+        let due = Inputs {
+            now: at(4600),
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&due), Decision::Sync(SyncCause::Due));
+        let lost = Inputs {
+            has_last_good: false,
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&lost), Decision::Sync(SyncCause::TargetLost));
+    }
+
+    #[test]
+    fn removing_the_request_annotation_is_not_a_request() {
+        let status = synced_status();
+        let removed = Inputs {
+            sync_request: None,
+            ..inputs(&status)
+        };
+        assert!(matches!(decide(&removed), Decision::Wait(_)));
+    }
+
+    #[test]
+    fn suspend_wins_over_everything() {
+        let status = synced_status();
+        let suspended = Inputs {
+            suspended: true,
+            sync_request: Some("r9"),
+            generation: Some(7),
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&suspended), Decision::Suspended);
+    }
+
+    #[test]
+    fn failures_back_off_up_to_the_interval() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(retry_after_failure(1, hour), Duration::from_secs(30));
+        assert_eq!(retry_after_failure(3, hour), Duration::from_secs(120));
+        assert_eq!(retry_after_failure(30, hour), hour);
+        assert_eq!(
+            retry_after_failure(1, Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
+}
