@@ -1,1 +1,73 @@
-fn main() {}
+//! Developer commands for costmap-operator; run them as `cargo xtask ...`.
+//!
+//! - `cargo xtask cluster up|down|bin-dir`: a background local control plane.
+//! - `cargo xtask test`: every check and test, as CI runs them.
+//! - `cargo xtask demo [--once]`: the operator end to end on a private control plane.
+
+mod checks;
+mod cluster;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Developer commands for costmap-operator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The local control plane (etcd + kube-apiserver) in the background.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Run every check and test (fmt, clippy, the control-plane build, cargo test).
+    Test,
+    /// Run the operator end to end against a real LiteLLM map, then wait for Ctrl-C.
+    Demo {
+        /// Exit after showing the result instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Build (first time), start, apply crds/, and print the admin kubeconfig path last.
+    Up,
+    /// Stop the control plane and remove its state.
+    Down,
+    /// Print the directory holding etcd, kube-apiserver, kubectl and helm (building them if
+    /// needed).
+    BinDir,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Cluster { command } => match command {
+            ClusterCommand::Up => cluster::up(),
+            ClusterCommand::Down => cluster::down(),
+            ClusterCommand::BinDir => cluster::bin_dir(),
+        },
+        Command::Test => checks::run_all(),
+        Command::Demo { once } => demo::demo(once),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // {:#} puts the whole context chain on one line; log tails inside keep their
+            // newlines.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
