@@ -22,9 +22,6 @@ pub const DEFAULT_KEY: &str = "model_prices_and_context_window.json";
 /// Go-style durations made of whole numbers: `90s`, `30m`, `1h30m`, `500ms`.
 const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 
-/// ModelCostMapSync keeps a ConfigMap filled with the current LiteLLM model cost map
-/// (prices and context windows) fetched from a source URL on an interval. The map is
-/// validated before it replaces the last good one, so a broken source never reaches proxies.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "costmap.dev",
@@ -34,37 +31,16 @@ const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
     status = "ModelCostMapSyncStatus",
     shortname = "mcms",
     category = "litellm",
-    doc = "ModelCostMapSync keeps a ConfigMap filled with the current, validated LiteLLM model cost map.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
-    ),
-    printcolumn(
-        name = "Models",
-        type_ = "integer",
-        json_path = ".status.artifact.models"
-    ),
-    printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
-        priority = 1
-    ),
-    printcolumn(
-        name = "Message",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].message"#,
-        priority = 1
-    )
+    doc = "ModelCostMapSync keeps a ConfigMap filled with the current LiteLLM model cost map (prices and context windows), fetched from a source URL on an interval and validated before it replaces the last good one, so a broken source never reaches the proxies.",
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Models", "type": "integer", "jsonPath": ".status.artifact.models"}"#,
+    printcolumn = r#"{"name": "Last Sync", "type": "date", "jsonPath": ".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "priority": 1, "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
+/// ModelCostMapSyncSpec says where to fetch the map, how often, and where to write it.
 pub struct ModelCostMapSyncSpec {
     /// Source is where the map is fetched from.
     #[serde(default)]
@@ -162,14 +138,14 @@ pub struct Validation {
     /// MinModels is the fewest models a map may hold. Defaults to 50 (LiteLLM's own floor).
     #[serde(default = "default_min_models")]
     #[schemars(range(min = 1))]
-    pub min_models: u32,
+    pub min_models: i32,
 
     /// MaxRemovedPercent refuses a map that drops more than this share (0-100) of the
     /// models in the last good map. Defaults to 50 (LiteLLM refuses maps below half its
     /// bundled copy).
     #[serde(default = "default_max_removed_percent")]
-    #[schemars(range(max = 100))]
-    pub max_removed_percent: u32,
+    #[schemars(range(min = 0, max = 100))]
+    pub max_removed_percent: i32,
 }
 
 impl Default for Validation {
@@ -240,11 +216,11 @@ pub struct Artifact {
     pub revision: Option<String>,
 
     /// Size of the map in bytes, uncompressed.
-    pub size: u64,
+    pub size: i64,
 
     /// Models is the number of models in the map (top-level keys other than sample_spec
     /// and fallback_generalizations).
-    pub models: u32,
+    pub models: i32,
 
     /// LastUpdateTime is when the content last changed.
     pub last_update_time: Time,
@@ -255,11 +231,11 @@ pub struct Artifact {
 #[serde(rename_all = "camelCase")]
 pub struct LastChange {
     /// Added is how many models are new.
-    pub added: u32,
+    pub added: i32,
     /// Removed is how many models are gone.
-    pub removed: u32,
+    pub removed: i32,
     /// Changed is how many models kept their name but changed their entry.
-    pub changed: u32,
+    pub changed: i32,
     /// AddedModels lists the first 20 added models, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub added_models: Vec<String>,
@@ -277,10 +253,10 @@ fn default_timeout() -> String {
 fn default_source_url() -> String {
     DEFAULT_SOURCE_URL.to_owned()
 }
-fn default_min_models() -> u32 {
+fn default_min_models() -> i32 {
     50
 }
-fn default_max_removed_percent() -> u32 {
+fn default_max_removed_percent() -> i32 {
     50
 }
 

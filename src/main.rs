@@ -1,1 +1,235 @@
-fn main() {}
+//! The `costmap-operator` binary: parses arguments and wires the pieces together.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use costmap_operator::api::ModelCostMapSync;
+use costmap_operator::check::check;
+use costmap_operator::controller::{self, Settings};
+use costmap_operator::fetch::{FetchPolicy, Fetcher};
+use costmap_operator::metrics::Metrics;
+use costmap_operator::server::{self, ServerState};
+use costmap_operator::validate::Rules;
+use kube::api::ListParams;
+use kube::{Api, Client, CustomResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps every LiteLLM proxy's model cost map current, with no restart"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator: reconcile ModelCostMapSync objects and serve HTTP.
+    Run(RunArgs),
+    /// Print the ModelCostMapSync CRD as YAML.
+    Crd,
+    /// Fetch or read a map and validate it as the operator would.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the HTTP server (health, readiness).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "COSTMAP_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::Args)]
+struct FetchArgs {
+    /// Allow sources in this CIDR even though it is link-local or a cloud metadata address
+    /// (repeatable).
+    #[arg(long = "allow-source-cidr", value_name = "CIDR")]
+    allowed_cidrs: Vec<ipnet::IpNet>,
+    /// Largest map accepted, in bytes, after decompression.
+    #[arg(long, default_value_t = FetchPolicy::default().max_body_bytes)]
+    max_map_bytes: u64,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// A file path, or an http(s) URL.
+    source: String,
+    /// Fewest models the map must hold.
+    #[arg(long, default_value_t = Rules::default().min_models)]
+    min_models: usize,
+    /// Timeout of each fetch attempt.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    fetch: FetchArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FetchArgs {
+    fn fetcher(&self) -> anyhow::Result<Fetcher> {
+        let policy = FetchPolicy {
+            allowed_cidrs: self.allowed_cidrs.clone(),
+            max_body_bytes: self.max_map_bytes,
+            ..FetchPolicy::default()
+        };
+        Fetcher::new(policy).context("building the HTTP client")
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Crd => print_crd(),
+        Command::Check(args) => return run_check(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err:#}");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_crd() -> anyhow::Result<()> {
+    print!("{}", serde_yaml::to_string(&ModelCostMapSync::crd())?);
+    Ok(())
+}
+
+async fn run_check(args: CheckArgs) -> ExitCode {
+    let rules = Rules {
+        min_models: args.min_models,
+        ..Rules::default()
+    };
+    let result = match args.fetch.fetcher() {
+        Ok(fetcher) => check(&args.source, &fetcher, &rules, args.timeout)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(summary) => {
+            println!("valid map: {}", args.source);
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("invalid map: {}\n{err:#}", args.source);
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let fetcher = args.fetch.fetcher()?;
+    let client = Client::try_default()
+        .await
+        .context("finding the cluster (in-cluster config, else KUBECONFIG)")?;
+    ensure_crd_installed(&client, args.namespace.as_deref()).await?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let metrics = Arc::new(Metrics::default());
+    let state = ServerState::new(metrics.clone());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    info!(listen = %args.listen, "serving HTTP");
+    let server = tokio::spawn(server::serve(
+        listener,
+        state.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    state.set_ready(true);
+    let settings = Settings {
+        namespace: args.namespace,
+        instance: std::env::var("POD_NAME").ok(),
+        metrics,
+    };
+    controller::run(
+        client,
+        fetcher,
+        settings,
+        shutdown.clone().cancelled_owned(),
+    )
+    .await;
+    // The controller also stops when its watches end; make sure the server follows.
+    shutdown.cancel();
+    server
+        .await
+        .context("HTTP server task")?
+        .context("HTTP server")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Fails start-up with a useful message when the CRD is missing, instead of a watch that
+/// errors forever.
+async fn ensure_crd_installed(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
+    let api: Api<ModelCostMapSync> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    api.list_metadata(&ListParams::default().limit(1))
+        .await
+        .context(
+            "listing ModelCostMapSync objects (is the CRD installed? `kubectl apply -f crds/`)",
+        )?;
+    Ok(())
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    info!("shutting down");
+    token.cancel();
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

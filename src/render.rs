@@ -52,7 +52,7 @@ pub struct MapIdentity {
     /// Git blob id.
     pub git_blob_id: String,
     /// Model count.
-    pub models: u32,
+    pub models: i32,
     /// Redacted source URL.
     pub source_url: String,
     /// RFC 3339 time of the last content change.

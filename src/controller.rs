@@ -1,0 +1,734 @@
+//! The reconciler: the only module that talks to the Kubernetes API.
+//!
+//! One sync is fetch -> validate -> diff -> render -> apply ConfigMap -> status. The pure
+//! stages live in their own modules; this one reads the cluster, decides with
+//! [`schedule::decide`], calls them, and writes the results.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::api::{Artifact, ModelCostMapSync, ModelCostMapSyncStatus, SpecError};
+use crate::conditions::{self, Reason};
+use crate::diff::{MapChange, diff};
+use crate::digest::{git_blob_id, sha256_digest};
+use crate::fetch::{
+    FetchError, FetchOutcome, FetchRequest, Fetcher, sanitize_url, validate_source_url,
+};
+use crate::metrics::{Metrics, SyncResult};
+use crate::render::{
+    MANAGED_BY, MANAGED_BY_LABEL, MapIdentity, RenderError, StoredMap, TargetRef, holds_rendered,
+    read_stored_map, render_config_map,
+};
+use crate::schedule::{self, Decision, SyncCause};
+use crate::validate::{ModelMap, Rules, ValidationError, validate};
+
+/// Field manager of every server-side apply this operator makes.
+pub const FIELD_MANAGER: &str = "costmap-operator";
+/// How many new model names an Event lists.
+const EVENT_MODEL_NAMES: usize = 10;
+
+/// Errors that end a reconcile early; the error policy retries them with backoff. Sync
+/// failures (a bad source, a refused map) are not errors here: they are recorded in status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A spec field the CRD should have refused.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The object has no namespace (it is namespaced, so the API server never sends this).
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+/// What the reconciler needs, shared by every reconcile.
+pub struct Context {
+    client: Client,
+    fetcher: Fetcher,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    memory: Mutex<HashMap<String, Memory>>,
+}
+
+/// What the operator remembers per object between reconciles. All of it can be rebuilt from
+/// the cluster, so a restart loses nothing.
+#[derive(Default)]
+struct Memory {
+    /// The last good map, so restoring the ConfigMap needs no fetch and no decompression.
+    last_good: Option<Arc<StoredMap>>,
+    /// Failed syncs in a row, for the retry backoff.
+    consecutive_failures: u32,
+    /// The status this operator last wrote. The object a reconcile gets comes from a watch
+    /// cache that can lag behind our own write; deciding on a stale status would fetch twice.
+    written_status: Option<ModelCostMapSyncStatus>,
+}
+
+/// Settings of the controller.
+pub struct Settings {
+    /// Namespace to watch; all when None.
+    pub namespace: Option<String>,
+    /// Identity in Events (the pod name in a cluster).
+    pub instance: Option<String>,
+    /// Where reconciles and syncs are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context for `client`, fetching with `fetcher`.
+    pub fn new(
+        client: Client,
+        fetcher: Fetcher,
+        instance: Option<String>,
+        metrics: Arc<Metrics>,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            fetcher,
+            metrics,
+            memory: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn remembered<T>(&self, uid: &str, read: impl FnOnce(&Memory) -> T) -> Option<T> {
+        let memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        memory.get(uid).map(read)
+    }
+
+    fn remember(&self, uid: &str, update: impl FnOnce(&mut Memory)) {
+        let mut memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        update(memory.entry(uid.to_owned()).or_default());
+    }
+}
+
+/// Runs the controller until `shutdown` completes; in-flight reconciles finish first.
+pub async fn run(
+    client: Client,
+    fetcher: Fetcher,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (syncs, config_maps) = match &settings.namespace {
+        Some(ns) => (
+            Api::<ModelCostMapSync>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let context = Arc::new(Context::new(
+        client,
+        fetcher,
+        settings.instance,
+        settings.metrics,
+    ));
+    Controller::new(syncs, watcher::Config::default())
+        .owns(config_maps, managed)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                debug!(error = %err, "reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+fn error_policy(sync: Arc<ModelCostMapSync>, error: &Error, _: Arc<Context>) -> Action {
+    warn!(namespace = sync.namespace().unwrap_or_default(), name = sync.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn reconcile(sync: Arc<ModelCostMapSync>, context: Arc<Context>) -> Result<Action, Error> {
+    let namespace = sync.namespace().ok_or(Error::NoNamespace)?;
+    let span = info_span!("reconcile", namespace = %namespace, name = %sync.name_any());
+    let result = Reconciler::new(&sync, &context, namespace)?
+        .reconcile()
+        .instrument(span)
+        .await;
+    context.metrics.reconciles.inc();
+    result
+}
+
+/// One reconcile of one object.
+struct Reconciler<'a> {
+    sync: &'a ModelCostMapSync,
+    /// The newer of the object's status and the one this operator last wrote.
+    status: Option<ModelCostMapSyncStatus>,
+    context: &'a Context,
+    config_maps: Api<ConfigMap>,
+    target: TargetRef,
+    uid: String,
+    interval: Duration,
+    now: Timestamp,
+}
+
+/// How a sync attempt ended.
+enum Outcome {
+    /// The source answered 304 for the last good map's revision.
+    NotModified,
+    /// The source re-sent the last good map's bytes.
+    Unchanged { revision: Option<String> },
+    /// A new map was validated and written.
+    Updated {
+        artifact: Artifact,
+        change: Option<MapChange>,
+    },
+    /// The attempt failed; the ConfigMap keeps the last good map.
+    Failed { reason: Reason, message: String },
+}
+
+impl<'a> Reconciler<'a> {
+    fn new(
+        sync: &'a ModelCostMapSync,
+        context: &'a Context,
+        namespace: String,
+    ) -> Result<Self, Error> {
+        let owner = sync.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
+        let uid = sync.uid().unwrap_or_default();
+        let written = context
+            .remembered(&uid, |m| m.written_status.clone())
+            .flatten();
+        Ok(Reconciler {
+            sync,
+            status: newer_status(sync.status.as_ref(), written),
+            context,
+            config_maps: Api::namespaced(context.client.clone(), &namespace),
+            target: TargetRef {
+                name: sync.config_map_name().to_owned(),
+                namespace,
+                key: sync.spec.key().to_owned(),
+                owner,
+            },
+            uid,
+            interval: sync.spec.interval()?,
+            now: Timestamp::now(),
+        })
+    }
+
+    async fn reconcile(self) -> Result<Action, Error> {
+        let status = self.status.as_ref();
+        let config_map = self.config_maps.get_opt(&self.target.name).await?;
+        let last_good = self.last_good(config_map.as_ref());
+        let decision = schedule::decide(&schedule::Inputs {
+            now: self.now,
+            generation: self.sync.metadata.generation,
+            suspended: self.sync.spec.suspend,
+            sync_request: self.sync.sync_request(),
+            status,
+            has_last_good: last_good.is_some(),
+        });
+        match decision {
+            Decision::Suspended => {
+                self.write_suspended_status().await?;
+                Ok(Action::await_change())
+            }
+            Decision::Wait(remaining) => {
+                if let Some(last_good) = &last_good {
+                    self.restore_if_changed(config_map.as_ref(), last_good)
+                        .await?;
+                }
+                Ok(Action::requeue(remaining))
+            }
+            Decision::Sync(cause) => {
+                info!(?cause, "syncing");
+                let holds_last_good = match (&last_good, &config_map) {
+                    (Some(map), Some(cm)) => self
+                        .desired(map)
+                        .is_some_and(|desired| holds_rendered(cm, &desired)),
+                    _ => false,
+                };
+                let outcome = self.sync_once(last_good.as_deref(), holds_last_good).await;
+                let next = self.write_outcome(cause, outcome).await?;
+                Ok(Action::requeue(next))
+            }
+        }
+    }
+
+    /// The last good map named by `status.artifact`, from memory or read back from the
+    /// ConfigMap. None when neither holds exactly those bytes.
+    fn last_good(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
+        let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
+        let remembered = self
+            .context
+            .remembered(&self.uid, |m| m.last_good.clone())
+            .flatten();
+        if let Some(map) = remembered.filter(|map| &map.digest() == digest) {
+            return Some(map);
+        }
+        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let read = read_stored_map(config_map?, &self.target.key, max_bytes).ok()??;
+        if &sha256_digest(&read.bytes) != digest {
+            return None;
+        }
+        let read = Arc::new(read);
+        self.context
+            .remember(&self.uid, |m| m.last_good = Some(read.clone()));
+        Some(read)
+    }
+
+    fn identity(&self, artifact: &Artifact) -> MapIdentity {
+        MapIdentity {
+            digest: artifact.digest.clone(),
+            git_blob_id: artifact.git_blob_id.clone(),
+            models: artifact.models,
+            source_url: redacted(&self.sync.spec.source.url),
+            updated_at: artifact.last_update_time.0.to_string(),
+        }
+    }
+
+    /// The ConfigMap as it should be for the last good map in status. None when there is
+    /// no artifact, or it no longer renders (it did when it was stored).
+    fn desired(&self, map: &StoredMap) -> Option<ConfigMap> {
+        render_config_map(&self.target, map, &self.identity(self.artifact()?)).ok()
+    }
+
+    fn artifact(&self) -> Option<&Artifact> {
+        self.status.as_ref()?.artifact.as_ref()
+    }
+
+    /// Puts the last good map back when the ConfigMap was deleted or edited by hand. This
+    /// is not a sync: nothing is fetched.
+    async fn restore_if_changed(
+        &self,
+        actual: Option<&ConfigMap>,
+        last_good: &StoredMap,
+    ) -> Result<(), Error> {
+        let Some(desired) = self.desired(last_good) else {
+            return Ok(());
+        };
+        if actual.is_some_and(|actual| holds_rendered(actual, &desired)) {
+            return Ok(());
+        }
+        self.apply_config_map(&desired).await?;
+        // Distinct reasons, because Events with the same reason merge into one series that
+        // keeps the first note.
+        let (reason, what) = match actual {
+            Some(_) => ("Restored", "edited"),
+            None => ("Recreated", "deleted"),
+        };
+        info!(config_map = %self.target.name, what, "restored the ConfigMap");
+        self.publish(
+            EventType::Normal,
+            reason,
+            format!(
+                "ConfigMap {} was {what}; restored the last good map",
+                self.target.name
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn apply_config_map(&self, config_map: &ConfigMap) -> Result<ConfigMap, kube::Error> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.config_maps
+            .patch(&self.target.name, &params, &Patch::Apply(config_map))
+            .await
+    }
+
+    /// Fetch, validate, diff, render, apply.
+    async fn sync_once(&self, last_good: Option<&StoredMap>, holds_last_good: bool) -> Outcome {
+        let headers = match self.source_headers().await {
+            Ok(headers) => headers,
+            Err(message) => return Outcome::failed(Reason::FetchFailed, message),
+        };
+        // A validator only makes sense while the cluster holds the map it validates.
+        let revision = holds_last_good
+            .then(|| self.artifact().and_then(|a| a.revision.as_deref()))
+            .flatten();
+        let timeout = match self.sync.spec.timeout() {
+            Ok(timeout) => timeout,
+            Err(err) => return Outcome::failed(Reason::FetchFailed, err.to_string()),
+        };
+        let request = FetchRequest {
+            url: &self.sync.spec.source.url,
+            headers: &headers,
+            timeout,
+            revision,
+        };
+        let (body, revision) = match self.context.fetcher.fetch(&request).await {
+            Ok(FetchOutcome::NotModified) => return Outcome::NotModified,
+            Ok(FetchOutcome::Fetched { body, revision }) => (body, revision),
+            Err(err) => return fetch_failure(&err),
+        };
+        if let Some(map) = last_good.filter(|map| map.bytes == body.as_ref()) {
+            if let Some(artifact) = self.artifact().filter(|_| !holds_last_good)
+                && let Err(failure) = self.write_map(map, artifact).await
+            {
+                return failure;
+            }
+            return Outcome::Unchanged { revision };
+        }
+        self.accept_new_map(body.to_vec(), revision, last_good)
+            .await
+    }
+
+    /// Validates a new map and, when it passes, writes it.
+    async fn accept_new_map(
+        &self,
+        bytes: Vec<u8>,
+        revision: Option<String>,
+        last_good: Option<&StoredMap>,
+    ) -> Outcome {
+        let rules = Rules {
+            min_models: usize::try_from(self.sync.spec.validation.min_models).unwrap_or(1),
+            max_removed_percent: u32::try_from(self.sync.spec.validation.max_removed_percent)
+                .unwrap_or(0),
+        };
+        let last_good_bytes = last_good.map(|map| map.bytes.clone());
+        // Parsing, validating and compressing 3.5 MB takes a few hundred ms of CPU: keep it
+        // off the async workers that serve HTTP.
+        let checked = tokio::task::spawn_blocking(move || {
+            prepare_new_map(bytes, &rules, last_good_bytes.as_deref())
+        })
+        .await;
+        let prepared = match checked {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(err)) => {
+                let reason = match err {
+                    ValidationError::InvalidMap(_) => Reason::InvalidMap,
+                    ValidationError::ShrinkGuard(_) => Reason::ShrinkGuard,
+                };
+                return Outcome::failed(reason, err.to_string());
+            }
+            Err(join_error) => {
+                return Outcome::failed(
+                    Reason::InvalidMap,
+                    format!("validation did not finish: {join_error}"),
+                );
+            }
+        };
+        let artifact = Artifact {
+            digest: prepared.map.digest(),
+            git_blob_id: git_blob_id(&prepared.map.bytes),
+            revision,
+            size: i64::try_from(prepared.map.bytes.len()).unwrap_or(i64::MAX),
+            models: i32::try_from(prepared.models).unwrap_or(i32::MAX),
+            last_update_time: Time(self.now),
+        };
+        let map = Arc::new(prepared.map);
+        if let Err(failure) = self.write_map(&map, &artifact).await {
+            return failure;
+        }
+        self.context
+            .remember(&self.uid, |m| m.last_good = Some(map));
+        Outcome::Updated {
+            artifact,
+            change: prepared.change,
+        }
+    }
+
+    /// Renders and applies the ConfigMap for `map`; the error is the failed outcome.
+    async fn write_map(&self, map: &StoredMap, artifact: &Artifact) -> Result<(), Outcome> {
+        let desired =
+            render_config_map(&self.target, map, &self.identity(artifact)).map_err(|err| {
+                let reason = match err {
+                    RenderError::TooLarge { .. } => Reason::TooLarge,
+                    RenderError::Unreadable(_) => Reason::WriteFailed,
+                };
+                Outcome::failed(reason, err.to_string())
+            })?;
+        self.apply_config_map(&desired)
+            .await
+            .map(|_| ())
+            .map_err(|err| {
+                let message = format!(
+                    "writing ConfigMap {}: {}",
+                    self.target.name,
+                    api_error_message(&err)
+                );
+                Outcome::failed(Reason::WriteFailed, message)
+            })
+    }
+
+    /// Request headers from `spec.source.headersSecretRef`. Errors name the Secret, never
+    /// its values.
+    async fn source_headers(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let Some(secret_ref) = &self.sync.spec.source.headers_secret_ref else {
+            return Ok(Vec::new());
+        };
+        let secrets: Api<Secret> =
+            Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        let secret = secrets
+            .get_opt(&secret_ref.name)
+            .await
+            .map_err(|err| {
+                format!(
+                    "reading headers Secret {}: {}",
+                    secret_ref.name,
+                    api_error_message(&err)
+                )
+            })?
+            .ok_or_else(|| format!("headers Secret {} not found", secret_ref.name))?;
+        Ok(secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name, value.0))
+            .collect())
+    }
+
+    /// Writes status for a sync attempt and records Events. Returns the time until the next
+    /// sync is due.
+    async fn write_outcome(&self, cause: SyncCause, outcome: Outcome) -> Result<Duration, Error> {
+        let mut status = self.status.clone().unwrap_or_default();
+        status.observed_generation = self.sync.metadata.generation;
+        status.last_attempt_time = Some(Time(self.now));
+        if let Some(request) = self.sync.sync_request() {
+            status.last_handled_sync_request = Some(request.to_owned());
+        }
+        let generation = self.sync.metadata.generation;
+        let metrics = &self.context.metrics;
+        let wait = match outcome {
+            Outcome::NotModified | Outcome::Unchanged { .. } => {
+                self.context
+                    .remember(&self.uid, |m| m.consecutive_failures = 0);
+                if let Outcome::Unchanged { revision } = outcome {
+                    metrics.count_sync(SyncResult::Unchanged);
+                    if let Some(artifact) = status.artifact.as_mut().filter(|_| revision.is_some())
+                    {
+                        artifact.revision = revision;
+                    }
+                } else {
+                    metrics.count_sync(SyncResult::NotModified);
+                }
+                status.last_sync_time = Some(Time(self.now));
+                let message = synced_message(status.artifact.as_ref(), "unchanged");
+                conditions::set_condition(
+                    &mut status.conditions,
+                    conditions::ready(true, Reason::Synced, message, generation, self.now),
+                );
+                self.interval
+            }
+            Outcome::Updated { artifact, change } => {
+                metrics.count_sync(SyncResult::Updated);
+                self.context
+                    .remember(&self.uid, |m| m.consecutive_failures = 0);
+                let (reason, note) = match &change {
+                    Some(change) => (
+                        "MapUpdated",
+                        format!(
+                            "{} models; {}",
+                            artifact.models,
+                            change.summary(EVENT_MODEL_NAMES)
+                        ),
+                    ),
+                    None => (
+                        "MapSynced",
+                        format!("first sync: {} models", artifact.models),
+                    ),
+                };
+                info!(cause = ?cause, digest = %artifact.digest, models = artifact.models, "map written: {note}");
+                self.publish(
+                    EventType::Normal,
+                    reason,
+                    format!("ConfigMap {}: {note}", self.target.name),
+                )
+                .await;
+                status.last_change = change.map(|c| c.to_status());
+                let message = synced_message(Some(&artifact), "updated");
+                status.artifact = Some(artifact);
+                status.last_sync_time = Some(Time(self.now));
+                conditions::set_condition(
+                    &mut status.conditions,
+                    conditions::ready(true, Reason::Synced, message, generation, self.now),
+                );
+                self.interval
+            }
+            Outcome::Failed { reason, message } => {
+                metrics.count_sync(SyncResult::Failed);
+                let mut failures = 0;
+                self.context.remember(&self.uid, |m| {
+                    m.consecutive_failures += 1;
+                    failures = m.consecutive_failures;
+                });
+                warn!(reason = reason.as_str(), %message, "sync failed; the ConfigMap keeps the last good map");
+                self.publish(EventType::Warning, reason.as_str(), message.clone())
+                    .await;
+                conditions::set_condition(
+                    &mut status.conditions,
+                    conditions::ready(false, reason, message, generation, self.now),
+                );
+                schedule::retry_after_failure(failures, self.interval)
+            }
+        };
+        let next = self.now + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
+        status.next_sync_time = Some(Time(next));
+        self.write_status(status).await?;
+        Ok(wait)
+    }
+
+    async fn write_suspended_status(&self) -> Result<(), Error> {
+        let mut status = self.status.clone().unwrap_or_default();
+        let ready = conditions::is_ready(&status.conditions).unwrap_or(false);
+        let message =
+            "syncing is suspended (spec.suspend); the ConfigMap keeps the map it holds".to_owned();
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::ready(
+                ready,
+                Reason::Suspended,
+                message,
+                self.sync.metadata.generation,
+                self.now,
+            ),
+        );
+        status.observed_generation = self.sync.metadata.generation;
+        status.next_sync_time = None;
+        self.write_status(status).await
+    }
+
+    /// Server-side applies the whole status; skipped when nothing changed, so a reconcile
+    /// with nothing to do writes nothing.
+    async fn write_status(&self, status: ModelCostMapSyncStatus) -> Result<(), Error> {
+        if self.sync.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let api: Api<ModelCostMapSync> =
+            Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        let patch = json!({
+            "apiVersion": "costmap.dev/v1alpha1",
+            "kind": "ModelCostMapSync",
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch_status(&self.sync.name_any(), &params, &Patch::Apply(&patch))
+            .await?;
+        self.context
+            .remember(&self.uid, |m| m.written_status = Some(status));
+        Ok(())
+    }
+
+    /// Records an Event; a failure to record is logged, never fatal.
+    async fn publish(&self, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(truncate(note, 1000)),
+            action: "Sync".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self
+            .context
+            .recorder
+            .publish(&event, &self.sync.object_ref(&()))
+            .await
+        {
+            warn!(error = %err, "could not record an Event");
+        }
+    }
+}
+
+/// The status to decide on: ours when the object's is older than our last write.
+fn newer_status(
+    observed: Option<&ModelCostMapSyncStatus>,
+    written: Option<ModelCostMapSyncStatus>,
+) -> Option<ModelCostMapSyncStatus> {
+    let attempt = |status: &ModelCostMapSyncStatus| status.last_attempt_time.as_ref().map(|t| t.0);
+    match (observed, written) {
+        (Some(observed), Some(written)) if attempt(&written) > attempt(observed) => Some(written),
+        (None, written) => written,
+        (observed, _) => observed.cloned(),
+    }
+}
+
+impl Outcome {
+    fn failed(reason: Reason, message: String) -> Outcome {
+        Outcome::Failed { reason, message }
+    }
+}
+
+/// The CPU-heavy part of accepting a new map.
+struct PreparedMap {
+    map: StoredMap,
+    models: usize,
+    change: Option<MapChange>,
+}
+
+fn prepare_new_map(
+    bytes: Vec<u8>,
+    rules: &Rules,
+    last_good: Option<&[u8]>,
+) -> Result<PreparedMap, ValidationError> {
+    let parsed = ModelMap::parse(&bytes)?;
+    // The last good map passed validation when it was stored; if it no longer parses (an
+    // older operator's rules), compare against nothing rather than refuse every new map.
+    let last_good = last_good.and_then(|bytes| ModelMap::parse(bytes).ok());
+    validate(&parsed, rules, last_good.as_ref())?;
+    let change = last_good.as_ref().map(|old| diff(old, &parsed));
+    Ok(PreparedMap {
+        models: parsed.model_count(),
+        map: StoredMap::from_bytes(bytes),
+        change,
+    })
+}
+
+fn fetch_failure(err: &FetchError) -> Outcome {
+    let reason = if err.is_too_large() {
+        Reason::TooLarge
+    } else {
+        Reason::FetchFailed
+    };
+    Outcome::failed(reason, err.to_string())
+}
+
+fn synced_message(artifact: Option<&Artifact>, what: &str) -> String {
+    match artifact {
+        Some(a) => format!(
+            "{} models, {} bytes, {} ({what})",
+            a.models, a.size, a.digest
+        ),
+        None => format!("source {what}"),
+    }
+}
+
+fn redacted(url: &str) -> String {
+    validate_source_url(url)
+        .map(|url| sanitize_url(&url))
+        .unwrap_or_else(|_| "<invalid URL>".to_owned())
+}
+
+/// The API server's message for an error, without the request it answered.
+fn api_error_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

@@ -1,0 +1,412 @@
+//! Shared harness of the integration tests: one real control plane per test binary, a
+//! namespace and an in-process operator per test, and a loopback HTTP source.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use costmap_operator::api::{ModelCostMapSync, SYNC_REQUESTED_AT_ANNOTATION};
+use costmap_operator::controller::{self, Settings};
+use costmap_operator::digest::sha256_digest;
+use costmap_operator::fetch::{FetchPolicy, Fetcher};
+use costmap_operator::metrics::Metrics;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::json;
+use testenv::ControlPlane;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The control plane of this test binary, started on first use. Its processes die with
+/// the test process.
+pub fn control_plane() -> &'static ControlPlane {
+    static PLANE: OnceLock<ControlPlane> = OnceLock::new();
+    PLANE.get_or_init(|| {
+        let plane = ControlPlane::start().unwrap_or_else(|err| {
+            panic!(
+                "the local control plane could not start (tests need it, they do not skip): {err:#}"
+            )
+        });
+        plane
+            .kubectl(&[
+                "apply",
+                "--server-side",
+                "-f",
+                &testenv::workspace_root().join("crds").to_string_lossy(),
+            ])
+            .unwrap_or_else(|err| panic!("applying crds/: {err:#}"));
+        plane
+            .kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/modelcostmapsyncs.costmap.dev",
+            ])
+            .unwrap_or_else(|err| panic!("waiting for the CRD: {err:#}"));
+        plane
+    })
+}
+
+/// A client for the control plane, bound to the calling test's runtime.
+pub async fn client() -> Client {
+    let plane = control_plane();
+    let kubeconfig = Kubeconfig::read_from(&plane.kubeconfig).expect("admin kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    Client::try_from(config).expect("client")
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("{prefix}-{}-{n}", std::process::id());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// An operator running in this process, watching one namespace.
+pub struct Operator {
+    pub metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Operator {
+    /// Starts the controller for `namespace` with test-friendly fetch backoffs.
+    pub fn start(client: &Client, namespace: &str) -> Operator {
+        Self::start_with(client, namespace, test_policy())
+    }
+
+    /// Starts the controller with a given fetch policy.
+    pub fn start_with(client: &Client, namespace: &str, policy: FetchPolicy) -> Operator {
+        let stop = CancellationToken::new();
+        let fetcher = Fetcher::new(policy).expect("fetcher");
+        let metrics = Arc::new(Metrics::default());
+        let settings = Settings {
+            namespace: Some(namespace.to_owned()),
+            instance: Some("test".into()),
+            metrics: metrics.clone(),
+        };
+        let task = tokio::spawn(controller::run(
+            client.clone(),
+            fetcher,
+            settings,
+            stop.clone().cancelled_owned(),
+        ));
+        Operator {
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("operator stops in time")
+            .expect("operator task");
+    }
+}
+
+/// Short retries so failing sources fail fast.
+pub fn test_policy() -> FetchPolicy {
+    FetchPolicy {
+        max_attempts: 2,
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        ..FetchPolicy::default()
+    }
+}
+
+/// What the loopback source answers.
+#[derive(Clone)]
+pub enum Answer {
+    /// The body, with an ETag of its digest, and 304 on a matching If-None-Match.
+    Map(Bytes),
+    /// The body with no validators: always 200, whatever the request says.
+    Plain(Bytes),
+    /// A status code with a body.
+    Status(StatusCode, Bytes),
+}
+
+/// A real HTTP source on loopback whose answer a test can change.
+#[derive(Clone)]
+pub struct Source {
+    pub url: String,
+    state: Arc<SourceState>,
+}
+
+struct SourceState {
+    answer: Mutex<Answer>,
+    log: Mutex<Vec<Served>>,
+}
+
+/// One request the source answered.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub status: u16,
+    pub headers: HeaderMap,
+}
+
+impl Source {
+    /// Starts serving `answer` at `/model_prices_and_context_window.json`.
+    pub async fn start(answer: Answer) -> Source {
+        let state = Arc::new(SourceState {
+            answer: Mutex::new(answer),
+            log: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route("/model_prices_and_context_window.json", get(serve_map))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Source {
+            url: format!("http://{addr}/model_prices_and_context_window.json"),
+            state,
+        }
+    }
+
+    /// Changes what the source answers from now on.
+    pub fn set(&self, answer: Answer) {
+        *self.state.answer.lock().unwrap() = answer;
+    }
+
+    /// Every request answered so far.
+    pub fn served(&self) -> Vec<Served> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    /// Status codes answered so far.
+    pub fn statuses(&self) -> Vec<u16> {
+        self.served().iter().map(|s| s.status).collect()
+    }
+}
+
+async fn serve_map(State(state): State<Arc<SourceState>>, headers: HeaderMap) -> Response {
+    let answer = state.answer.lock().unwrap().clone();
+    let response = match answer {
+        Answer::Map(body) => {
+            let etag = format!("\"{}\"", sha256_digest(&body));
+            let matches = headers
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|value| value.as_bytes() == etag.as_bytes());
+            if matches {
+                (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response()
+            } else {
+                (StatusCode::OK, [(header::ETAG, etag)], body).into_response()
+            }
+        }
+        Answer::Plain(body) => (StatusCode::OK, body).into_response(),
+        Answer::Status(code, body) => (code, body).into_response(),
+    };
+    state.log.lock().unwrap().push(Served {
+        status: response.status().as_u16(),
+        headers,
+    });
+    response
+}
+
+/// A map in LiteLLM's shape with models `model-0`..`model-{n-1}` plus `extra` names.
+pub fn small_map(n: usize, extra: &[&str]) -> Bytes {
+    let mut map = serde_json::Map::new();
+    map.insert(
+        "sample_spec".into(),
+        json!({"max_tokens": "LEGACY", "input_cost_per_token": 0.0, "mode": "one of: chat"}),
+    );
+    let names = (0..n)
+        .map(|i| format!("model-{i}"))
+        .chain(extra.iter().map(|s| s.to_string()));
+    for name in names {
+        map.insert(
+            name,
+            json!({"max_tokens": 4096, "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
+                   "litellm_provider": "openai", "mode": "chat"}),
+        );
+    }
+    Bytes::from(serde_json::to_vec_pretty(&map).unwrap())
+}
+
+/// The bytes of a real LiteLLM release's map (downloaded once from PyPI, cached).
+pub fn real_map(version: &str) -> Bytes {
+    let path = testenv::litellm_map(version)
+        .unwrap_or_else(|err| panic!("the real litellm {version} map is needed: {err:#}"));
+    Bytes::from(std::fs::read(path).unwrap())
+}
+
+/// Creates a ModelCostMapSync from a spec.
+pub async fn create_sync(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> ModelCostMapSync {
+    let sync: ModelCostMapSync = serde_json::from_value(json!({
+        "apiVersion": "costmap.dev/v1alpha1",
+        "kind": "ModelCostMapSync",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }))
+    .unwrap();
+    syncs(client, namespace)
+        .create(&PostParams::default(), &sync)
+        .await
+        .expect("create ModelCostMapSync")
+}
+
+pub fn syncs(client: &Client, namespace: &str) -> Api<ModelCostMapSync> {
+    Api::namespaced(client.clone(), namespace)
+}
+
+pub fn config_maps(client: &Client, namespace: &str) -> Api<ConfigMap> {
+    Api::namespaced(client.clone(), namespace)
+}
+
+/// Sets the sync-request annotation to `value`.
+pub async fn request_sync(client: &Client, namespace: &str, name: &str, value: &str) {
+    let patch = json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: value}}});
+    syncs(client, namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotate");
+}
+
+/// Polls `probe` until it returns Some, or fails the test at the deadline with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the object's Ready condition has `status` and `reason`, and returns it.
+pub async fn wait_ready(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> ModelCostMapSync {
+    let api = syncs(client, namespace);
+    eventually(
+        &format!("{namespace}/{name} Ready={status} {reason}"),
+        || {
+            let api = api.clone();
+            async move {
+                let sync = api.get(name).await.ok()?;
+                let ready = ready_condition(&sync)?;
+                (ready.status == status && ready.reason == reason).then_some(sync)
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until the object's status has handled the sync request `value`.
+pub async fn wait_handled(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    value: &str,
+) -> ModelCostMapSync {
+    let api = syncs(client, namespace);
+    eventually(
+        &format!("{namespace}/{name} handling sync request {value}"),
+        || {
+            let api = api.clone();
+            async move {
+                let sync = api.get(name).await.ok()?;
+                let handled =
+                    sync.status.as_ref()?.last_handled_sync_request.as_deref() == Some(value);
+                handled.then_some(sync)
+            }
+        },
+    )
+    .await
+}
+
+pub fn ready_condition(
+    sync: &ModelCostMapSync,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    sync.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .cloned()
+}
+
+/// The map bytes stored in a ConfigMap's gz key.
+pub fn stored_bytes(config_map: &ConfigMap, key: &str) -> Vec<u8> {
+    use std::io::Read;
+    let gz = &config_map.binary_data.as_ref().expect("binaryData")[&format!("{key}.gz")];
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(gz.0.as_slice())
+        .read_to_end(&mut bytes)
+        .expect("valid gzip");
+    bytes
+}
+
+/// Events recorded about objects in `namespace`, as (reason, note).
+pub async fn events(client: &Client, namespace: &str) -> Vec<(String, String)> {
+    Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// Waits for an Event with `reason` whose note contains `text`.
+pub async fn wait_event(client: &Client, namespace: &str, reason: &str, text: &str) -> String {
+    eventually(
+        &format!("an Event {reason} mentioning {text:?}"),
+        || async {
+            events(client, namespace)
+                .await
+                .into_iter()
+                .find(|(r, note)| r == reason && note.contains(text))
+                .map(|(_, note)| note)
+        },
+    )
+    .await
+}
+
+/// A ConfigMap's annotations.
+pub fn annotations(config_map: &ConfigMap) -> BTreeMap<String, String> {
+    config_map.metadata.annotations.clone().unwrap_or_default()
+}

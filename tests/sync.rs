@@ -1,0 +1,514 @@
+//! The sync core on a real kube-apiserver: ModelCostMapSync -> validated, gzipped ConfigMap
+//! with status and Events, from a real HTTP source on loopback.
+
+mod common;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use common::*;
+use costmap_operator::api::DEFAULT_KEY;
+use costmap_operator::digest::{git_blob_id, sha256_digest};
+use costmap_operator::fetch::FetchPolicy;
+use costmap_operator::metrics::SyncResult;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+/// A namespace with an operator, a source serving `answer`, and a ModelCostMapSync
+/// `litellm` pointing at it, synced once.
+struct Scenario {
+    client: Client,
+    ns: String,
+    source: Source,
+    operator: Operator,
+}
+
+impl Scenario {
+    async fn new(prefix: &str, answer: Answer, extra_spec: serde_json::Value) -> Scenario {
+        let client = client().await;
+        let ns = namespace(&client, prefix).await;
+        let source = Source::start(answer).await;
+        let operator = Operator::start(&client, &ns);
+        let mut spec = json!({"source": {"url": source.url}, "interval": "1h"});
+        merge(&mut spec, extra_spec);
+        create_sync(&client, &ns, "litellm", spec).await;
+        Scenario {
+            client,
+            ns,
+            source,
+            operator,
+        }
+    }
+
+    async fn config_map(&self) -> k8s_openapi::api::core::v1::ConfigMap {
+        config_maps(&self.client, &self.ns)
+            .get("litellm")
+            .await
+            .expect("ConfigMap exists")
+    }
+
+    async fn wait_ready(
+        &self,
+        status: &str,
+        reason: &str,
+    ) -> costmap_operator::api::ModelCostMapSync {
+        wait_ready(&self.client, &self.ns, "litellm", status, reason).await
+    }
+
+    /// Asks for a sync and waits until it has been handled.
+    async fn sync_now(&self, token: &str) -> costmap_operator::api::ModelCostMapSync {
+        request_sync(&self.client, &self.ns, "litellm", token).await;
+        wait_handled(&self.client, &self.ns, "litellm", token).await
+    }
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(base.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (base, extra) => *base = extra,
+    }
+}
+
+#[tokio::test]
+async fn first_sync_of_the_real_map_writes_a_gzipped_configmap_with_status_and_annotations() {
+    let real = real_map("1.110.2");
+    let s = Scenario::new("first", Answer::Map(real.clone()), json!({})).await;
+    let sync = s.wait_ready("True", "Synced").await;
+
+    let cm = s.config_map().await;
+    assert_eq!(
+        stored_bytes(&cm, DEFAULT_KEY),
+        real.as_ref(),
+        "gz key holds the exact source bytes"
+    );
+    assert!(
+        cm.data.is_none(),
+        "3.5 MB does not fit verbatim beside the gzip"
+    );
+    let gz_len = cm.binary_data.as_ref().unwrap()[&format!("{DEFAULT_KEY}.gz")]
+        .0
+        .len();
+    assert!(gz_len < 300_000, "gzip of the real map is {gz_len} bytes");
+
+    let digest = sha256_digest(&real);
+    let annotations = annotations(&cm);
+    assert_eq!(annotations["costmap.dev/digest"], digest);
+    assert_eq!(annotations["costmap.dev/git-blob-id"], git_blob_id(&real));
+    assert!(annotations["costmap.dev/git-blob-id"].starts_with("c8f11f1b697e"));
+    assert_eq!(annotations["costmap.dev/models"], "4876");
+    assert_eq!(annotations["costmap.dev/source-url"], s.source.url);
+    assert!(annotations.contains_key("costmap.dev/updated-at"));
+    assert_eq!(
+        cm.labels()["app.kubernetes.io/managed-by"],
+        "costmap-operator"
+    );
+
+    let owner = &cm.owner_references()[0];
+    assert_eq!(owner.kind, "ModelCostMapSync");
+    assert_eq!(owner.name, "litellm");
+    assert_eq!(Some(owner.uid.clone()), sync.uid());
+    assert_eq!(owner.controller, Some(true));
+
+    let status = sync.status.unwrap();
+    let artifact = status.artifact.unwrap();
+    assert_eq!(artifact.digest, digest);
+    assert_eq!(artifact.size, 3_483_222);
+    assert_eq!(artifact.models, 4876);
+    assert_eq!(
+        artifact.revision,
+        Some(format!("\"{digest}\"")),
+        "the ETag is kept for conditional GETs"
+    );
+    assert_eq!(status.observed_generation, sync.metadata.generation);
+    assert!(status.last_sync_time.is_some() && status.next_sync_time.is_some());
+    assert!(
+        status.last_change.is_none(),
+        "nothing to compare a first sync with"
+    );
+    wait_event(&s.client, &s.ns, "MapSynced", "first sync: 4876 models").await;
+    s.operator.stop().await;
+}
+
+#[tokio::test]
+async fn unchanged_source_writes_nothing_and_a_304_costs_no_parse() {
+    let map = small_map(60, &[]);
+    let s = Scenario::new("unchanged", Answer::Map(map.clone()), json!({})).await;
+    s.wait_ready("True", "Synced").await;
+    let cm_version = s.config_map().await.resource_version();
+
+    let after_304 = s.sync_now("1").await;
+    assert_eq!(
+        s.source.statuses(),
+        [200, 304],
+        "the second fetch was conditional"
+    );
+    assert_eq!(s.operator.metrics.syncs_with(SyncResult::NotModified), 1);
+    assert_eq!(s.config_map().await.resource_version(), cm_version);
+    let etag = format!("\"{}\"", sha256_digest(&map));
+    let sent = s.source.served()[1]
+        .headers
+        .get("if-none-match")
+        .cloned()
+        .unwrap();
+    assert_eq!(sent.to_str().unwrap(), etag);
+
+    // A source that ignores validators re-sends the same bytes: still nothing written.
+    s.source.set(Answer::Plain(map));
+    let after_200 = s.sync_now("2").await;
+    assert_eq!(s.source.statuses(), [200, 304, 200]);
+    assert_eq!(s.operator.metrics.syncs_with(SyncResult::Unchanged), 1);
+    assert_eq!(s.config_map().await.resource_version(), cm_version);
+    assert_eq!(
+        s.operator.metrics.syncs_with(SyncResult::Updated),
+        1,
+        "only the first sync wrote"
+    );
+    let ready = ready_condition(&after_200).unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Synced")
+    );
+    assert_eq!(
+        ready.last_transition_time,
+        ready_condition(&after_304).unwrap().last_transition_time,
+        "Ready stayed True, so its transition time stays"
+    );
+    s.operator.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_real_map_reports_added_removed_and_changed_models_and_an_event() {
+    let s = Scenario::new("change", Answer::Map(real_map("1.108.0")), json!({})).await;
+    s.wait_ready("True", "Synced").await;
+
+    let newer = real_map("1.110.2");
+    s.source.set(Answer::Map(newer.clone()));
+    let sync = s.sync_now("launch-day").await;
+    let status = sync.status.unwrap();
+    let change = status.last_change.unwrap();
+    assert_eq!(
+        (change.added, change.removed, change.changed),
+        (688, 52, 3434)
+    );
+    assert_eq!(change.added_models.len(), 20);
+    assert!(
+        change.added_models.windows(2).all(|w| w[0] < w[1]),
+        "sorted"
+    );
+    assert_eq!(status.artifact.unwrap().digest, sha256_digest(&newer));
+    assert_eq!(
+        stored_bytes(&s.config_map().await, DEFAULT_KEY),
+        newer.as_ref()
+    );
+    let note = wait_event(
+        &s.client,
+        &s.ns,
+        "MapUpdated",
+        "688 added, 52 removed, 3434 changed",
+    )
+    .await;
+    assert!(
+        note.contains(&format!("new: {}", change.added_models[0])),
+        "{note}"
+    );
+    s.operator.stop().await;
+}
+
+#[tokio::test]
+async fn broken_sources_leave_the_last_good_map_and_say_why() {
+    let good = small_map(60, &[]);
+    let s = Scenario::new("broken", Answer::Map(good.clone()), json!({})).await;
+    s.wait_ready("True", "Synced").await;
+    let cm_version = s.config_map().await.resource_version();
+
+    let shrunk_names: Vec<String> = (0..25)
+        .map(|i| format!("model-{i}"))
+        .chain((0..35).map(|i| format!("brand-new-{i}")))
+        .collect();
+    let shrunk: Vec<&str> = shrunk_names.iter().map(String::as_str).collect();
+    let cases = [
+        (
+            "html",
+            Answer::Status(
+                StatusCode::OK,
+                Bytes::from("<!DOCTYPE html><html>Rate limited</html>"),
+            ),
+            "InvalidMap",
+            "looks like HTML",
+        ),
+        (
+            "truncated",
+            Answer::Plain(good.slice(..good.len() / 2)),
+            "InvalidMap",
+            "truncated",
+        ),
+        (
+            "too-few",
+            Answer::Plain(small_map(10, &[])),
+            "InvalidMap",
+            "10 models, fewer than minModels 50",
+        ),
+        (
+            "shrunk",
+            Answer::Plain(small_map(0, &shrunk)),
+            "ShrinkGuard",
+            "drops 35 of the last good map's 60 models",
+        ),
+        (
+            "server-error",
+            Answer::Status(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from("oops")),
+            "FetchFailed",
+            "500",
+        ),
+    ];
+    let mut reasons_seen = Vec::new();
+    for (token, answer, reason, text) in cases {
+        s.source.set(answer);
+        let sync = s.sync_now(token).await;
+        let ready = ready_condition(&sync).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason),
+            "{token}: {}",
+            ready.message
+        );
+        assert!(ready.message.contains(text), "{token}: {}", ready.message);
+        assert!(
+            !ready.message.contains("Rate limited"),
+            "response bodies are never echoed"
+        );
+        let cm = s.config_map().await;
+        assert_eq!(
+            cm.resource_version(),
+            cm_version,
+            "{token}: the ConfigMap was not touched"
+        );
+        assert_eq!(stored_bytes(&cm, DEFAULT_KEY), good.as_ref());
+        assert_eq!(
+            sync.status.unwrap().artifact.unwrap().digest,
+            sha256_digest(&good)
+        );
+        // Events of one reason form a series that keeps its first note.
+        let first_of_its_reason = !reasons_seen.contains(&reason);
+        wait_event(
+            &s.client,
+            &s.ns,
+            reason,
+            if first_of_its_reason { text } else { "" },
+        )
+        .await;
+        reasons_seen.push(reason);
+    }
+
+    s.source.set(Answer::Map(good));
+    s.sync_now("fixed").await;
+    s.wait_ready("True", "Synced").await;
+    s.operator.stop().await;
+}
+
+#[tokio::test]
+async fn a_map_over_the_size_cap_is_too_large() {
+    let client = client().await;
+    let ns = namespace(&client, "toolarge").await;
+    let source = Source::start(Answer::Map(small_map(60, &[]))).await;
+    let policy = FetchPolicy {
+        max_body_bytes: 1024,
+        ..test_policy()
+    };
+    let operator = Operator::start_with(&client, &ns, policy);
+    create_sync(
+        &client,
+        &ns,
+        "litellm",
+        json!({"source": {"url": source.url}}),
+    )
+    .await;
+    let sync = wait_ready(&client, &ns, "litellm", "False", "TooLarge").await;
+    assert!(ready_condition(&sync).unwrap().message.contains("1024"));
+    assert!(
+        config_maps(&client, &ns)
+            .get_opt("litellm")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing truncated, nothing written"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn suspend_stops_scheduled_and_requested_syncs() {
+    let s = Scenario::new(
+        "suspend",
+        Answer::Map(small_map(60, &[])),
+        json!({"suspend": true}),
+    )
+    .await;
+    let sync = s.wait_ready("False", "Suspended").await;
+    assert!(
+        ready_condition(&sync)
+            .unwrap()
+            .message
+            .contains("suspended")
+    );
+    request_sync(&s.client, &s.ns, "litellm", "while-suspended").await;
+    // The request is seen (a reconcile runs) but not acted on.
+    let before = s.operator.metrics.reconciles.get();
+    eventually("a reconcile of the annotated object", || async {
+        (s.operator.metrics.reconciles.get() > before).then_some(())
+    })
+    .await;
+    assert!(s.source.served().is_empty(), "suspended: no fetch at all");
+    assert!(
+        config_maps(&s.client, &s.ns)
+            .get_opt("litellm")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let resume = json!({"spec": {"suspend": false}});
+    syncs(&s.client, &s.ns)
+        .patch("litellm", &PatchParams::default(), &Patch::Merge(&resume))
+        .await
+        .unwrap();
+    let sync = s.wait_ready("True", "Synced").await;
+    assert_eq!(
+        sync.status.unwrap().last_handled_sync_request.as_deref(),
+        Some("while-suspended")
+    );
+    assert_eq!(s.source.statuses(), [200]);
+    s.operator.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_configmap_is_recreated_and_a_hand_edited_one_restored_without_fetching() {
+    let map = small_map(60, &[]);
+    let s = Scenario::new("restore", Answer::Map(map.clone()), json!({})).await;
+    s.wait_ready("True", "Synced").await;
+    let original = s.config_map().await;
+    assert_eq!(
+        original.data.as_ref().unwrap()[DEFAULT_KEY].as_bytes(),
+        map.as_ref(),
+        "small maps are also stored verbatim"
+    );
+
+    config_maps(&s.client, &s.ns)
+        .delete("litellm", &DeleteParams::default())
+        .await
+        .unwrap();
+    let recreated = eventually("the ConfigMap to come back", || async {
+        config_maps(&s.client, &s.ns)
+            .get_opt("litellm")
+            .await
+            .ok()
+            .flatten()
+            .filter(|cm| cm.uid() != original.uid())
+    })
+    .await;
+    assert_eq!(stored_bytes(&recreated, DEFAULT_KEY), map.as_ref());
+    assert_eq!(
+        annotations(&recreated)["costmap.dev/digest"],
+        sha256_digest(&map)
+    );
+
+    let edit = json!({"data": {DEFAULT_KEY: "{}"}, "metadata": {"annotations": {"costmap.dev/digest": "sha256:forged"}}});
+    config_maps(&s.client, &s.ns)
+        .patch("litellm", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    let restored = eventually("the hand edit to be undone", || async {
+        let cm = config_maps(&s.client, &s.ns).get("litellm").await.ok()?;
+        (cm.data.as_ref()?[DEFAULT_KEY].as_bytes() == map.as_ref()).then_some(cm)
+    })
+    .await;
+    assert_eq!(
+        annotations(&restored)["costmap.dev/digest"],
+        sha256_digest(&map)
+    );
+    assert_eq!(s.source.statuses(), [200], "restoring needs no fetch");
+    wait_event(&s.client, &s.ns, "Recreated", "deleted").await;
+    wait_event(&s.client, &s.ns, "Restored", "edited").await;
+    s.operator.stop().await;
+}
+
+#[tokio::test]
+async fn an_operator_restart_rewrites_nothing() {
+    let s = Scenario::new("restart", Answer::Map(small_map(60, &[])), json!({})).await;
+    s.wait_ready("True", "Synced").await;
+    let sync_version = syncs(&s.client, &s.ns)
+        .get("litellm")
+        .await
+        .unwrap()
+        .resource_version();
+    let cm_version = s.config_map().await.resource_version();
+    let Scenario {
+        client,
+        ns,
+        source,
+        operator,
+    } = s;
+    operator.stop().await;
+
+    let restarted = Operator::start(&client, &ns);
+    eventually("the restarted operator to reconcile", || async {
+        (restarted.metrics.reconciles.get() >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        syncs(&client, &ns)
+            .get("litellm")
+            .await
+            .unwrap()
+            .resource_version(),
+        sync_version
+    );
+    assert_eq!(
+        config_maps(&client, &ns)
+            .get("litellm")
+            .await
+            .unwrap()
+            .resource_version(),
+        cm_version
+    );
+    assert_eq!(source.statuses(), [200], "not due: no fetch");
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn headers_from_the_secret_reach_the_source_and_nowhere_else() {
+    let client = client().await;
+    let ns = namespace(&client, "headers").await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "mirror-auth"},
+        "stringData": {"Authorization": "Bearer hunter2-very-secret"},
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    let source = Source::start(Answer::Status(StatusCode::FORBIDDEN, Bytes::from("denied"))).await;
+    let operator = Operator::start(&client, &ns);
+    let spec = json!({"source": {"url": source.url, "headersSecretRef": {"name": "mirror-auth"}}});
+    create_sync(&client, &ns, "litellm", spec).await;
+    let sync = wait_ready(&client, &ns, "litellm", "False", "FetchFailed").await;
+    let sent = source.served()[0]
+        .headers
+        .get("authorization")
+        .cloned()
+        .unwrap();
+    assert_eq!(sent.to_str().unwrap(), "Bearer hunter2-very-secret");
+
+    let status = serde_json::to_string(&sync.status).unwrap();
+    assert!(status.contains("403"), "{status}");
+    assert!(!status.contains("hunter2"), "{status}");
+    wait_event(&client, &ns, "FetchFailed", "403").await;
+    let all_events = format!("{:?}", events(&client, &ns).await);
+    assert!(!all_events.contains("hunter2"), "{all_events}");
+    operator.stop().await;
+}
