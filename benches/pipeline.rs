@@ -1,0 +1,48 @@
+//! The pure stages of one sync on the real LiteLLM maps (1.108.0 -> 1.110.2): what a content
+//! change costs in CPU, stage by stage.
+
+use costmap_operator::diff::diff;
+use costmap_operator::digest::{git_blob_id, sha256_digest};
+use costmap_operator::render::StoredMap;
+use costmap_operator::validate::{ModelMap, Rules, validate};
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+
+fn real_map(version: &str) -> Vec<u8> {
+    let path = testenv::litellm_map(version).expect("the real LiteLLM map (pip download)");
+    std::fs::read(path).expect("read map")
+}
+
+fn pipeline(c: &mut Criterion) {
+    let old_bytes = real_map("1.108.0");
+    let new_bytes = real_map("1.110.2");
+    let old = ModelMap::parse(&old_bytes).expect("valid");
+    let new = ModelMap::parse(&new_bytes).expect("valid");
+
+    let mut group = c.benchmark_group("sync of the 3.5 MB map");
+    group.sample_size(20);
+    group.bench_function("parse", |b| {
+        b.iter(|| ModelMap::parse(black_box(&new_bytes)))
+    });
+    group.bench_function("validate with shrink guard", |b| {
+        b.iter(|| validate(black_box(&new), &Rules::default(), Some(&old)))
+    });
+    group.bench_function("diff", |b| {
+        b.iter(|| diff(black_box(&old), black_box(&new)))
+    });
+    group.bench_function("digest + git blob id", |b| {
+        b.iter(|| {
+            (
+                sha256_digest(black_box(&new_bytes)),
+                git_blob_id(black_box(&new_bytes)),
+            )
+        })
+    });
+    group.bench_function("gzip (best)", |b| {
+        b.iter(|| StoredMap::from_bytes(black_box(new_bytes.clone())))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
