@@ -19,7 +19,9 @@ pub const DEFAULT_SOURCE_URL: &str =
 /// The file name LiteLLM uses for the map, and the default ConfigMap key.
 pub const DEFAULT_KEY: &str = "model_prices_and_context_window.json";
 
-/// Go-style durations made of whole numbers: `90s`, `30m`, `1h30m`, `500ms`.
+/// Go-style durations made of whole numbers: `90s`, `30m`, `1h30m`, `500ms`. The CEL rules
+/// repeat it so that a malformed duration gets only the pattern's error, not also a CEL
+/// type-conversion error.
 const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -50,7 +52,7 @@ pub struct ModelCostMapSyncSpec {
     /// (for example 30m, 1h, 1h30m). At least 1m. Defaults to 1h.
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("interval must be at least 1m"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || duration(self) >= duration('1m')").message("interval must be at least 1m"))]
     pub interval: String,
 
     /// Suspend stops scheduled and requested syncs while true. The ConfigMap keeps the map
@@ -88,7 +90,7 @@ pub struct Source {
     /// Between 1s and 10m. Defaults to 30s.
     #[serde(default = "default_timeout")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')").message("timeout must be between 1s and 10m"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('10m'))").message("timeout must be between 1s and 10m"))]
     pub timeout: String,
 }
 
@@ -370,9 +372,9 @@ mod tests {
 
     #[test]
     fn go_style_durations_parse() {
-        let spec = spec_from_yaml("interval: 1h30m\nsource: {timeout: 500ms}");
+        let spec = spec_from_yaml("interval: 1h30m\nsource: {timeout: 1m30s}");
         assert_eq!(spec.interval().unwrap(), Duration::from_secs(5400));
-        assert_eq!(spec.timeout().unwrap(), Duration::from_millis(500));
+        assert_eq!(spec.timeout().unwrap(), Duration::from_secs(90));
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub async fn check(
     rules: &Rules,
     timeout: Duration,
 ) -> Result<Summary, CheckError> {
-    let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+    // Anything with a scheme is a URL, so `ftp://...` or `file://...` is refused as a URL
+    // rather than looked up as a relative file path.
+    let bytes = if source.contains("://") {
         let request = FetchRequest {
             url: source,
             headers: &[],

@@ -227,7 +227,10 @@ impl<'a> Reconciler<'a> {
             },
             uid,
             interval: sync.spec.interval()?,
-            now: Timestamp::now(),
+            // Whole seconds, as metav1.Time stores them: the status kept in memory must compare
+            // equal to the same status read back from the API server.
+            now: Timestamp::from_second(Timestamp::now().as_second())
+                .unwrap_or_else(|_| Timestamp::now()),
         })
     }
 

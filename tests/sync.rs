@@ -512,3 +512,54 @@ async fn headers_from_the_secret_reach_the_source_and_nowhere_else() {
     assert!(!all_events.contains("hunter2"), "{all_events}");
     operator.stop().await;
 }
+
+#[tokio::test]
+async fn a_sync_runs_when_next_sync_time_passes_or_the_spec_changes() {
+    let s = Scenario::new("schedule", Answer::Map(small_map(60, &[])), json!({})).await;
+    s.wait_ready("True", "Synced").await;
+    assert_eq!(s.source.statuses(), [200]);
+
+    // Pretend an hour went by: the schedule lives in status, so moving nextSyncTime into the
+    // past makes the sync due (waiting out the 1m minimum interval would slow the suite).
+    let past = json!({"status": {"nextSyncTime": "2020-01-01T00:00:00Z"}});
+    syncs(&s.client, &s.ns)
+        .patch_status("litellm", &PatchParams::default(), &Patch::Merge(&past))
+        .await
+        .unwrap();
+    eventually("a scheduled fetch", || async {
+        (s.source.statuses() == [200, 304]).then_some(())
+    })
+    .await;
+    let sync = eventually("nextSyncTime back in the future", || async {
+        let sync = syncs(&s.client, &s.ns).get("litellm").await.ok()?;
+        let next = sync.status.as_ref()?.next_sync_time.as_ref()?.0;
+        (next > k8s_openapi::jiff::Timestamp::now()).then_some(sync)
+    })
+    .await;
+    assert_eq!(ready_condition(&sync).unwrap().status, "True");
+
+    let new_spec = json!({"spec": {"interval": "2h"}});
+    syncs(&s.client, &s.ns)
+        .patch("litellm", &PatchParams::default(), &Patch::Merge(&new_spec))
+        .await
+        .unwrap();
+    let sync = eventually("a sync for the new generation", || async {
+        let sync = syncs(&s.client, &s.ns).get("litellm").await.ok()?;
+        (sync.status.as_ref()?.observed_generation == Some(2)).then_some(sync)
+    })
+    .await;
+    assert_eq!(
+        s.source.statuses(),
+        [200, 304, 304],
+        "a spec change fetches once"
+    );
+    let status = sync.status.unwrap();
+    let next = status.next_sync_time.unwrap().0;
+    let last = status.last_attempt_time.unwrap().0;
+    assert_eq!(
+        last.duration_until(next).as_secs(),
+        7200,
+        "the new interval applies"
+    );
+    s.operator.stop().await;
+}
