@@ -11,9 +11,11 @@ use costmap_operator::api::ModelCostMapSync;
 use costmap_operator::check::check;
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::fetch::{FetchPolicy, Fetcher};
+use costmap_operator::map_cache::MapCache;
 use costmap_operator::metrics::Metrics;
 use costmap_operator::server::{self, ServerState};
 use costmap_operator::validate::Rules;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
 use kube::{Api, Client, CustomResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -155,7 +157,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
     let metrics = Arc::new(Metrics::default());
-    let state = ServerState::new(metrics.clone());
+    let maps = MapCache::default();
+    let config_maps: Api<ConfigMap> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Every replica serves maps, leader or not.
+    tokio::spawn(maps.clone().run(config_maps, args.fetch.max_map_bytes));
+    let state = ServerState::new(metrics.clone(), maps);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -5,26 +5,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::map_cache::{MapCache, MapKey};
 use crate::metrics::Metrics;
+use crate::serve::respond;
 
 /// State shared by the handlers.
 #[derive(Clone, Default)]
 pub struct ServerState {
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    maps: MapCache,
 }
 
 impl ServerState {
     /// State serving `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> ServerState {
+    pub fn new(metrics: Arc<Metrics>, maps: MapCache) -> ServerState {
         ServerState {
             ready: Arc::default(),
             metrics,
+            maps,
         }
     }
 
@@ -40,11 +45,28 @@ pub fn router(state: ServerState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/maps/{namespace}/{name}/{key}", get(map))
         .with_state(state)
 }
 
+/// `GET`/`HEAD /maps/{namespace}/{name}/{key}`: the last good map of a ModelCostMapSync.
+async fn map(
+    State(state): State<ServerState>,
+    Path((namespace, name, key)): Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let map = state.maps.get(&MapKey {
+        namespace,
+        name,
+        key,
+    });
+    respond(map.as_deref(), &method, &headers)
+}
+
+/// Ready once the operator runs and every synced map can be served.
 async fn readyz(State(state): State<ServerState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.ready.load(Ordering::Relaxed) && state.maps.is_synced() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

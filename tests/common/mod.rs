@@ -19,7 +19,9 @@ use costmap_operator::api::{ModelCostMapSync, SYNC_REQUESTED_AT_ANNOTATION};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::digest::sha256_digest;
 use costmap_operator::fetch::{FetchPolicy, Fetcher};
+use costmap_operator::map_cache::MapCache;
 use costmap_operator::metrics::Metrics;
+use costmap_operator::server::{self, ServerState};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -89,6 +91,8 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
 /// An operator running in this process, watching one namespace.
 pub struct Operator {
     pub metrics: Arc<Metrics>,
+    /// `http://127.0.0.1:PORT` of its HTTP server (maps, metrics, health).
+    pub base_url: String,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -109,14 +113,31 @@ impl Operator {
             instance: Some("test".into()),
             metrics: metrics.clone(),
         };
-        let task = tokio::spawn(controller::run(
+        let maps = MapCache::default();
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let max_bytes = fetcher.policy().max_body_bytes;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let state = ServerState::new(metrics.clone(), maps.clone());
+        state.set_ready(true);
+        let controller = controller::run(
             client.clone(),
             fetcher,
             settings,
             stop.clone().cancelled_owned(),
-        ));
+        );
+        let serve = server::serve(listener, state, stop.clone().cancelled_owned());
+        let task = tokio::spawn(async move {
+            let cache = tokio::spawn(maps.run(config_maps, max_bytes));
+            let (_, served) = tokio::join!(controller, serve);
+            served.expect("server");
+            cache.abort();
+        });
         Operator {
             metrics,
+            base_url,
             stop,
             task,
         }
