@@ -32,16 +32,21 @@ pub struct MapCache {
     inner: Arc<RwLock<Inner>>,
 }
 
+/// A ConfigMap's namespace and name.
+type ConfigMapId = (String, String);
+/// The maps one ConfigMap holds.
+type ConfigMapMaps = Vec<(MapKey, Arc<ServedMap>)>;
+
 #[derive(Default)]
 struct Inner {
     /// Maps by ConfigMap (namespace/name), so a deleted or changed ConfigMap drops its maps.
-    by_config_map: HashMap<(String, String), Vec<(MapKey, Arc<ServedMap>)>>,
+    by_config_map: HashMap<ConfigMapId, ConfigMapMaps>,
     /// The same maps by the key requests use.
     by_key: HashMap<MapKey, Arc<ServedMap>>,
     /// Whether the first full list has been loaded.
     synced: bool,
     /// The set being built by a list in progress.
-    relisting: Option<HashMap<(String, String), Vec<(MapKey, Arc<ServedMap>)>>>,
+    relisting: Option<HashMap<ConfigMapId, ConfigMapMaps>>,
 }
 
 impl MapCache {
@@ -116,13 +121,13 @@ impl MapCache {
     }
 }
 
-fn config_map_id(cm: &ConfigMap) -> (String, String) {
+fn config_map_id(cm: &ConfigMap) -> ConfigMapId {
     (cm.namespace().unwrap_or_default(), cm.name_any())
 }
 
 /// The maps a managed ConfigMap holds: each `<key>.gz` whose bytes match the digest
 /// annotation. A ConfigMap edited by hand serves nothing until the operator restores it.
-fn served_maps(cm: &ConfigMap, max_bytes: u64) -> Vec<(MapKey, Arc<ServedMap>)> {
+fn served_maps(cm: &ConfigMap, max_bytes: u64) -> ConfigMapMaps {
     let Some(owner) = cm
         .owner_references()
         .iter()
