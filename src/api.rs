@@ -67,6 +67,103 @@ pub struct ModelCostMapSyncSpec {
     /// Validation sets the checks a fetched map must pass before it replaces the last good one.
     #[serde(default)]
     pub validation: Validation,
+
+    /// Consumers are told about each new map: LiteLLM proxies are reloaded and checked,
+    /// workloads are restarted.
+    #[serde(default, skip_serializing_if = "Consumers::is_empty")]
+    pub consumers: Consumers,
+}
+
+/// Who gets each new map.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Consumers {
+    /// LitellmProxies are LiteLLM proxies that fetch the map from this operator
+    /// (LITELLM_MODEL_COST_MAP_URL). After each new map each is sent
+    /// POST /reload/model_cost_map, then asked GET /model/cost_map/source whether it serves
+    /// the new map. Reloading needs a proxy with a database; others are reported Stale until
+    /// restarted (see restartWorkloads).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub litellm_proxies: Vec<LitellmProxy>,
+
+    /// RestartWorkloads are Deployments, StatefulSets or DaemonSets in this namespace whose
+    /// pods get a rolling restart after each new map (the pod template annotation
+    /// costmap.dev/digest is set to the new digest): for proxies without a database.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub restart_workloads: Vec<WorkloadRef>,
+}
+
+impl Consumers {
+    /// Whether no consumer is configured.
+    pub fn is_empty(&self) -> bool {
+        self.litellm_proxies.is_empty() && self.restart_workloads.is_empty()
+    }
+}
+
+/// One LiteLLM proxy, or every ready pod behind a Service. Set exactly one of url and service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.service)").message("set exactly one of url and service"))]
+pub struct LitellmProxy {
+    /// URL is the proxy's base URL, for example http://litellm.llm.svc:4000. Through a
+    /// Service this reaches one random pod; prefer service to reach them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message("url must be an http or https URL"))]
+    pub url: Option<String>,
+
+    /// Service names a Service in this namespace: every ready endpoint of its
+    /// EndpointSlices is reloaded and checked, one status row per pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServicePort>,
+
+    /// AdminKeySecretRef names the Secret key holding the proxy's master (admin) key.
+    pub admin_key_secret_ref: SecretKeySelector,
+}
+
+/// A Service and the port LiteLLM listens on in its pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServicePort {
+    /// Name of the Service.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Port LiteLLM listens on in each pod (the Service's target port).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeySelector {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A workload to restart after each new map.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct WorkloadRef {
+    /// Kind: Deployment, StatefulSet or DaemonSet.
+    pub kind: WorkloadKind,
+    /// Name, in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The kinds of workload that can be restarted.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
 }
 
 /// Where the map comes from.
@@ -200,6 +297,46 @@ pub struct ModelCostMapSyncStatus {
     /// LastChange is what the last content change added, removed and changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<LastChange>,
+
+    /// Consumers says, per LiteLLM proxy (per pod for a Service), whether it serves the map
+    /// in artifact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+/// What one LiteLLM proxy serves.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    /// URL the proxy was reached at.
+    pub url: String,
+    /// Pod behind that URL, for proxies found through a Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// State: Current (serves artifact.gitBlobId), Stale (serves another map) or Unreachable.
+    pub state: ConsumerState,
+    /// SourceRevision is the git blob id the proxy reports for the map it loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_revision: Option<String>,
+    /// Models is the model count the proxy reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<i64>,
+    /// CheckedAt is when the proxy was last asked.
+    pub checked_at: Time,
+    /// Message says why the proxy is not Current (for example a reload it refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Whether a proxy serves the current map.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerState {
+    /// It serves artifact.gitBlobId.
+    Current,
+    /// It serves another map.
+    Stale,
+    /// It could not be asked.
+    Unreachable,
 }
 
 /// The map held by the target ConfigMap.

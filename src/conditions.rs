@@ -6,6 +6,9 @@ use k8s_openapi::jiff::Timestamp;
 
 /// The condition every ModelCostMapSync carries.
 pub const READY: &str = "Ready";
+/// Whether every LiteLLM proxy listed under consumers serves the current map; present only
+/// when proxies are listed.
+pub const CONSUMERS_CURRENT: &str = "ConsumersCurrent";
 
 /// Why Ready is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,14 +66,31 @@ pub fn ready(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
+    condition(READY, status, reason.as_str(), message, generation, now)
+}
+
+/// A condition of any type.
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
     Condition {
-        type_: READY.to_owned(),
+        type_: type_.to_owned(),
         status: if status { "True" } else { "False" }.to_owned(),
-        reason: reason.as_str().to_owned(),
+        reason: reason.to_owned(),
         message,
         observed_generation: generation,
         last_transition_time: Time(now),
     }
+}
+
+/// Removes the condition of a type, if present.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
 }
 
 /// The Ready condition's status, if present.

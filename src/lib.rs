@@ -7,6 +7,7 @@
 pub mod api;
 pub mod check;
 pub mod conditions;
+pub mod consumers;
 pub mod controller;
 pub mod diff;
 pub mod digest;

@@ -1,8 +1,11 @@
 //! The reconciler: the only module that talks to the Kubernetes API.
 //!
-//! One sync is fetch -> validate -> diff -> render -> apply ConfigMap -> status. The pure
-//! stages live in their own modules; this one reads the cluster, decides with
-//! [`schedule::decide`], calls them, and writes the results.
+//! One sync is fetch -> validate -> diff -> render -> apply ConfigMap -> notify consumers ->
+//! status. The pure stages live in their own modules; this one reads the cluster, decides
+//! with [`schedule::decide`], calls them, and writes the results. [`reach`] tells the
+//! consumers (LiteLLM proxies, workloads to restart).
+
+mod reach;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,6 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
@@ -23,6 +27,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{Artifact, ModelCostMapSync, ModelCostMapSyncStatus, SpecError};
 use crate::conditions::{self, Reason};
+use crate::consumers::ProxyClient;
 use crate::diff::{MapChange, diff};
 use crate::digest::{git_blob_id, sha256_digest};
 use crate::fetch::{
@@ -62,6 +67,7 @@ pub struct Context {
     fetcher: Fetcher,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    proxies: ProxyClient,
     memory: Mutex<HashMap<String, Memory>>,
 }
 
@@ -76,6 +82,8 @@ struct Memory {
     /// The status this operator last wrote. The object a reconcile gets comes from a watch
     /// cache that can lag behind our own write; deciding on a stale status would fetch twice.
     written_status: Option<ModelCostMapSyncStatus>,
+    /// Consumer checks since the map last changed, for the recheck backoff.
+    consumer_checks: u32,
 }
 
 /// Settings of the controller.
@@ -86,25 +94,23 @@ pub struct Settings {
     pub instance: Option<String>,
     /// Where reconciles and syncs are counted.
     pub metrics: Arc<Metrics>,
+    /// The client that reloads and checks LiteLLM proxies.
+    pub proxies: ProxyClient,
 }
 
 impl Context {
     /// A context for `client`, fetching with `fetcher`.
-    pub fn new(
-        client: Client,
-        fetcher: Fetcher,
-        instance: Option<String>,
-        metrics: Arc<Metrics>,
-    ) -> Context {
+    pub fn new(client: Client, fetcher: Fetcher, settings: Settings) -> Context {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
-            instance,
+            instance: settings.instance,
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             fetcher,
-            metrics,
+            metrics: settings.metrics,
+            proxies: settings.proxies,
             memory: Mutex::new(HashMap::new()),
         }
     }
@@ -141,14 +147,19 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let context = Arc::new(Context::new(
-        client,
-        fetcher,
-        settings.instance,
-        settings.metrics,
-    ));
-    Controller::new(syncs, watcher::Config::default())
+    let slices: Api<EndpointSlice> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let context = Arc::new(Context::new(client, fetcher, settings));
+    let controller = Controller::new(syncs, watcher::Config::default());
+    // A proxy pod that appears behind a Service is checked as it appears.
+    let syncs_by_service = reach::SyncsByService::new(controller.store());
+    controller
         .owns(config_maps, managed)
+        .watches(slices, watcher::Config::default(), move |slice| {
+            syncs_by_service.of(&slice)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -256,7 +267,10 @@ impl<'a> Reconciler<'a> {
                     self.restore_if_changed(config_map.as_ref(), last_good)
                         .await?;
                 }
-                Ok(Action::requeue(remaining))
+                let recheck = self.recheck_consumers().await?;
+                Ok(Action::requeue(
+                    recheck.map_or(remaining, |r| r.min(remaining)),
+                ))
             }
             Decision::Sync(cause) => {
                 info!(?cause, "syncing");
@@ -508,6 +522,7 @@ impl<'a> Reconciler<'a> {
         }
         let generation = self.sync.metadata.generation;
         let metrics = &self.context.metrics;
+        let mode = reach::Mode::after(cause, &outcome);
         let wait = match outcome {
             Outcome::NotModified | Outcome::Unchanged { .. } => {
                 self.context
@@ -583,8 +598,9 @@ impl<'a> Reconciler<'a> {
         };
         let next = self.now + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
         status.next_sync_time = Some(Time(next));
+        let recheck = self.reach_consumers(&mut status, mode).await;
         self.write_status(status).await?;
-        Ok(wait)
+        Ok(recheck.map_or(wait, |r| r.min(wait)))
     }
 
     async fn write_suspended_status(&self) -> Result<(), Error> {

@@ -1,0 +1,498 @@
+//! Reaching the consumers of the map: LiteLLM proxies are reloaded and asked which map they
+//! serve (`status.consumers`, condition `ConsumersCurrent`); workloads listed under
+//! `restartWorkloads` get the digest in their pod template, which rolls their pods.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::SignedDuration;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Error, Outcome, Reconciler, api_error_message, truncate};
+use crate::api::{
+    ConsumerState, ConsumerStatus, LitellmProxy, ModelCostMapSync, ModelCostMapSyncStatus,
+    SecretKeySelector, WorkloadKind,
+};
+use crate::conditions::{self, CONSUMERS_CURRENT};
+use crate::consumers::{ReloadOutcome, recheck_after, stale_message, state_of};
+use crate::schedule::SyncCause;
+
+/// The pod template annotation that rolls a workload when the map changes.
+pub const DIGEST_TEMPLATE_ANNOTATION: &str = "costmap.dev/digest";
+/// The label EndpointSlices carry naming their Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Longest status message about consumers.
+const MAX_MESSAGE: usize = 1000;
+
+/// What to do with the proxies in this reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// A new map: reload every proxy, then check.
+    ReloadAll,
+    /// A sync request with the map unchanged: reload proxies that are not Current, then check.
+    ReloadStale,
+    /// Only ask which map they serve.
+    Verify,
+    /// Leave the proxies alone (the sync failed: nothing new to tell).
+    Skip,
+}
+
+impl Mode {
+    /// The mode after a sync attempt.
+    pub(super) fn after(cause: SyncCause, outcome: &Outcome) -> Mode {
+        match outcome {
+            Outcome::Updated { .. } => Mode::ReloadAll,
+            Outcome::Failed { .. } => Mode::Skip,
+            _ if cause == SyncCause::Requested => Mode::ReloadStale,
+            _ => Mode::Verify,
+        }
+    }
+}
+
+/// Maps an EndpointSlice to the ModelCostMapSyncs whose proxies sit behind its Service.
+pub(super) struct SyncsByService {
+    store: Store<ModelCostMapSync>,
+}
+
+impl SyncsByService {
+    pub(super) fn new(store: Store<ModelCostMapSync>) -> SyncsByService {
+        SyncsByService { store }
+    }
+
+    pub(super) fn of(&self, slice: &EndpointSlice) -> Vec<ObjectRef<ModelCostMapSync>> {
+        let (Some(namespace), Some(service)) =
+            (slice.namespace(), slice.labels().get(SERVICE_NAME_LABEL))
+        else {
+            return Vec::new();
+        };
+        self.store
+            .state()
+            .iter()
+            .filter(|sync| sync.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|sync| {
+                sync.spec
+                    .consumers
+                    .litellm_proxies
+                    .iter()
+                    .any(|proxy| proxy.service.as_ref().is_some_and(|s| &s.name == service))
+            })
+            .map(|sync| ObjectRef::from_obj(sync.as_ref()))
+            .collect()
+    }
+}
+
+/// One proxy to reach.
+struct ProxyTarget {
+    url: String,
+    pod: Option<String>,
+    admin_key: Result<String, String>,
+}
+
+impl Reconciler<'_> {
+    /// After a sync attempt: tells the consumers and records what the proxies serve in
+    /// `status`. Returns when the proxies should be checked again, if some are not Current.
+    pub(super) async fn reach_consumers(
+        &self,
+        status: &mut ModelCostMapSyncStatus,
+        mode: Mode,
+    ) -> Option<Duration> {
+        let digest = status.artifact.as_ref()?.digest.clone();
+        self.restart_workloads(&digest).await;
+        if self.sync.spec.consumers.litellm_proxies.is_empty() {
+            status.consumers.clear();
+            conditions::remove_condition(&mut status.conditions, CONSUMERS_CURRENT);
+            return None;
+        }
+        if mode == Mode::Skip {
+            return None;
+        }
+        let expected = status.artifact.as_ref()?.git_blob_id.clone();
+        let targets = self.proxy_targets().await;
+        let previous = std::mem::take(&mut status.consumers);
+        let checks = targets.iter().map(|target| {
+            self.check_proxy(
+                target,
+                mode,
+                &expected,
+                previous.iter().find(|row| row.url == target.url),
+            )
+        });
+        status.consumers = join_all(checks).await;
+        let all_current = status
+            .consumers
+            .iter()
+            .all(|row| row.state == ConsumerState::Current);
+        conditions::set_condition(
+            &mut status.conditions,
+            consumers_condition(&status.consumers, &expected, self),
+        );
+        let mut checks_so_far = 0;
+        self.context.remember(&self.uid, |m| {
+            m.consumer_checks = if mode == Mode::ReloadAll {
+                0
+            } else {
+                m.consumer_checks + 1
+            };
+            checks_so_far = m.consumer_checks;
+        });
+        (!all_current).then(|| recheck_after(checks_so_far))
+    }
+
+    /// Between syncs: keeps workloads on the current digest, and checks the proxies again
+    /// when some are not Current (with backoff) or the pods behind a Service changed.
+    /// Returns when to check again.
+    pub(super) async fn recheck_consumers(&self) -> Result<Option<Duration>, Error> {
+        let Some(mut status) = self.status.clone().filter(|s| s.artifact.is_some()) else {
+            return Ok(None);
+        };
+        let proxies = &self.sync.spec.consumers.litellm_proxies;
+        if proxies.is_empty() {
+            // Also clears what an earlier spec with proxies left in status.
+            self.reach_consumers(&mut status, Mode::Skip).await;
+            self.write_status(status).await?;
+            return Ok(None);
+        }
+        let urls: Vec<String> = self
+            .proxy_targets()
+            .await
+            .into_iter()
+            .map(|t| t.url)
+            .collect();
+        let same_proxies = urls.len() == status.consumers.len()
+            && urls
+                .iter()
+                .all(|url| status.consumers.iter().any(|row| &row.url == url));
+        let oldest_unfinished = status
+            .consumers
+            .iter()
+            .filter(|row| row.state != ConsumerState::Current)
+            .map(|row| row.checked_at.0)
+            .min();
+        if same_proxies {
+            let Some(checked_at) = oldest_unfinished else {
+                self.restart_workloads(
+                    &status
+                        .artifact
+                        .as_ref()
+                        .map(|a| a.digest.clone())
+                        .unwrap_or_default(),
+                )
+                .await;
+                return Ok(None);
+            };
+            let checks = self
+                .context
+                .remembered(&self.uid, |m| m.consumer_checks)
+                .unwrap_or(0);
+            let due = checked_at
+                + SignedDuration::try_from(recheck_after(checks)).unwrap_or(SignedDuration::MAX);
+            let remaining = self.now.duration_until(due);
+            if remaining > SignedDuration::ZERO {
+                return Ok(Some(remaining.unsigned_abs()));
+            }
+        }
+        let recheck = self.reach_consumers(&mut status, Mode::Verify).await;
+        self.write_status(status).await?;
+        Ok(recheck)
+    }
+
+    /// Every proxy the spec names: URLs as given, and each ready endpoint behind a Service.
+    async fn proxy_targets(&self) -> Vec<ProxyTarget> {
+        let mut targets = Vec::new();
+        for proxy in &self.sync.spec.consumers.litellm_proxies {
+            let admin_key = self.admin_key(&proxy.admin_key_secret_ref).await;
+            for (url, pod) in self.proxy_urls(proxy).await {
+                targets.push(ProxyTarget {
+                    url,
+                    pod,
+                    admin_key: admin_key.clone(),
+                });
+            }
+        }
+        targets
+    }
+
+    async fn proxy_urls(&self, proxy: &LitellmProxy) -> Vec<(String, Option<String>)> {
+        if let Some(url) = &proxy.url {
+            return vec![(url.clone(), None)];
+        }
+        let Some(service) = &proxy.service else {
+            return Vec::new();
+        };
+        let slices: Api<EndpointSlice> =
+            Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        let selector =
+            ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={}", service.name));
+        let slices = match slices.list(&selector).await {
+            Ok(list) => list.items,
+            Err(err) => {
+                warn!(service = %service.name, error = %api_error_message(&err), "cannot list EndpointSlices");
+                return Vec::new();
+            }
+        };
+        let mut urls: Vec<(String, Option<String>)> = slices
+            .iter()
+            .flat_map(|slice| &slice.endpoints)
+            // Kubernetes says: a nil ready condition means ready.
+            .filter(|endpoint| endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .flat_map(|endpoint| {
+                let pod = endpoint.target_ref.as_ref().and_then(|r| r.name.clone());
+                endpoint.addresses.iter().map(move |address| {
+                    let host = if address.contains(':') {
+                        format!("[{address}]")
+                    } else {
+                        address.clone()
+                    };
+                    (format!("http://{host}:{}", service.port), pod.clone())
+                })
+            })
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// The admin key from its Secret; the error names the Secret, never a value.
+    async fn admin_key(&self, selector: &SecretKeySelector) -> Result<String, String> {
+        let secrets: Api<Secret> =
+            Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        let secret = secrets
+            .get_opt(&selector.name)
+            .await
+            .map_err(|err| {
+                format!(
+                    "reading Secret {}: {}",
+                    selector.name,
+                    api_error_message(&err)
+                )
+            })?
+            .ok_or_else(|| format!("admin key Secret {} not found", selector.name))?;
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(&selector.key))
+            .ok_or_else(|| format!("Secret {} has no key {}", selector.name, selector.key))?;
+        String::from_utf8(value.0.clone())
+            .map(|key| key.trim().to_owned())
+            .map_err(|_| format!("Secret {} key {} is not text", selector.name, selector.key))
+    }
+
+    async fn check_proxy(
+        &self,
+        target: &ProxyTarget,
+        mode: Mode,
+        expected: &str,
+        previous: Option<&ConsumerStatus>,
+    ) -> ConsumerStatus {
+        let mut row = ConsumerStatus {
+            url: target.url.clone(),
+            pod: target.pod.clone(),
+            state: ConsumerState::Unreachable,
+            source_revision: None,
+            models: None,
+            checked_at: Time(self.now),
+            message: None,
+        };
+        let admin_key = match &target.admin_key {
+            Ok(key) => key,
+            Err(message) => {
+                row.message = Some(message.clone());
+                return row;
+            }
+        };
+        let was_current = previous.is_some_and(|p| p.state == ConsumerState::Current);
+        let reload = match mode {
+            Mode::ReloadAll => true,
+            Mode::ReloadStale => !was_current,
+            Mode::Verify | Mode::Skip => false,
+        };
+        let reloaded = if reload {
+            let outcome = self.context.proxies.reload(&target.url, admin_key).await;
+            info!(url = %target.url, ?outcome, "asked the proxy to reload");
+            Some(outcome)
+        } else {
+            None
+        };
+        match self.context.proxies.source(&target.url, admin_key).await {
+            Ok(info) => {
+                row.state = state_of(info.source_revision.as_deref(), expected);
+                row.source_revision = info.source_revision;
+                row.models = info.model_count;
+                if row.state != ConsumerState::Current {
+                    // Keep the reason learnt at the last reload when this check did not reload.
+                    row.message = stale_message(reloaded.as_ref())
+                        .or_else(|| previous.and_then(|p| p.message.clone()))
+                        .or_else(|| Some("the proxy serves another map".to_owned()));
+                }
+            }
+            Err(message) => row.message = Some(message),
+        }
+        if reloaded == Some(ReloadOutcome::NoDatabase) && row.state == ConsumerState::Current {
+            // It loaded the map at start (or from a restart): nothing to report.
+            row.message = None;
+        }
+        row
+    }
+
+    /// Puts the map's digest in each listed workload's pod template; a workload that already
+    /// has it is not touched (no restart).
+    async fn restart_workloads(&self, digest: &str) {
+        for workload in &self.sync.spec.consumers.restart_workloads {
+            let result = match workload.kind {
+                WorkloadKind::Deployment => {
+                    self.annotate_template::<Deployment>(&workload.name, digest, |d| {
+                        d.spec.as_ref().map(|s| &s.template)
+                    })
+                    .await
+                }
+                WorkloadKind::StatefulSet => {
+                    self.annotate_template::<StatefulSet>(&workload.name, digest, |s| {
+                        s.spec.as_ref().map(|s| &s.template)
+                    })
+                    .await
+                }
+                WorkloadKind::DaemonSet => {
+                    self.annotate_template::<DaemonSet>(&workload.name, digest, |d| {
+                        d.spec.as_ref().map(|s| &s.template)
+                    })
+                    .await
+                }
+            };
+            match result {
+                Ok(false) => {}
+                Ok(true) => {
+                    info!(kind = ?workload.kind, name = %workload.name, "rolling restart for the new map");
+                    let note = format!(
+                        "{:?} {} restarted for map {digest}",
+                        workload.kind, workload.name
+                    );
+                    self.publish(EventType::Normal, "WorkloadRestarted", note)
+                        .await;
+                }
+                Err(message) => {
+                    warn!(kind = ?workload.kind, name = %workload.name, %message, "cannot restart workload");
+                    self.publish(EventType::Warning, "RestartFailed", message)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Sets the digest annotation on a workload's pod template; Ok(true) when it patched.
+    async fn annotate_template<K>(
+        &self,
+        name: &str,
+        digest: &str,
+        template: impl Fn(&K) -> Option<&PodTemplateSpec>,
+    ) -> Result<bool, String>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        let kind = K::kind(&());
+        let workload = api
+            .get_opt(name)
+            .await
+            .map_err(|err| format!("reading {kind} {name}: {}", api_error_message(&err)))?
+            .ok_or_else(|| format!("{kind} {name} not found"))?;
+        let current = template(&workload)
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(DIGEST_TEMPLATE_ANNOTATION));
+        if current.map(String::as_str) == Some(digest) {
+            return Ok(false);
+        }
+        let patch = json!({"spec": {"template": {"metadata": {"annotations": {DIGEST_TEMPLATE_ANNOTATION: digest}}}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|err| format!("patching {kind} {name}: {}", api_error_message(&err)))?;
+        Ok(true)
+    }
+}
+
+/// The ConsumersCurrent condition summing up the rows.
+fn consumers_condition(
+    rows: &[ConsumerStatus],
+    expected: &str,
+    reconciler: &Reconciler<'_>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let behind: Vec<&ConsumerStatus> = rows
+        .iter()
+        .filter(|r| r.state != ConsumerState::Current)
+        .collect();
+    let generation = reconciler.sync.metadata.generation;
+    if rows.is_empty() {
+        let message = "no proxy found: no ready endpoints behind the Service".to_owned();
+        return conditions::condition(
+            CONSUMERS_CURRENT,
+            false,
+            "NoProxies",
+            message,
+            generation,
+            reconciler.now,
+        );
+    }
+    if behind.is_empty() {
+        let message = format!(
+            "{} of {} proxies serve map {expected}",
+            rows.len(),
+            rows.len()
+        );
+        return conditions::condition(
+            CONSUMERS_CURRENT,
+            true,
+            "AllCurrent",
+            message,
+            generation,
+            reconciler.now,
+        );
+    }
+    let reason = if behind.iter().any(|r| r.state == ConsumerState::Stale) {
+        "Stale"
+    } else {
+        "Unreachable"
+    };
+    let details: Vec<String> = behind
+        .iter()
+        .map(|row| {
+            let who = row
+                .pod
+                .as_deref()
+                .map_or(row.url.clone(), |pod| format!("{} ({pod})", row.url));
+            format!(
+                "{who}: {:?}, {}",
+                row.state,
+                row.message.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    let message = format!(
+        "{} of {} proxies do not serve map {expected}: {}",
+        behind.len(),
+        rows.len(),
+        details.join("; ")
+    );
+    conditions::condition(
+        CONSUMERS_CURRENT,
+        false,
+        reason,
+        truncate(message, MAX_MESSAGE),
+        generation,
+        reconciler.now,
+    )
+}
