@@ -5,6 +5,7 @@
 //! - [`ControlPlane::start`] runs etcd and kube-apiserver on free loopback ports for one test;
 //!   [`ControlPlane::start_detached`] runs them in the background for `cargo xtask cluster up`.
 //! - [`litellm_map`] returns the exact cost-map bytes shipped in a given LiteLLM release.
+//! - [`litellm_venv`] returns a Python venv with a pinned LiteLLM (library or proxy) installed.
 //! - [`spawn_tied`] starts any helper process (the operator, a file server) so that it cannot
 //!   outlive the process that started it.
 
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 
 pub use binaries::ensure_binaries;
 pub use controlplane::ControlPlane;
-pub use litellm::litellm_map;
+pub use litellm::{LITELLM_LIB_VENV, LITELLM_PROXY_VENV, litellm_map, litellm_venv};
 pub use net::{free_port, wait_for_tcp};
 pub use process::{TiedChild, spawn_tied};
 

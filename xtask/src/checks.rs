@@ -28,6 +28,12 @@ const STEPS: &[Step] = &[
         run: control_plane,
     },
     Step {
+        // Before the tests for the same reason: the first pip install of LiteLLM takes tens of
+        // seconds, shown here once instead of inside a test's timeout.
+        name: "litellm venvs",
+        run: litellm_venvs,
+    },
+    Step {
         name: "cargo test",
         run: test,
     },
@@ -72,6 +78,20 @@ fn clippy() -> Result<()> {
 fn control_plane() -> Result<()> {
     let bin_dir = testenv::ensure_binaries()?;
     eprintln!("binaries in {}", bin_dir.display());
+    Ok(())
+}
+
+/// The Python venvs with the real LiteLLM library and proxy that the LiteLLM tests run.
+fn litellm_venvs() -> Result<()> {
+    for (name, requirement) in [testenv::LITELLM_LIB_VENV, testenv::LITELLM_PROXY_VENV] {
+        let started = Instant::now();
+        let venv = testenv::litellm_venv(name, requirement)?;
+        eprintln!(
+            "{requirement} in {} ({:.1} s)",
+            venv.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 
