@@ -85,7 +85,35 @@ pub enum RenderError {
     },
     /// The ConfigMap's gzip could not be read back.
     #[error("the stored gzip is unreadable: {0}")]
-    Unreadable(String),
+    Unreadable(#[from] GunzipError),
+}
+
+/// Why a stored gzip could not be decompressed.
+#[derive(Debug, thiserror::Error)]
+pub enum GunzipError {
+    /// It decompresses to more than allowed (a hand edit, or a gzip bomb).
+    #[error("it decompresses to more than {max_bytes} bytes")]
+    TooLarge {
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// It is not a gzip, or it is cut short.
+    #[error("not a valid gzip: {0}")]
+    Corrupt(std::io::Error),
+}
+
+/// Decompresses `gz`, stopping as soon as it yields more than `max_bytes`: whatever stored
+/// it (a ConfigMap edited by hand, a mounted file) could hold anything.
+pub fn gunzip_bounded(gz: &[u8], max_bytes: u64) -> Result<Vec<u8>, GunzipError> {
+    let mut plain = Vec::new();
+    GzDecoder::new(gz)
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut plain)
+        .map_err(GunzipError::Corrupt)?;
+    if plain.len() as u64 > max_bytes {
+        return Err(GunzipError::TooLarge { max_bytes });
+    }
+    Ok(plain)
 }
 
 impl StoredMap {
@@ -177,18 +205,8 @@ pub fn read_stored_map(
     else {
         return Ok(None);
     };
-    let mut bytes = Vec::new();
-    GzDecoder::new(gz.0.as_slice())
-        .take(max_bytes + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| RenderError::Unreadable(err.to_string()))?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(RenderError::Unreadable(format!(
-            "it decompresses to more than {max_bytes} bytes"
-        )));
-    }
     Ok(Some(StoredMap {
-        bytes,
+        bytes: gunzip_bounded(&gz.0, max_bytes)?,
         gz: gz.0.clone(),
     }))
 }

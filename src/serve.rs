@@ -2,17 +2,15 @@
 //! agent: the exact bytes, gzip straight from storage when the client accepts it (no
 //! recompression per request), an ETag from the digest, and 304 on `If-None-Match`.
 
-use std::io::Read;
 use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use flate2::read::GzDecoder;
 
 use crate::digest::sha256_digest;
-use crate::render::StoredMap;
+use crate::render::{GunzipError, StoredMap, gunzip_bounded};
 
 /// Clients may keep a copy but must revalidate it (cheap, thanks to the ETag): the map
 /// changes whenever upstream changes.
@@ -34,7 +32,7 @@ pub struct ServedMap {
 pub enum ServeError {
     /// It does not decompress, or decompresses to more than allowed.
     #[error("unreadable gzip: {0}")]
-    Unreadable(String),
+    Unreadable(#[from] GunzipError),
     /// Its bytes do not have the expected digest (a hand edit, or a half-written file).
     #[error("digest mismatch: expected {expected}, found {found}")]
     DigestMismatch {
@@ -52,7 +50,7 @@ impl ServedMap {
         expected_digest: &str,
         max_bytes: u64,
     ) -> Result<ServedMap, ServeError> {
-        let plain = gunzip(&gz, max_bytes)?;
+        let plain = gunzip_bounded(&gz, max_bytes)?;
         let found = sha256_digest(&plain);
         if found != expected_digest {
             return Err(ServeError::DigestMismatch {
@@ -66,6 +64,17 @@ impl ServedMap {
             digest: found,
             plain: OnceLock::new(),
         })
+    }
+
+    /// From a gzip whose plain bytes the caller has just decompressed, hashed (`digest`) and
+    /// measured (`size`): no second decompression to check it.
+    pub fn from_checked_gzip(gz: Bytes, digest: String, size: u64) -> ServedMap {
+        ServedMap {
+            gz,
+            digest,
+            size,
+            plain: OnceLock::new(),
+        }
     }
 
     /// From a map already in memory.
@@ -93,7 +102,7 @@ impl ServedMap {
         self.plain
             .get_or_init(|| {
                 // The gzip was verified against the digest when this map was built.
-                gunzip(&self.gz, self.size)
+                gunzip_bounded(&self.gz, self.size)
                     .map(Bytes::from)
                     .unwrap_or_default()
             })
@@ -103,20 +112,6 @@ impl ServedMap {
     fn etag(&self) -> String {
         format!("\"{}\"", self.digest)
     }
-}
-
-fn gunzip(gz: &[u8], max_bytes: u64) -> Result<Vec<u8>, ServeError> {
-    let mut plain = Vec::new();
-    GzDecoder::new(gz)
-        .take(max_bytes + 1)
-        .read_to_end(&mut plain)
-        .map_err(|err| ServeError::Unreadable(err.to_string()))?;
-    if plain.len() as u64 > max_bytes {
-        return Err(ServeError::Unreadable(format!(
-            "larger than {max_bytes} bytes"
-        )));
-    }
-    Ok(plain)
 }
 
 /// The response to a GET or HEAD of a map; 404 when there is none.
