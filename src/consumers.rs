@@ -1,39 +1,123 @@
 //! Talking to LiteLLM proxies: ask one to reload the map (`POST /reload/model_cost_map`) and
 //! ask which map it serves (`GET /model/cost_map/source`), both with the admin key.
 //!
-//! No Kubernetes here: the controller finds the proxies and their keys, and writes status.
+//! One client for the operator (which reaches proxies by URL or pod IP) and the in-pod agent
+//! (which reaches its own proxy on localhost). No Kubernetes here: the controller finds the
+//! proxies and their keys, and writes status.
 
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
 use crate::api::ConsumerState;
 
-/// What LiteLLM answers on a reload when it has no database: such a proxy cannot reload.
+/// LiteLLM's reload endpoint, below a proxy's base URL.
+pub const RELOAD_PATH: &str = "reload/model_cost_map";
+/// LiteLLM's "which map do you serve" endpoint, below a proxy's base URL.
+pub const SOURCE_PATH: &str = "model/cost_map/source";
+/// What LiteLLM answers (HTTP 500, FastAPI's `{"detail": ...}`) on a reload when it has no
+/// database: such a proxy cannot reload.
 const NO_DATABASE: &str = "Database connection not available";
-/// LiteLLM re-fetches the map during the reload call (5 s timeout, 3 tries): allow for it.
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
-const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a failed answer is read: enough for LiteLLM's `{"detail": ...}`.
+const MAX_ERROR_BODY: usize = 4096;
+/// How much of a source answer is read: a few hundred bytes in practice.
+const MAX_SOURCE_BODY: usize = 64 * 1024;
+
+/// A proxy's admin (master) key, kept as a sensitive `Authorization: Bearer` header value:
+/// its `Debug` never shows it, and no log or message of ours does either.
+#[derive(Clone)]
+pub struct AdminKey(HeaderValue);
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
+}
+
+/// An admin key that cannot be sent in an HTTP header (a newline, say).
+#[derive(Debug, thiserror::Error)]
+#[error("the admin key is not a valid HTTP header value")]
+pub struct InvalidAdminKey;
+
+impl AdminKey {
+    /// The key, surrounding white space removed (Secrets written with `echo` end in a
+    /// newline); `None` when empty: a proxy without a master key needs no Authorization.
+    pub fn new(key: &str) -> Result<Option<AdminKey>, InvalidAdminKey> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| InvalidAdminKey)?;
+        value.set_sensitive(true);
+        Ok(Some(AdminKey(value)))
+    }
+}
+
+/// Timeouts and retries of a [`ProxyClient`].
+#[derive(Debug, Clone)]
+pub struct ProxyClientConfig {
+    /// Timeout of one reload attempt. LiteLLM re-fetches the map during the call (5 s
+    /// timeout, 3 tries), so this is tens of seconds.
+    pub reload_timeout: Duration,
+    /// Timeout of one `GET /model/cost_map/source`.
+    pub source_timeout: Duration,
+    /// Attempts in all, first included.
+    pub attempts: usize,
+    /// Wait before the first retry; it doubles (with jitter) up to 8 times this.
+    pub min_backoff: Duration,
+}
+
+impl Default for ProxyClientConfig {
+    fn default() -> Self {
+        ProxyClientConfig {
+            reload_timeout: Duration::from_secs(30),
+            source_timeout: Duration::from_secs(10),
+            attempts: 3,
+            min_backoff: Duration::from_secs(1),
+        }
+    }
+}
 
 /// An HTTP client for LiteLLM's admin endpoints.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ProxyClient {
     http: reqwest::Client,
-    attempts: usize,
-    min_backoff: Duration,
+    config: ProxyClientConfig,
 }
 
 /// How a reload call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
-    /// The proxy reloaded.
+    /// The proxy reloaded the map.
     Reloaded,
     /// The proxy has no database, so it cannot reload; it needs a restart.
     NoDatabase,
-    /// Anything else, with a message fit for status (never the key, never a long body).
+    /// The proxy refused the admin key (HTTP 401 or 403).
+    Unauthorized(u16),
+    /// Anything else, with a message fit for status (never the key, never the proxy's body).
     Failed(String),
+}
+
+impl std::fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadOutcome::Reloaded => f.write_str("the proxy reloaded the map"),
+            ReloadOutcome::NoDatabase => f.write_str(
+                "the proxy has no database, so it cannot reload (the reload answered 500 \
+                 \"Database connection not available\"); it loads the new map when \
+                 restarted: list its workload under restartWorkloads",
+            ),
+            ReloadOutcome::Unauthorized(status) => write!(
+                f,
+                "the proxy refused the admin key (HTTP {status}); check the key's Secret"
+            ),
+            ReloadOutcome::Failed(message) => write!(f, "the reload failed: {message}"),
+        }
+    }
 }
 
 /// What `GET /model/cost_map/source` reports.
@@ -45,38 +129,47 @@ pub struct SourceInfo {
     pub model_count: Option<i64>,
 }
 
+/// One attempt's failure: worth another try, or final.
+#[derive(Debug)]
+enum Attempt<T> {
+    Retry(String),
+    Final(T),
+}
+
 impl ProxyClient {
-    /// A client retrying `attempts` times from `min_backoff`.
-    pub fn new(attempts: usize, min_backoff: Duration) -> Result<ProxyClient, reqwest::Error> {
+    /// A client with these timeouts and retries.
+    pub fn new(config: ProxyClientConfig) -> Result<ProxyClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(crate::fetch::USER_AGENT)
+            // Proxies are in the cluster (or the pod): never send them, and the key, through
+            // an egress proxy, nor the key after a redirect.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(ProxyClient {
-            http,
-            attempts: attempts.max(1),
-            min_backoff,
-        })
+        Ok(ProxyClient { http, config })
     }
 
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
-            .with_min_delay(self.min_backoff)
-            .with_max_delay(self.min_backoff * 8)
-            .with_max_times(self.attempts - 1)
+            .with_min_delay(self.config.min_backoff)
+            .with_max_delay(self.config.min_backoff * 8)
+            .with_max_times(self.config.attempts.max(1) - 1)
             .with_jitter()
     }
 
-    /// `POST <base>/reload/model_cost_map`, retried on connection errors and 5xx (but not on
-    /// LiteLLM's no-database answer, which will not change).
-    pub async fn reload(&self, base_url: &str, admin_key: &str) -> ReloadOutcome {
-        let url = endpoint(base_url, "reload/model_cost_map");
+    /// `POST reload_url` (a proxy's `<base>/reload/model_cost_map`), retried with backoff on
+    /// connection errors and answers that can pass (5xx, 408, 429), but not on LiteLLM's
+    /// no-database answer or a refused key, which will not change.
+    pub async fn reload(&self, reload_url: &str, admin_key: Option<&AdminKey>) -> ReloadOutcome {
         let attempt = || async {
-            let response = self
+            let mut request = self
                 .http
-                .post(&url)
-                .header(AUTHORIZATION, bearer(admin_key)?)
-                .timeout(RELOAD_TIMEOUT)
+                .post(reload_url)
+                .timeout(self.config.reload_timeout);
+            if let Some(AdminKey(value)) = admin_key {
+                request = request.header(AUTHORIZATION, value.clone());
+            }
+            let response = request
                 .send()
                 .await
                 .map_err(|err| Attempt::Retry(describe(&err)))?;
@@ -84,16 +177,7 @@ impl ProxyClient {
             if status.is_success() {
                 return Ok(());
             }
-            let body = response.text().await.unwrap_or_default();
-            if body.contains(NO_DATABASE) {
-                return Err(Attempt::NoDatabase);
-            }
-            let message = format!("reload answered HTTP {}", status.as_u16());
-            if status.is_server_error() {
-                Err(Attempt::Retry(message))
-            } else {
-                Err(Attempt::Final(message))
-            }
+            classify_reload_failure(status, &read_some(response, MAX_ERROR_BODY).await)
         };
         let result = attempt
             .retry(self.backoff())
@@ -101,44 +185,41 @@ impl ProxyClient {
             .await;
         match result {
             Ok(()) => ReloadOutcome::Reloaded,
-            Err(Attempt::NoDatabase) => ReloadOutcome::NoDatabase,
-            Err(Attempt::Retry(message) | Attempt::Final(message)) => {
-                ReloadOutcome::Failed(message)
-            }
+            Err(Attempt::Final(outcome)) => outcome,
+            Err(Attempt::Retry(message)) => ReloadOutcome::Failed(message),
         }
     }
 
-    /// `GET <base>/model/cost_map/source`: which map the proxy serves.
-    pub async fn source(&self, base_url: &str, admin_key: &str) -> Result<SourceInfo, String> {
-        let url = endpoint(base_url, "model/cost_map/source");
+    /// `GET <base>/model/cost_map/source`: which map the proxy serves. The error is a
+    /// message fit for status.
+    pub async fn source(
+        &self,
+        base_url: &str,
+        admin_key: Option<&AdminKey>,
+    ) -> Result<SourceInfo, String> {
+        let url = endpoint(base_url, SOURCE_PATH);
         let attempt = || async {
-            let response = self
-                .http
-                .get(&url)
-                .header(AUTHORIZATION, bearer(admin_key)?)
-                .timeout(SOURCE_TIMEOUT)
+            let mut request = self.http.get(&url).timeout(self.config.source_timeout);
+            if let Some(AdminKey(value)) = admin_key {
+                request = request.header(AUTHORIZATION, value.clone());
+            }
+            let response = request
                 .send()
                 .await
                 .map_err(|err| Attempt::Retry(describe(&err)))?;
             let status = response.status();
             if !status.is_success() {
-                let message = format!(
-                    "GET /model/cost_map/source answered HTTP {}",
-                    status.as_u16()
-                );
-                return Err(if status.is_server_error() {
+                let message = format!("GET /{SOURCE_PATH} answered HTTP {}", status.as_u16());
+                return Err(if retryable(status) {
                     Attempt::Retry(message)
                 } else {
                     Attempt::Final(message)
                 });
             }
-            let not_litellm = || {
-                Attempt::Final(
-                    "GET /model/cost_map/source did not answer LiteLLM's JSON".to_owned(),
-                )
-            };
-            let body = response.bytes().await.map_err(|_| not_litellm())?;
-            serde_json::from_slice::<SourceInfo>(&body).map_err(|_| not_litellm())
+            let body = read_some(response, MAX_SOURCE_BODY).await;
+            serde_json::from_slice::<SourceInfo>(&body).map_err(|_| {
+                Attempt::Final(format!("GET /{SOURCE_PATH} did not answer LiteLLM's JSON"))
+            })
         };
         attempt
             .retry(self.backoff())
@@ -146,31 +227,53 @@ impl ProxyClient {
             .await
             .map_err(|err| match err {
                 Attempt::Retry(message) | Attempt::Final(message) => message,
-                Attempt::NoDatabase => NO_DATABASE.to_owned(),
             })
     }
 }
 
-/// One try's failure.
-#[derive(Debug)]
-enum Attempt {
-    Retry(String),
-    Final(String),
-    NoDatabase,
+/// At most `max` bytes of a response body: a proxy's error page is never read whole.
+async fn read_some(mut response: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= max {
+            body.truncate(max);
+            break;
+        }
+    }
+    body
 }
 
-fn bearer(admin_key: &str) -> Result<HeaderValue, Attempt> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {admin_key}"))
-        .map_err(|_| Attempt::Final("the admin key is not a valid header value".to_owned()))?;
-    value.set_sensitive(true);
-    Ok(value)
+/// What a failed reload answer means.
+fn classify_reload_failure(status: StatusCode, body: &[u8]) -> Result<(), Attempt<ReloadOutcome>> {
+    let detail = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| value.get("detail")?.as_str().map(str::to_owned));
+    if status == StatusCode::INTERNAL_SERVER_ERROR && detail.as_deref() == Some(NO_DATABASE) {
+        return Err(Attempt::Final(ReloadOutcome::NoDatabase));
+    }
+    if matches!(status.as_u16(), 401 | 403) {
+        return Err(Attempt::Final(ReloadOutcome::Unauthorized(status.as_u16())));
+    }
+    let message = format!("the proxy answered HTTP {}", status.as_u16());
+    if retryable(status) {
+        Err(Attempt::Retry(message))
+    } else {
+        Err(Attempt::Final(ReloadOutcome::Failed(message)))
+    }
 }
 
-fn endpoint(base_url: &str, path: &str) -> String {
+/// 5xx (LiteLLM's 502: it could not fetch the map), 408 and 429 can pass; other 4xx won't.
+fn retryable(status: StatusCode) -> bool {
+    status.is_server_error() || matches!(status.as_u16(), 408 | 429)
+}
+
+/// `<base>/<path>` with exactly one slash between them.
+pub fn endpoint(base_url: &str, path: &str) -> String {
     format!("{}/{path}", base_url.trim_end_matches('/'))
 }
 
-/// A transport error without the URL's query or anything the server sent.
+/// A transport error without the URL or anything the server sent.
 fn describe(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         "timed out".to_owned()
@@ -194,12 +297,7 @@ pub fn state_of(reported: Option<&str>, expected: &str) -> ConsumerState {
 pub fn stale_message(reload: Option<&ReloadOutcome>) -> Option<String> {
     match reload? {
         ReloadOutcome::Reloaded => None,
-        ReloadOutcome::NoDatabase => Some(
-            "the proxy has no database, so it cannot reload (reload answered 500 \"Database connection not available\"); \
-             it loads the new map when restarted: list its workload under restartWorkloads"
-                .to_owned(),
-        ),
-        ReloadOutcome::Failed(message) => Some(message.clone()),
+        other => Some(other.to_string()),
     }
 }
 
@@ -226,6 +324,7 @@ mod tests {
     fn a_proxy_without_database_is_pointed_at_restart_workloads() {
         let message = stale_message(Some(&ReloadOutcome::NoDatabase)).unwrap();
         assert!(message.contains("restartWorkloads"), "{message}");
+        assert!(message.contains("500"), "{message}");
         assert_eq!(stale_message(Some(&ReloadOutcome::Reloaded)), None);
         assert_eq!(stale_message(None), None);
     }
@@ -240,9 +339,57 @@ mod tests {
     #[test]
     fn endpoints_join_without_double_slashes() {
         assert_eq!(
-            endpoint("http://p:4000/", "reload/model_cost_map"),
+            endpoint("http://p:4000/", RELOAD_PATH),
             "http://p:4000/reload/model_cost_map"
         );
+    }
+
+    #[test]
+    fn reload_answers_are_classified() {
+        let outcome = |status: StatusCode, body: &[u8]| match classify_reload_failure(status, body)
+        {
+            Ok(()) => None,
+            Err(Attempt::Final(outcome)) => Some(Ok(outcome)),
+            Err(Attempt::Retry(message)) => Some(Err(message)),
+        };
+        assert_eq!(
+            outcome(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"detail":"Database connection not available"}"#
+            ),
+            Some(Ok(ReloadOutcome::NoDatabase))
+        );
+        let other_500 = outcome(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"detail":"Failed to reload model cost map: boom"}"#,
+        );
+        assert!(matches!(other_500, Some(Err(_))), "{other_500:?}");
+        assert!(matches!(
+            outcome(StatusCode::BAD_GATEWAY, b"<html>"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            outcome(StatusCode::TOO_MANY_REQUESTS, b""),
+            Some(Err(_))
+        ));
+        assert_eq!(
+            outcome(StatusCode::FORBIDDEN, b""),
+            Some(Ok(ReloadOutcome::Unauthorized(403)))
+        );
+        assert!(matches!(
+            outcome(StatusCode::NOT_FOUND, b""),
+            Some(Ok(ReloadOutcome::Failed(_)))
+        ));
+    }
+
+    #[test]
+    fn the_admin_key_is_never_shown() {
+        let key = AdminKey::new(" sk-secret-1234\n").unwrap().unwrap();
+        assert!(!format!("{key:?}").contains("sk-secret"));
+        assert!(key.0.is_sensitive());
+        assert_eq!(key.0.to_str().unwrap(), "Bearer sk-secret-1234");
+        assert!(AdminKey::new("").unwrap().is_none());
+        assert!(AdminKey::new("bad\u{7f}key").is_err());
     }
 
     #[test]

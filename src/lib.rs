@@ -4,6 +4,7 @@
 //! [`fetch`] -> [`validate`] -> [`diff`] -> [`render`]; only [`controller`] talks to the
 //! Kubernetes API.
 
+pub mod agent;
 pub mod api;
 pub mod check;
 pub mod conditions;

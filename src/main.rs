@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use costmap_operator::agent;
 use costmap_operator::api::ModelCostMapSync;
 use costmap_operator::check::check;
+use costmap_operator::consumers::{ProxyClient, ProxyClientConfig};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::fetch::{FetchPolicy, Fetcher};
 use costmap_operator::map_cache::MapCache;
@@ -39,6 +41,9 @@ enum Command {
     Crd,
     /// Fetch or read a map and validate it as the operator would.
     Check(CheckArgs),
+    /// Sidecar for a LiteLLM pod: serve the mounted map's ConfigMap directory on HTTP and
+    /// reload the proxy when the kubelet swaps in a new map.
+    Agent(AgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -81,6 +86,41 @@ struct CheckArgs {
     fetch: FetchArgs,
 }
 
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The directory where the map's ConfigMap is mounted (never with subPath: the kubelet
+    /// does not update those).
+    #[arg(long, value_name = "DIR")]
+    watch_dir: std::path::PathBuf,
+    /// Address of the HTTP server: the map at /<key>, /healthz, /readyz, /status. Not only
+    /// loopback by default: the kubelet probes the pod IP.
+    #[arg(long, default_value = "0.0.0.0:8090")]
+    listen: SocketAddr,
+    /// The map's key in the ConfigMap; `<key>.gz` is read (else `<key>`) and served at /<key>.
+    #[arg(long, default_value = costmap_operator::api::DEFAULT_KEY, value_parser = agent::parse_key)]
+    key: String,
+    /// The proxy's reload endpoint, POSTed after each new map with the admin key from
+    /// LITELLM_MASTER_KEY, e.g. http://127.0.0.1:4000/reload/model_cost_map. Without it the
+    /// agent only serves.
+    #[arg(long, value_name = "URL", value_parser = agent::parse_reload_url)]
+    reload_url: Option<url::Url>,
+    /// Timeout of one reload attempt (three attempts in all).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    reload_timeout: Duration,
+    /// How often to re-read the directory when no file event arrives (a safety net).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    recheck_interval: Duration,
+    /// Fewest models a map must hold to be served.
+    #[arg(long, default_value_t = Rules::default().min_models)]
+    min_models: usize,
+    /// Largest map accepted, in bytes, after decompression.
+    #[arg(long, default_value_t = FetchPolicy::default().max_body_bytes)]
+    max_map_bytes: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "COSTMAP_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -98,14 +138,30 @@ impl FetchArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => multi_thread(run(args)).and_then(|result| result),
         Command::Crd => print_crd(),
-        Command::Check(args) => return run_check(args).await,
+        Command::Check(args) => {
+            return multi_thread(run_check(args)).unwrap_or_else(|err| exit_code(Err(err)));
+        }
+        // The agent is a sidecar in every proxy pod: it runs on one thread, to stay at a few MiB.
+        Command::Agent(args) => run_agent(args),
     };
+    exit_code(result)
+}
+
+/// Runs `future` on the operator's runtime: a worker thread per core.
+fn multi_thread<F: Future>(future: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    Ok(runtime.block_on(future))
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -114,6 +170,41 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let reload = match args.reload_url {
+        Some(url) => {
+            let mut reload = agent::ReloadConfig::new(url, agent::admin_key_from_env()?);
+            reload.client.reload_timeout = args.reload_timeout;
+            Some(reload)
+        }
+        None => None,
+    };
+    let config = agent::Config {
+        watch_dir: args.watch_dir,
+        key: args.key,
+        listen: args.listen,
+        reload,
+        rules: Rules {
+            min_models: args.min_models,
+            ..Rules::default()
+        },
+        max_map_bytes: args.max_map_bytes,
+        recheck_interval: args.recheck_interval,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the agent's runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        agent::run(config, shutdown).await
+    })?;
+    info!("stopped");
+    Ok(())
 }
 
 fn print_crd() -> anyhow::Result<()> {
@@ -180,6 +271,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         instance: std::env::var("POD_NAME").ok(),
         metrics,
+        proxies: ProxyClient::new(ProxyClientConfig::default())
+            .context("building the HTTP client for proxies")?,
     };
     controller::run(
         client,

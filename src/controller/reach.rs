@@ -26,7 +26,9 @@ use crate::api::{
     SecretKeySelector, WorkloadKind,
 };
 use crate::conditions::{self, CONSUMERS_CURRENT};
-use crate::consumers::{ReloadOutcome, recheck_after, stale_message, state_of};
+use crate::consumers::{
+    AdminKey, RELOAD_PATH, ReloadOutcome, endpoint, recheck_after, stale_message, state_of,
+};
 use crate::schedule::SyncCause;
 
 /// The pod template annotation that rolls a workload when the map changes.
@@ -97,7 +99,7 @@ impl SyncsByService {
 struct ProxyTarget {
     url: String,
     pod: Option<String>,
-    admin_key: Result<String, String>,
+    admin_key: Result<Option<AdminKey>, String>,
 }
 
 impl Reconciler<'_> {
@@ -265,7 +267,7 @@ impl Reconciler<'_> {
     }
 
     /// The admin key from its Secret; the error names the Secret, never a value.
-    async fn admin_key(&self, selector: &SecretKeySelector) -> Result<String, String> {
+    async fn admin_key(&self, selector: &SecretKeySelector) -> Result<Option<AdminKey>, String> {
         let secrets: Api<Secret> =
             Api::namespaced(self.context.client.clone(), &self.target.namespace);
         let secret = secrets
@@ -284,9 +286,14 @@ impl Reconciler<'_> {
             .as_ref()
             .and_then(|data| data.get(&selector.key))
             .ok_or_else(|| format!("Secret {} has no key {}", selector.name, selector.key))?;
-        String::from_utf8(value.0.clone())
-            .map(|key| key.trim().to_owned())
-            .map_err(|_| format!("Secret {} key {} is not text", selector.name, selector.key))
+        let not_a_key = || {
+            format!(
+                "Secret {} key {} is not text that fits an HTTP header",
+                selector.name, selector.key
+            )
+        };
+        let text = std::str::from_utf8(&value.0).map_err(|_| not_a_key())?;
+        AdminKey::new(text).map_err(|_| not_a_key())
     }
 
     async fn check_proxy(
@@ -306,7 +313,7 @@ impl Reconciler<'_> {
             message: None,
         };
         let admin_key = match &target.admin_key {
-            Ok(key) => key,
+            Ok(key) => key.as_ref(),
             Err(message) => {
                 row.message = Some(message.clone());
                 return row;
@@ -319,7 +326,8 @@ impl Reconciler<'_> {
             Mode::Verify | Mode::Skip => false,
         };
         let reloaded = if reload {
-            let outcome = self.context.proxies.reload(&target.url, admin_key).await;
+            let url = endpoint(&target.url, RELOAD_PATH);
+            let outcome = self.context.proxies.reload(&url, admin_key).await;
             info!(url = %target.url, ?outcome, "asked the proxy to reload");
             Some(outcome)
         } else {

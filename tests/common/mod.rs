@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use costmap_operator::api::{ModelCostMapSync, SYNC_REQUESTED_AT_ANNOTATION};
-use costmap_operator::consumers::ProxyClient;
+use costmap_operator::consumers::{ProxyClient, ProxyClientConfig};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::digest::sha256_digest;
 use costmap_operator::fetch::{FetchPolicy, Fetcher};
@@ -113,7 +113,12 @@ impl Operator {
             namespace: Some(namespace.to_owned()),
             instance: Some("test".into()),
             metrics: metrics.clone(),
-            proxies: ProxyClient::new(2, Duration::from_millis(50)).expect("proxy client"),
+            proxies: ProxyClient::new(ProxyClientConfig {
+                attempts: 2,
+                min_backoff: Duration::from_millis(50),
+                ..ProxyClientConfig::default()
+            })
+            .expect("proxy client"),
         };
         let maps = MapCache::default();
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
