@@ -255,7 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // Every replica serves maps, leader or not.
     tokio::spawn(maps.clone().run(config_maps, args.fetch.max_map_bytes));
-    let state = ServerState::new(metrics.clone(), maps);
+    let state = ServerState::new(metrics.clone(), maps.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -273,6 +273,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         proxies: ProxyClient::new(ProxyClientConfig::default())
             .context("building the HTTP client for proxies")?,
+        maps,
     };
     controller::run(
         client,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -10,6 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::render::{DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
@@ -30,6 +32,8 @@ pub struct MapKey {
 #[derive(Default, Clone)]
 pub struct MapCache {
     inner: Arc<RwLock<Inner>>,
+    /// Woken after every change, for [`MapCache::wait_for`].
+    changed: Arc<Notify>,
 }
 
 /// A ConfigMap's namespace and name.
@@ -53,6 +57,25 @@ impl MapCache {
     /// The map for a request, if synced.
     pub fn get(&self, key: &MapKey) -> Option<Arc<ServedMap>> {
         self.read().by_key.get(key).cloned()
+    }
+
+    /// Waits until the map for `key` has `digest`, at most `timeout`; whether it has.
+    ///
+    /// The operator asks proxies to reload only once its own endpoint serves the new map,
+    /// or they would fetch the old one again.
+    pub async fn wait_for(&self, key: &MapKey, digest: &str, timeout: Duration) -> bool {
+        let serves = || self.get(key).is_some_and(|map| map.digest() == digest);
+        let waiting = async {
+            loop {
+                // Registered before the check, so a change between the two is not missed.
+                let changed = self.changed.notified();
+                if serves() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, waiting).await.is_ok()
     }
 
     /// Whether the initial list of ConfigMaps has been loaded.
@@ -106,6 +129,8 @@ impl MapCache {
             .flatten()
             .map(|(key, map)| (key.clone(), map.clone()))
             .collect();
+        drop(inner);
+        self.changed.notify_waiters();
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -231,6 +256,29 @@ mod tests {
         cache.apply(Event::InitDone, 1 << 20);
         cache.apply(Event::Delete(cm), 1 << 20);
         assert!(cache.get(&key("litellm")).is_none());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_digest_ends_when_the_map_arrives_or_at_the_timeout() {
+        let cache = MapCache::default();
+        let cm = managed("litellm", "litellm", b"{\"a\": {}}");
+        let digest = StoredMap::from_bytes(b"{\"a\": {}}".to_vec()).digest();
+        let short = Duration::from_millis(50);
+        assert!(!cache.wait_for(&key("litellm"), &digest, short).await);
+        let waiter = {
+            let cache = cache.clone();
+            let digest = digest.clone();
+            tokio::spawn(async move {
+                cache
+                    .wait_for(&key("litellm"), &digest, Duration::from_secs(30))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        cache.apply(Event::Apply(cm), 1 << 20);
+        assert!(waiter.await.unwrap());
+        assert!(cache.wait_for(&key("litellm"), &digest, short).await);
+        assert!(!cache.wait_for(&key("litellm"), "sha256:other", short).await);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::digest::{git_blob_id, sha256_digest};
 use crate::fetch::{
     FetchError, FetchOutcome, FetchRequest, Fetcher, sanitize_url, validate_source_url,
 };
+use crate::map_cache::MapCache;
 use crate::metrics::{Metrics, SyncResult};
 use crate::render::{
     MANAGED_BY, MANAGED_BY_LABEL, MapIdentity, RenderError, StoredMap, TargetRef, holds_rendered,
@@ -68,6 +69,7 @@ pub struct Context {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     proxies: ProxyClient,
+    maps: MapCache,
     memory: Mutex<HashMap<String, Memory>>,
 }
 
@@ -96,6 +98,8 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// The client that reloads and checks LiteLLM proxies.
     pub proxies: ProxyClient,
+    /// The maps this replica serves: proxies are reloaded once it serves the new one.
+    pub maps: MapCache,
 }
 
 impl Context {
@@ -111,6 +115,7 @@ impl Context {
             fetcher,
             metrics: settings.metrics,
             proxies: settings.proxies,
+            maps: settings.maps,
             memory: Mutex::new(HashMap::new()),
         }
     }

@@ -27,14 +27,19 @@ use crate::api::{
 };
 use crate::conditions::{self, CONSUMERS_CURRENT};
 use crate::consumers::{
-    AdminKey, RELOAD_PATH, ReloadOutcome, endpoint, recheck_after, stale_message, state_of,
+    AdminKey, RELOAD_PATH, ReloadOutcome, SourceInfo, endpoint, recheck_after, stale_message,
+    state_of,
 };
+use crate::map_cache::MapKey;
 use crate::schedule::SyncCause;
 
 /// The pod template annotation that rolls a workload when the map changes.
 pub const DIGEST_TEMPLATE_ANNOTATION: &str = "costmap.dev/digest";
 /// The label EndpointSlices carry naming their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// How long a new map may take to reach this replica's endpoint (through its ConfigMap
+/// watch) before the proxies are told to reload anyway.
+const SERVED_WAIT: Duration = Duration::from_secs(10);
 /// Longest status message about consumers.
 const MAX_MESSAGE: usize = 1000;
 
@@ -43,7 +48,8 @@ const MAX_MESSAGE: usize = 1000;
 pub(super) enum Mode {
     /// A new map: reload every proxy, then check.
     ReloadAll,
-    /// A sync request with the map unchanged: reload proxies that are not Current, then check.
+    /// Ask each proxy; reload those that do not serve the map, and ask them again. For a
+    /// sync request with the map unchanged, and for rechecks of proxies left behind.
     ReloadStale,
     /// Only ask which map they serve.
     Verify,
@@ -121,6 +127,9 @@ impl Reconciler<'_> {
             return None;
         }
         let expected = status.artifact.as_ref()?.git_blob_id.clone();
+        if mode == Mode::ReloadAll {
+            self.wait_until_served(&digest).await;
+        }
         let targets = self.proxy_targets().await;
         let previous = std::mem::take(&mut status.consumers);
         let checks = targets.iter().map(|target| {
@@ -205,9 +214,26 @@ impl Reconciler<'_> {
                 return Ok(Some(remaining.unsigned_abs()));
             }
         }
-        let recheck = self.reach_consumers(&mut status, Mode::Verify).await;
+        let recheck = self.reach_consumers(&mut status, Mode::ReloadStale).await;
         self.write_status(status).await?;
         Ok(recheck)
+    }
+
+    /// Waits (briefly) until this replica's endpoint serves the map with `digest`: a proxy
+    /// told to reload before that would fetch the old map again.
+    async fn wait_until_served(&self, digest: &str) {
+        let key = MapKey {
+            namespace: self.target.namespace.clone(),
+            name: self.sync.name_any(),
+            key: self.target.key.clone(),
+        };
+        if !self.context.maps.wait_for(&key, digest, SERVED_WAIT).await {
+            warn!(
+                timeout = ?SERVED_WAIT,
+                "this replica does not serve the new map yet; reloading the proxies anyway \
+                 (those left behind are reloaded again at the next check)"
+            );
+        }
     }
 
     /// Every proxy the spec names: URLs as given, and each ready endpoint behind a Service.
@@ -319,21 +345,32 @@ impl Reconciler<'_> {
                 return row;
             }
         };
-        let was_current = previous.is_some_and(|p| p.state == ConsumerState::Current);
+        // ReloadStale asks first: a proxy that already serves the map is left alone.
+        let mut answer = match mode {
+            Mode::ReloadStale | Mode::Verify => {
+                Some(self.context.proxies.source(&target.url, admin_key).await)
+            }
+            Mode::ReloadAll | Mode::Skip => None,
+        };
+        let serves_expected = |answer: &Option<Result<SourceInfo, String>>| matches!(answer, Some(Ok(info)) if info.source_revision.as_deref() == Some(expected));
         let reload = match mode {
             Mode::ReloadAll => true,
-            Mode::ReloadStale => !was_current,
+            Mode::ReloadStale => !serves_expected(&answer),
             Mode::Verify | Mode::Skip => false,
         };
-        let reloaded = if reload {
+        let mut reloaded = None;
+        if reload {
             let url = endpoint(&target.url, RELOAD_PATH);
             let outcome = self.context.proxies.reload(&url, admin_key).await;
-            info!(url = %target.url, ?outcome, "asked the proxy to reload");
-            Some(outcome)
-        } else {
-            None
+            info!(url = %target.url, %outcome, "asked the proxy to reload");
+            reloaded = Some(outcome);
+            answer = None;
+        }
+        let answer = match answer {
+            Some(answer) => answer,
+            None => self.context.proxies.source(&target.url, admin_key).await,
         };
-        match self.context.proxies.source(&target.url, admin_key).await {
+        match answer {
             Ok(info) => {
                 row.state = state_of(info.source_revision.as_deref(), expected);
                 row.source_revision = info.source_revision;
@@ -357,6 +394,7 @@ impl Reconciler<'_> {
     /// Puts the map's digest in each listed workload's pod template; a workload that already
     /// has it is not touched (no restart).
     async fn restart_workloads(&self, digest: &str) {
+        let (mut restarted, mut failed) = (Vec::new(), Vec::new());
         for workload in &self.sync.spec.consumers.restart_workloads {
             let result = match workload.kind {
                 WorkloadKind::Deployment => {
@@ -382,19 +420,24 @@ impl Reconciler<'_> {
                 Ok(false) => {}
                 Ok(true) => {
                     info!(kind = ?workload.kind, name = %workload.name, "rolling restart for the new map");
-                    let note = format!(
-                        "{:?} {} restarted for map {digest}",
-                        workload.kind, workload.name
-                    );
-                    self.publish(EventType::Normal, "WorkloadRestarted", note)
-                        .await;
+                    restarted.push(format!("{:?} {}", workload.kind, workload.name));
                 }
                 Err(message) => {
                     warn!(kind = ?workload.kind, name = %workload.name, %message, "cannot restart workload");
-                    self.publish(EventType::Warning, "RestartFailed", message)
-                        .await;
+                    failed.push(message);
                 }
             }
+        }
+        // One Event each, naming every workload: Events with the same reason merge into one
+        // series that keeps the first note.
+        if !restarted.is_empty() {
+            let note = format!("restarted {} for map {digest}", restarted.join(", "));
+            self.publish(EventType::Normal, "WorkloadRestarted", note)
+                .await;
+        }
+        if !failed.is_empty() {
+            self.publish(EventType::Warning, "RestartFailed", failed.join("; "))
+                .await;
         }
     }
 
