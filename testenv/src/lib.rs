@@ -6,6 +6,7 @@
 //!   [`ControlPlane::start_detached`] runs them in the background for `cargo xtask cluster up`.
 //! - [`litellm_map`] returns the exact cost-map bytes shipped in a given LiteLLM release.
 //! - [`litellm_venv`] returns a Python venv with a pinned LiteLLM (library or proxy) installed.
+//! - [`TestHost`] is a network namespace with an address of its own (a stand-in pod IP).
 //! - [`spawn_tied`] starts any helper process (the operator, a file server) so that it cannot
 //!   outlive the process that started it.
 
@@ -15,6 +16,7 @@ mod kubeconfig;
 mod litellm;
 mod lock;
 mod net;
+mod netns;
 mod process;
 
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ pub use binaries::ensure_binaries;
 pub use controlplane::ControlPlane;
 pub use litellm::{LITELLM_LIB_VENV, LITELLM_PROXY_VENV, litellm_map, litellm_venv};
 pub use net::{free_port, wait_for_tcp};
+pub use netns::TestHost;
 pub use process::{TiedChild, spawn_tied};
 
 /// The workspace root (the directory holding the root `Cargo.toml`, `crds/`, `controlplane/`).

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -108,6 +110,7 @@ impl Operator {
     pub fn start_with(client: &Client, namespace: &str, policy: FetchPolicy) -> Operator {
         let stop = CancellationToken::new();
         let fetcher = Fetcher::new(policy).expect("fetcher");
+        let maps = MapCache::default();
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
             namespace: Some(namespace.to_owned()),
@@ -119,8 +122,8 @@ impl Operator {
                 ..ProxyClientConfig::default()
             })
             .expect("proxy client"),
+            maps: maps.clone(),
         };
-        let maps = MapCache::default();
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let max_bytes = fetcher.policy().max_body_bytes;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -277,6 +280,14 @@ pub fn small_map(n: usize, extra: &[&str]) -> Bytes {
         );
     }
     Bytes::from(serde_json::to_vec_pretty(&map).unwrap())
+}
+
+/// `map` with one more model, `name` with `entry`, as upstream adds a model on launch day.
+pub fn with_model(map: &[u8], name: &str, entry: serde_json::Value) -> Bytes {
+    let mut parsed: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(map).expect("a JSON object");
+    parsed.insert(name.to_owned(), entry);
+    Bytes::from(serde_json::to_vec_pretty(&parsed).unwrap())
 }
 
 /// The bytes of a real LiteLLM release's map (downloaded once from PyPI, cached).
