@@ -1,0 +1,261 @@
+//! The `agent` subcommand (the built binary) on a ConfigMap volume written the kubelet's way:
+//! it serves the old map until the `..data` swap and the new one after, reloads the proxy once
+//! per new map, never serves a half-written or invalid map, and never shows the admin key.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use axum::http::{StatusCode, header};
+use common::kubelet::{ConfigMapVolume, gzip};
+use common::proxy::StandIn;
+use common::{eventually, small_map};
+use costmap_operator::api::DEFAULT_KEY;
+use costmap_operator::digest::{git_blob_id, sha256_digest};
+use testenv::TiedChild;
+
+const BIN: &str = env!("CARGO_BIN_EXE_costmap-operator");
+const MASTER_KEY: &str = "sk-agent-test-master-key-4f1d";
+
+/// `costmap-operator agent` on `dir`, reloading `reload_url`, logging into a file.
+struct Agent {
+    url: String,
+    log: PathBuf,
+    _process: TiedChild,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(dir: &Path, reload_url: &str) -> Agent {
+        let port = testenv::free_port().unwrap();
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("agent.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--watch-dir")
+            .arg(dir)
+            .args(["--reload-url", reload_url])
+            // Changes must be found by file events: the safety-net re-check never runs here.
+            .args(["--recheck-interval", "1h"])
+            .env("LITELLM_MASTER_KEY", MASTER_KEY)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file));
+        Agent {
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _process: testenv::spawn_tied(cmd).unwrap(),
+            _log_dir: log_dir,
+        }
+    }
+
+    fn map_url(&self) -> String {
+        format!("{}/{DEFAULT_KEY}", self.url)
+    }
+
+    async fn get(&self, path: &str) -> Option<(StatusCode, bytes::Bytes)> {
+        let response = reqwest::get(format!("{}{path}", self.url)).await.ok()?;
+        Some((response.status(), response.bytes().await.ok()?))
+    }
+
+    /// The map served now (None: 404).
+    async fn map(&self) -> Option<bytes::Bytes> {
+        let (status, body) = self.get(&format!("/{DEFAULT_KEY}")).await?;
+        (status == StatusCode::OK).then_some(body)
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let (_, body) = self
+            .get("/status")
+            .await
+            .expect("the agent answers /status");
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Waits until the agent has looked at the directory after `checks` looks.
+    async fn wait_looked_since(&self, checks: u64) -> serde_json::Value {
+        eventually("the agent looks at the directory again", || async {
+            let status = self.status().await;
+            (status["checks"].as_u64()? > checks).then_some(status)
+        })
+        .await
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+/// The files the operator writes for `map` (the small maps here fit both keys).
+fn files(map: &[u8]) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (format!("{DEFAULT_KEY}.gz"), gzip(map)),
+        (DEFAULT_KEY.to_owned(), map.to_vec()),
+    ]
+}
+
+fn refs(files: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    files
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_agent_serves_the_old_map_until_the_swap_and_reloads_the_proxy_once_per_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut volume = ConfigMapVolume::new(dir.path());
+    let first = small_map(60, &[]);
+    volume.write(&refs(&files(&first)));
+
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
+    let agent = Agent::start(dir.path(), &format!("{proxy_url}/reload/model_cost_map"));
+    let served = eventually("the agent serves the first map", || agent.map()).await;
+    assert_eq!(served, first);
+    // The proxy starts once the agent is ready (the sidecar's startup probe) and loads the
+    // map from it: no reload for the first map.
+    let proxy = StandIn::start(proxy_listener, &agent.map_url(), MASTER_KEY, true).await;
+    assert_eq!(proxy.revision(), Some(git_blob_id(&first)));
+
+    // gzip and ETag as the operator's endpoint.
+    let gz = reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .unwrap()
+        .get(agent.map_url())
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(
+        gz.headers()[header::ETAG],
+        format!("\"{}\"", sha256_digest(&first)).as_str()
+    );
+    assert_eq!(gz.bytes().await.unwrap(), gzip(&first));
+
+    // The kubelet writes the next version; until it swaps `..data`, the old map is served.
+    let second = small_map(61, &["day0-model"]);
+    let checks = agent.status().await["checks"].as_u64().unwrap();
+    let second_files = files(&second);
+    let staged = volume.stage(&refs(&second_files));
+    agent.wait_looked_since(checks).await;
+    assert_eq!(agent.map().await.unwrap(), first, "not swapped yet");
+    assert_eq!(proxy.reloads(), 0);
+
+    volume.swap(staged);
+    eventually("the new map after the swap", || async {
+        (agent.map().await? == second).then_some(())
+    })
+    .await;
+    eventually("the proxy reloaded the new map", || async {
+        (proxy.revision() == Some(git_blob_id(&second))).then_some(())
+    })
+    .await;
+    assert_eq!(proxy.reloads(), 1);
+    let reload = &proxy.requests()[0];
+    assert_eq!(
+        (reload.method.as_str(), reload.path.as_str()),
+        ("POST", "/reload/model_cost_map")
+    );
+    assert_eq!(
+        reload.authorization.as_deref(),
+        Some(format!("Bearer {MASTER_KEY}").as_str())
+    );
+
+    // An invalid map (too few models) and a broken gzip are refused: the last good map
+    // stays served and the proxy is left alone.
+    for broken in [
+        files(&small_map(10, &[])),
+        vec![(format!("{DEFAULT_KEY}.gz"), gzip(&second)[..100].to_vec())],
+    ] {
+        let checks = agent.status().await["checks"].as_u64().unwrap();
+        volume.write(&refs(&broken));
+        let status = eventually("the agent refuses the broken map", || async {
+            let status = agent.wait_looked_since(checks).await;
+            status["lastProblem"].is_string().then_some(status)
+        })
+        .await;
+        assert_eq!(
+            status["digest"].as_str(),
+            Some(sha256_digest(&second).as_str())
+        );
+        assert_eq!(agent.map().await.unwrap(), second);
+        assert_eq!(proxy.reloads(), 1);
+    }
+
+    // The same map again (a resync that rewrote the files): no reload.
+    let checks = agent.status().await["checks"].as_u64().unwrap();
+    volume.write(&refs(&second_files));
+    eventually("the agent sees the same map", || async {
+        let status = agent.wait_looked_since(checks).await;
+        status["lastProblem"].is_null().then_some(())
+    })
+    .await;
+    assert_eq!(agent.map().await.unwrap(), second);
+    assert_eq!(proxy.reloads(), 1);
+
+    let log = agent.log_text();
+    assert!(log.contains("serving a new map"), "{log}");
+    assert!(
+        !log.contains(MASTER_KEY),
+        "the admin key leaked into the log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_is_ready_only_with_a_valid_map_and_says_when_the_proxy_cannot_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut volume = ConfigMapVolume::new(dir.path());
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
+    let agent = Agent::start(dir.path(), &format!("{proxy_url}/reload/model_cost_map"));
+
+    let not_ready = eventually("the agent answers", || agent.get("/readyz")).await;
+    assert_eq!(not_ready.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(agent.map().await, None);
+
+    // A map LiteLLM would refuse does not make it ready either.
+    volume.write(&refs(&files(&small_map(10, &[]))));
+    eventually("the agent refuses it", || async {
+        agent.status().await["lastProblem"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        agent.get("/readyz").await.unwrap().0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let first = small_map(60, &[]);
+    volume.write(&refs(&files(&first)));
+    eventually("ready with a valid map", || async {
+        (agent.get("/readyz").await?.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    let proxy = StandIn::start(proxy_listener, &agent.map_url(), MASTER_KEY, false).await;
+
+    // A proxy without a database answers the reload with 500: the agent says what to do.
+    volume.write(&refs(&files(&small_map(61, &[]))));
+    let status = eventually("the reload outcome", || async {
+        let status = agent.status().await;
+        status["lastReload"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(
+        status.contains("no database") && status.contains("restartWorkloads"),
+        "{status}"
+    );
+    assert_eq!(proxy.reloads(), 1, "the no-database answer is not retried");
+    assert_eq!(
+        proxy.revision(),
+        Some(git_blob_id(&first)),
+        "stale until restarted"
+    );
+    assert!(!agent.log_text().contains(MASTER_KEY));
+}
