@@ -5,89 +5,16 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use axum::http::{StatusCode, header};
+use common::agent::Agent;
 use common::kubelet::{ConfigMapVolume, gzip};
 use common::proxy::StandIn;
 use common::{eventually, small_map};
 use costmap_operator::api::DEFAULT_KEY;
 use costmap_operator::digest::{git_blob_id, sha256_digest};
-use testenv::TiedChild;
 
-const BIN: &str = env!("CARGO_BIN_EXE_costmap-operator");
 const MASTER_KEY: &str = "sk-agent-test-master-key-4f1d";
-
-/// `costmap-operator agent` on `dir`, reloading `reload_url`, logging into a file.
-struct Agent {
-    url: String,
-    log: PathBuf,
-    _process: TiedChild,
-    _log_dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(dir: &Path, reload_url: &str) -> Agent {
-        let port = testenv::free_port().unwrap();
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("agent.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["agent", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--watch-dir")
-            .arg(dir)
-            .args(["--reload-url", reload_url])
-            // Changes must be found by file events: the safety-net re-check never runs here.
-            .args(["--recheck-interval", "1h"])
-            .env("LITELLM_MASTER_KEY", MASTER_KEY)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file));
-        Agent {
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-            _process: testenv::spawn_tied(cmd).unwrap(),
-            _log_dir: log_dir,
-        }
-    }
-
-    fn map_url(&self) -> String {
-        format!("{}/{DEFAULT_KEY}", self.url)
-    }
-
-    async fn get(&self, path: &str) -> Option<(StatusCode, bytes::Bytes)> {
-        let response = reqwest::get(format!("{}{path}", self.url)).await.ok()?;
-        Some((response.status(), response.bytes().await.ok()?))
-    }
-
-    /// The map served now (None: 404).
-    async fn map(&self) -> Option<bytes::Bytes> {
-        let (status, body) = self.get(&format!("/{DEFAULT_KEY}")).await?;
-        (status == StatusCode::OK).then_some(body)
-    }
-
-    async fn status(&self) -> serde_json::Value {
-        let (_, body) = self
-            .get("/status")
-            .await
-            .expect("the agent answers /status");
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    /// Waits until the agent has looked at the directory after `checks` looks.
-    async fn wait_looked_since(&self, checks: u64) -> serde_json::Value {
-        eventually("the agent looks at the directory again", || async {
-            let status = self.status().await;
-            (status["checks"].as_u64()? > checks).then_some(status)
-        })
-        .await
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
 
 /// The files the operator writes for `map` (the small maps here fit both keys).
 fn files(map: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -113,7 +40,11 @@ async fn the_agent_serves_the_old_map_until_the_swap_and_reloads_the_proxy_once_
 
     let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
-    let agent = Agent::start(dir.path(), &format!("{proxy_url}/reload/model_cost_map"));
+    let agent = Agent::start(
+        dir.path(),
+        MASTER_KEY,
+        &format!("{proxy_url}/reload/model_cost_map"),
+    );
     let served = eventually("the agent serves the first map", || agent.map()).await;
     assert_eq!(served, first);
     // The proxy starts once the agent is ready (the sidecar's startup probe) and loads the
@@ -213,7 +144,11 @@ async fn the_agent_is_ready_only_with_a_valid_map_and_says_when_the_proxy_cannot
     let mut volume = ConfigMapVolume::new(dir.path());
     let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
-    let agent = Agent::start(dir.path(), &format!("{proxy_url}/reload/model_cost_map"));
+    let agent = Agent::start(
+        dir.path(),
+        MASTER_KEY,
+        &format!("{proxy_url}/reload/model_cost_map"),
+    );
 
     let not_ready = eventually("the agent answers", || agent.get("/readyz")).await;
     assert_eq!(not_ready.0, StatusCode::SERVICE_UNAVAILABLE);
