@@ -87,20 +87,10 @@ fn assert_day0_price(priced: &serde_json::Value, git_blob_id: &str) {
 
 #[tokio::test]
 async fn the_litellm_library_prices_a_day0_model_from_the_operator_and_from_the_agent() {
-    let client = client().await;
-    let ns = namespace(&client, "library").await;
     let real = real_map("1.110.2");
-    let source = Source::start(Answer::Map(real.clone())).await;
-    let operator = Operator::start(&client, &ns);
-    create_sync(
-        &client,
-        &ns,
-        "litellm",
-        json!({"source": {"url": source.url}}),
-    )
-    .await;
-    wait_ready(&client, &ns, "litellm", "True", "Synced").await;
-    let map_url = format!("{}/maps/{ns}/litellm/{DEFAULT_KEY}", operator.base_url);
+    let s = Scenario::new("library", Answer::Map(real.clone()), json!({})).await;
+    s.wait_ready("True", "Synced").await;
+    let map_url = s.map_url();
 
     // Before the launch the model has no price.
     let before = price_with_litellm(&map_url, DAY0_MODEL).await;
@@ -108,11 +98,9 @@ async fn the_litellm_library_prices_a_day0_model_from_the_operator_and_from_the_
 
     // Upstream adds the model; a sync request brings it to the library.
     let started = Instant::now();
-    source.set(Answer::Map(with_model(&real, DAY0_MODEL, day0_entry())));
-    let sync = {
-        request_sync(&client, &ns, "litellm", "day0").await;
-        wait_handled(&client, &ns, "litellm", "day0").await
-    };
+    s.source
+        .set(Answer::Map(with_model(&real, DAY0_MODEL, day0_entry())));
+    let sync = s.sync_now("day0").await;
     let artifact = sync.status.unwrap().artifact.unwrap();
     eventually("the endpoint serves the new map", || async {
         let served = reqwest::get(&map_url)
@@ -132,7 +120,7 @@ async fn the_litellm_library_prices_a_day0_model_from_the_operator_and_from_the_
     assert_day0_price(&priced, &artifact.git_blob_id);
 
     // The same map through the agent, from the ConfigMap mounted the kubelet's way.
-    let config_map = config_maps(&client, &ns).get("litellm").await.unwrap();
+    let config_map = s.config_map().await;
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for (key, value) in config_map.binary_data.unwrap_or_default() {
         files.push((key, value.0));
@@ -152,7 +140,7 @@ async fn the_litellm_library_prices_a_day0_model_from_the_operator_and_from_the_
     eventually("the agent serves the map", || agent.map()).await;
     let priced = price_with_litellm(&agent.map_url(), DAY0_MODEL).await;
     assert_day0_price(&priced, &artifact.git_blob_id);
-    operator.stop().await;
+    s.operator.stop().await;
 }
 
 /// A real `litellm` proxy process (litellm[proxy], no database) on loopback.

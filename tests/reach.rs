@@ -133,21 +133,12 @@ fn condition(
 
 #[tokio::test]
 async fn the_map_endpoint_serves_the_exact_bytes_with_stored_gzip_etag_and_304() {
-    let client = client().await;
-    let ns = namespace(&client, "serve").await;
     let real = real_map("1.110.2");
-    let source = Source::start(Answer::Map(real.clone())).await;
-    let operator = Operator::start(&client, &ns);
-    create_sync(
-        &client,
-        &ns,
-        "litellm",
-        json!({"source": {"url": source.url}}),
-    )
-    .await;
-    let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    let s = Scenario::new("serve", Answer::Map(real.clone()), json!({})).await;
+    let sync = s.wait_ready("True", "Synced").await;
+    let (client, ns, source) = (&s.client, &s.ns, &s.source);
     let digest = sync.status.unwrap().artifact.unwrap().digest;
-    let stored_gz = config_maps(&client, &ns)
+    let stored_gz = config_maps(client, ns)
         .get("litellm")
         .await
         .unwrap()
@@ -157,7 +148,7 @@ async fn the_map_endpoint_serves_the_exact_bytes_with_stored_gzip_etag_and_304()
         .clone();
 
     let http = raw_http();
-    let url = format!("{}{}", operator.base_url, map_path(&ns, "litellm"));
+    let url = format!("{}{}", s.operator.base_url, map_path(ns, "litellm"));
     // The watch-backed cache may take a moment to see the ConfigMap.
     let gz = eventually("the endpoint serves the map", || async {
         let response = http
@@ -202,12 +193,12 @@ async fn the_map_endpoint_serves_the_exact_bytes_with_stored_gzip_etag_and_304()
     assert!(cached.bytes().await.unwrap().is_empty());
 
     for unknown in [
-        map_path(&ns, "other"),
+        map_path(ns, "other"),
         map_path("elsewhere", "litellm"),
         format!("/maps/{ns}/litellm/other.json"),
     ] {
         let response = http
-            .get(format!("{}{unknown}", operator.base_url))
+            .get(format!("{}{unknown}", s.operator.base_url))
             .send()
             .await
             .unwrap();
@@ -217,16 +208,12 @@ async fn the_map_endpoint_serves_the_exact_bytes_with_stored_gzip_etag_and_304()
     // A replica that does not reconcile (not the leader) serves the same map from its own
     // watch of the ConfigMaps.
     let follower_maps = MapCache::default();
-    tokio::spawn(
-        follower_maps
-            .clone()
-            .run(config_maps(&client, &ns), 64 << 20),
-    );
+    tokio::spawn(follower_maps.clone().run(config_maps(client, ns), 64 << 20));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let follower_url = format!(
         "http://{}{}",
         listener.local_addr().unwrap(),
-        map_path(&ns, "litellm")
+        map_path(ns, "litellm")
     );
     let state = ServerState::new(std::sync::Arc::new(Metrics::default()), follower_maps);
     state.set_ready(true);
@@ -246,7 +233,7 @@ async fn the_map_endpoint_serves_the_exact_bytes_with_stored_gzip_etag_and_304()
         json!({"input_cost_per_token": 1e-6, "mode": "chat"}),
     );
     source.set(Answer::Map(newer.clone()));
-    request_sync(&client, &ns, "litellm", "new").await;
+    request_sync(client, ns, "litellm", "new").await;
     for url in [&url, &follower_url] {
         eventually("the new map is served", || async {
             let body = http
@@ -261,7 +248,7 @@ async fn the_map_endpoint_serves_the_exact_bytes_with_stored_gzip_etag_and_304()
         })
         .await;
     }
-    operator.stop().await;
+    s.operator.stop().await;
 }
 
 #[tokio::test]

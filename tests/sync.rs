@@ -10,68 +10,9 @@ use costmap_operator::api::DEFAULT_KEY;
 use costmap_operator::digest::{git_blob_id, sha256_digest};
 use costmap_operator::fetch::FetchPolicy;
 use costmap_operator::metrics::SyncResult;
+use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
-
-/// A namespace with an operator, a source serving `answer`, and a ModelCostMapSync
-/// `litellm` pointing at it, synced once.
-struct Scenario {
-    client: Client,
-    ns: String,
-    source: Source,
-    operator: Operator,
-}
-
-impl Scenario {
-    async fn new(prefix: &str, answer: Answer, extra_spec: serde_json::Value) -> Scenario {
-        let client = client().await;
-        let ns = namespace(&client, prefix).await;
-        let source = Source::start(answer).await;
-        let operator = Operator::start(&client, &ns);
-        let mut spec = json!({"source": {"url": source.url}, "interval": "1h"});
-        merge(&mut spec, extra_spec);
-        create_sync(&client, &ns, "litellm", spec).await;
-        Scenario {
-            client,
-            ns,
-            source,
-            operator,
-        }
-    }
-
-    async fn config_map(&self) -> k8s_openapi::api::core::v1::ConfigMap {
-        config_maps(&self.client, &self.ns)
-            .get("litellm")
-            .await
-            .expect("ConfigMap exists")
-    }
-
-    async fn wait_ready(
-        &self,
-        status: &str,
-        reason: &str,
-    ) -> costmap_operator::api::ModelCostMapSync {
-        wait_ready(&self.client, &self.ns, "litellm", status, reason).await
-    }
-
-    /// Asks for a sync and waits until it has been handled.
-    async fn sync_now(&self, token: &str) -> costmap_operator::api::ModelCostMapSync {
-        request_sync(&self.client, &self.ns, "litellm", token).await;
-        wait_handled(&self.client, &self.ns, "litellm", token).await
-    }
-}
-
-fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
-    match (base, extra) {
-        (serde_json::Value::Object(base), serde_json::Value::Object(extra)) => {
-            for (key, value) in extra {
-                merge(base.entry(key).or_insert(serde_json::Value::Null), value);
-            }
-        }
-        (base, extra) => *base = extra,
-    }
-}
 
 #[tokio::test]
 async fn first_sync_of_the_real_map_writes_a_gzipped_configmap_with_status_and_annotations() {

@@ -451,3 +451,72 @@ pub async fn wait_event(client: &Client, namespace: &str, reason: &str, text: &s
 pub fn annotations(config_map: &ConfigMap) -> BTreeMap<String, String> {
     config_map.metadata.annotations.clone().unwrap_or_default()
 }
+
+/// A namespace with an operator, a source serving `answer`, and a ModelCostMapSync
+/// `litellm` pointing at it, synced once.
+pub struct Scenario {
+    pub client: Client,
+    pub ns: String,
+    pub source: Source,
+    pub operator: Operator,
+}
+
+impl Scenario {
+    pub async fn new(prefix: &str, answer: Answer, extra_spec: serde_json::Value) -> Scenario {
+        let client = client().await;
+        let ns = namespace(&client, prefix).await;
+        let source = Source::start(answer).await;
+        let operator = Operator::start(&client, &ns);
+        let mut spec = json!({"source": {"url": source.url}, "interval": "1h"});
+        merge(&mut spec, extra_spec);
+        create_sync(&client, &ns, "litellm", spec).await;
+        Scenario {
+            client,
+            ns,
+            source,
+            operator,
+        }
+    }
+
+    pub async fn config_map(&self) -> k8s_openapi::api::core::v1::ConfigMap {
+        config_maps(&self.client, &self.ns)
+            .get("litellm")
+            .await
+            .expect("ConfigMap exists")
+    }
+
+    pub async fn wait_ready(
+        &self,
+        status: &str,
+        reason: &str,
+    ) -> costmap_operator::api::ModelCostMapSync {
+        wait_ready(&self.client, &self.ns, "litellm", status, reason).await
+    }
+
+    /// The URL of the map on the operator's endpoint.
+    pub fn map_url(&self) -> String {
+        format!(
+            "{}/maps/{}/litellm/{}",
+            self.operator.base_url,
+            self.ns,
+            costmap_operator::api::DEFAULT_KEY
+        )
+    }
+
+    /// Asks for a sync and waits until it has been handled.
+    pub async fn sync_now(&self, token: &str) -> costmap_operator::api::ModelCostMapSync {
+        request_sync(&self.client, &self.ns, "litellm", token).await;
+        wait_handled(&self.client, &self.ns, "litellm", token).await
+    }
+}
+
+pub fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(base.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (base, extra) => *base = extra,
+    }
+}
