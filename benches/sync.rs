@@ -7,11 +7,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/figures.rs"]
+mod figures;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use figures::{max, median, min, rss_kib};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 
@@ -97,27 +100,4 @@ async fn timed_sync(client: &kube::Client, ns: &str, token: &str) -> f64 {
         .expect("sync handled in time")
         .expect("watch");
     started.elapsed().as_secs_f64() * 1000.0
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("field in /proc status")
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
-
-fn min(values: &[f64]) -> f64 {
-    values.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(values: &[f64]) -> f64 {
-    values.iter().copied().fold(0.0, f64::max)
 }

@@ -16,7 +16,7 @@ pub struct Agent {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     log: PathBuf,
-    _process: TiedChild,
+    process: TiedChild,
     _log_dir: tempfile::TempDir,
 }
 
@@ -41,9 +41,14 @@ impl Agent {
         Agent {
             url: format!("http://127.0.0.1:{port}"),
             log,
-            _process: testenv::spawn_tied(cmd).unwrap(),
+            process: testenv::spawn_tied(cmd).unwrap(),
             _log_dir: log_dir,
         }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
     }
 
     pub fn map_url(&self) -> String {
