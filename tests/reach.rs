@@ -615,3 +615,80 @@ async fn sync_now_and_wait(client: &Client, ns: &str, token: &str) -> ModelCostM
     request_sync(client, ns, "litellm", token).await;
     wait_handled(client, ns, "litellm", token).await
 }
+
+/// A loopback server answering `answers` in turn (the last one forever), counting requests.
+async fn scripted(
+    answers: Vec<(StatusCode, &'static str)>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    let app = axum::Router::new().fallback(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let (status, body) = answers[n.min(answers.len() - 1)];
+        async move { (status, body) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/reload/model_cost_map",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, count)
+}
+
+#[tokio::test]
+async fn reloads_retry_what_can_pass_and_stop_at_final_answers() {
+    use costmap_operator::consumers::{ProxyClient, ProxyClientConfig, ReloadOutcome};
+    use std::sync::atomic::Ordering;
+    let client = ProxyClient::new(ProxyClientConfig {
+        attempts: 3,
+        min_backoff: std::time::Duration::from_millis(20),
+        ..ProxyClientConfig::default()
+    })
+    .unwrap();
+    let cases = [
+        (
+            vec![
+                (StatusCode::SERVICE_UNAVAILABLE, ""),
+                (StatusCode::BAD_GATEWAY, ""),
+                (StatusCode::OK, "{}"),
+            ],
+            ReloadOutcome::Reloaded,
+            3,
+        ),
+        (
+            vec![(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"detail":"Database connection not available"}"#,
+            )],
+            ReloadOutcome::NoDatabase,
+            1,
+        ),
+        (
+            vec![(StatusCode::UNAUTHORIZED, "")],
+            ReloadOutcome::Unauthorized(401),
+            1,
+        ),
+        (
+            vec![(StatusCode::SERVICE_UNAVAILABLE, "")],
+            ReloadOutcome::Failed("the proxy answered HTTP 503".into()),
+            3,
+        ),
+    ];
+    for (answers, expected, requests) in cases {
+        let (url, count) = scripted(answers).await;
+        assert_eq!(client.reload(&url, None).await, expected, "{url}");
+        assert_eq!(count.load(Ordering::SeqCst), requests, "{expected:?}");
+    }
+    // Nothing listening: a connection error, retried, then reported without the URL.
+    let closed = format!(
+        "http://127.0.0.1:{}/reload/model_cost_map",
+        testenv::free_port().unwrap()
+    );
+    assert_eq!(
+        client.reload(&closed, None).await,
+        ReloadOutcome::Failed("connection failed".into())
+    );
+}
