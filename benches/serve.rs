@@ -43,6 +43,7 @@ async fn main() {
             &ns,
         ])
         .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env("POD_NAMESPACE", &ns)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
     let operator = testenv::spawn_tied(operator).expect("start the operator");

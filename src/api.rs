@@ -339,6 +339,24 @@ pub enum ConsumerState {
     Unreachable,
 }
 
+impl ConsumerState {
+    /// Every state.
+    pub const ALL: [ConsumerState; 3] = [
+        ConsumerState::Current,
+        ConsumerState::Stale,
+        ConsumerState::Unreachable,
+    ];
+
+    /// The name, as in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerState::Current => "Current",
+            ConsumerState::Stale => "Stale",
+            ConsumerState::Unreachable => "Unreachable",
+        }
+    }
+}
+
 /// The map held by the target ConfigMap.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -13,13 +13,14 @@ use costmap_operator::check::check;
 use costmap_operator::consumers::{ProxyClient, ProxyClientConfig};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::fetch::{FetchPolicy, Fetcher};
+use costmap_operator::leader::{self, Candidate};
 use costmap_operator::map_cache::MapCache;
 use costmap_operator::metrics::Metrics;
+use costmap_operator::scope;
 use costmap_operator::server::{self, ServerState};
 use costmap_operator::validate::Rules;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Client, CustomResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -48,12 +49,24 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Address of the HTTP server (health, readiness).
+    /// Address of the HTTP server: maps, metrics, health, readiness.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long)]
-    namespace: Option<String>,
+    /// Watch only this namespace (repeatable; default: all namespaces).
+    #[arg(long = "namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// Elect a leader among replicas through the Lease costmap-operator; only the leader
+    /// reconciles. Turn off only when exactly one replica runs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease. Default: env POD_NAMESPACE, else the in-cluster namespace,
+    /// else the kubeconfig's namespace.
+    #[arg(long, value_name = "NS")]
+    lease_namespace: Option<String>,
+    /// How long the leader's Lease holds without renewal: the longest a dead leader blocks
+    /// the other replicas.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
     #[command(flatten)]
     fetch: FetchArgs,
     /// Log format.
@@ -242,19 +255,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("finding the cluster (in-cluster config, else KUBECONFIG)")?;
-    ensure_crd_installed(&client, args.namespace.as_deref()).await?;
+    ensure_crd_installed(&client, &args.namespaces).await?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
     let metrics = Arc::new(Metrics::default());
-    let maps = MapCache::default();
-    let config_maps: Api<ConfigMap> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     // Every replica serves maps, leader or not.
-    tokio::spawn(maps.clone().run(config_maps, args.fetch.max_map_bytes));
+    let maps = MapCache::default();
+    tokio::spawn(maps.clone().run(
+        client.clone(),
+        args.namespaces.clone(),
+        args.fetch.max_map_bytes,
+    ));
     let state = ServerState::new(metrics.clone(), maps.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -265,23 +278,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         state.clone(),
         shutdown.clone().cancelled_owned(),
     ));
-
     state.set_ready(true);
+
     let settings = Settings {
-        namespace: args.namespace,
+        namespaces: args.namespaces,
         instance: std::env::var("POD_NAME").ok(),
-        metrics,
+        metrics: metrics.clone(),
         proxies: ProxyClient::new(ProxyClientConfig::default())
             .context("building the HTTP client for proxies")?,
         maps,
     };
-    controller::run(
-        client,
-        fetcher,
-        settings,
-        shutdown.clone().cancelled_owned(),
-    )
-    .await;
+    if args.leader_election {
+        let fallback = args
+            .lease_namespace
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let candidate = Candidate::from_environment(&fallback, args.lease_duration);
+        leader::run_terms(client.clone(), candidate, shutdown.clone(), |term| {
+            metrics.leader.set(1);
+            let controller =
+                controller::run(client.clone(), fetcher.clone(), settings.clone(), term);
+            let metrics = metrics.clone();
+            async move {
+                controller.await;
+                metrics.leader.set(0);
+            }
+        })
+        .await
+        .context("leader election")?;
+    } else {
+        metrics.leader.set(1);
+        controller::run(client, fetcher, settings, shutdown.clone()).await;
+    }
     // The controller also stops when its watches end; make sure the server follows.
     shutdown.cancel();
     server
@@ -294,16 +321,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Fails start-up with a useful message when the CRD is missing, instead of a watch that
 /// errors forever.
-async fn ensure_crd_installed(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
-    let api: Api<ModelCostMapSync> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    api.list_metadata(&ListParams::default().limit(1))
-        .await
-        .context(
-            "listing ModelCostMapSync objects (is the CRD installed? `kubectl apply -f crds/`)",
-        )?;
+async fn ensure_crd_installed(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
+    for scope in scope::scopes(namespaces) {
+        scope::api::<ModelCostMapSync>(client, scope.as_deref())
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .with_context(|| {
+                format!(
+                    "listing ModelCostMapSync objects in {} (is the CRD installed? `kubectl apply -f crds/`)",
+                    scope.as_deref().unwrap_or("all namespaces")
+                )
+            })?;
+    }
     Ok(())
 }
 

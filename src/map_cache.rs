@@ -1,20 +1,21 @@
 //! The maps every replica serves, kept current by a watch on the managed ConfigMaps, so a
 //! request never calls the API server and a replica that is not the leader serves too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::render::{DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::scope;
 use crate::serve::ServedMap;
 
 /// Which map: `/maps/{namespace}/{name}/{key}`, where name is the ModelCostMapSync's.
@@ -47,10 +48,17 @@ struct Inner {
     by_config_map: HashMap<ConfigMapId, ConfigMapMaps>,
     /// The same maps by the key requests use.
     by_key: HashMap<MapKey, Arc<ServedMap>>,
-    /// Whether the first full list has been loaded.
-    synced: bool,
-    /// The set being built by a list in progress.
-    relisting: Option<HashMap<ConfigMapId, ConfigMapMaps>>,
+    /// Watches whose first full list has not been loaded yet.
+    unsynced_scopes: usize,
+    /// Watches whose first full list has been loaded.
+    synced_scopes: HashSet<String>,
+    /// Per watch, the set being built by a list in progress.
+    relisting: HashMap<String, HashMap<ConfigMapId, ConfigMapMaps>>,
+}
+
+/// A watch scope as a map key: the namespace, or "" for the whole cluster.
+fn scope_key(scope: Option<&str>) -> String {
+    scope.unwrap_or_default().to_owned()
 }
 
 impl MapCache {
@@ -78,18 +86,28 @@ impl MapCache {
         tokio::time::timeout(timeout, waiting).await.is_ok()
     }
 
-    /// Whether the initial list of ConfigMaps has been loaded.
+    /// Whether the initial list of ConfigMaps has been loaded by every watch.
     pub fn is_synced(&self) -> bool {
-        self.read().synced
+        let inner = self.read();
+        !inner.synced_scopes.is_empty() && inner.unsynced_scopes == 0
     }
 
-    /// Keeps the cache current from the managed ConfigMaps of `api` until the watch ends.
-    pub async fn run(self, api: Api<ConfigMap>, max_bytes: u64) {
+    /// Keeps the cache current from the managed ConfigMaps in `namespaces` (all when empty)
+    /// until the watches end.
+    pub async fn run(self, client: Client, namespaces: Vec<String>, max_bytes: u64) {
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-        let events = watcher::watcher(api, config).default_backoff();
-        let result = events
-            .try_for_each(|event| {
-                self.apply(event, max_bytes);
+        let scopes = scope::scopes(&namespaces);
+        self.write().unsynced_scopes = scopes.len();
+        let watches = scopes.into_iter().map(|scope| {
+            let api = scope::api::<ConfigMap>(&client, scope.as_deref());
+            watcher::watcher(api, config.clone())
+                .default_backoff()
+                .map_ok(move |event| (scope.clone(), event))
+                .boxed()
+        });
+        let result = futures::stream::select_all(watches)
+            .try_for_each(|(scope, event)| {
+                self.apply(scope.as_deref(), event, max_bytes);
                 futures::future::ready(Ok(()))
             })
             .await;
@@ -98,22 +116,35 @@ impl MapCache {
         }
     }
 
-    fn apply(&self, event: Event<ConfigMap>, max_bytes: u64) {
+    /// Applies one watch event of the watch on `scope` (a namespace, or the cluster).
+    fn apply(&self, scope: Option<&str>, event: Event<ConfigMap>, max_bytes: u64) {
         let mut inner = self.write();
         match event {
             // A (re)list builds a fresh set and swaps it in when complete, so maps keep being
             // served while the watch recovers.
-            Event::Init => inner.relisting = Some(HashMap::new()),
+            Event::Init => {
+                inner.relisting.insert(scope_key(scope), HashMap::new());
+            }
             Event::InitApply(cm) => {
                 let maps = served_maps(&cm, max_bytes);
                 inner
                     .relisting
-                    .get_or_insert_with(HashMap::new)
+                    .entry(scope_key(scope))
+                    .or_default()
                     .insert(config_map_id(&cm), maps);
             }
             Event::InitDone => {
-                inner.by_config_map = inner.relisting.take().unwrap_or_default();
-                inner.synced = true;
+                let listed = inner
+                    .relisting
+                    .remove(&scope_key(scope))
+                    .unwrap_or_default();
+                inner
+                    .by_config_map
+                    .retain(|(namespace, _), _| scope.is_some_and(|s| s != namespace));
+                inner.by_config_map.extend(listed);
+                if inner.synced_scopes.insert(scope_key(scope)) {
+                    inner.unsynced_scopes = inner.unsynced_scopes.saturating_sub(1);
+                }
             }
             Event::Apply(cm) => {
                 let maps = served_maps(&cm, max_bytes);
@@ -229,15 +260,15 @@ mod tests {
     #[test]
     fn maps_are_found_by_their_owner_and_dropped_with_their_configmap() {
         let cache = MapCache::default();
-        cache.apply(Event::Init, 1 << 20);
+        cache.apply(None, Event::Init, 1 << 20);
         let cm = managed("prices", "litellm", b"{\"a\": {}}");
-        cache.apply(Event::InitApply(cm.clone()), 1 << 20);
+        cache.apply(None, Event::InitApply(cm.clone()), 1 << 20);
         assert!(!cache.is_synced());
         assert!(
             cache.get(&key("litellm")).is_none(),
             "swapped in when the list completes"
         );
-        cache.apply(Event::InitDone, 1 << 20);
+        cache.apply(None, Event::InitDone, 1 << 20);
         assert!(cache.is_synced());
         assert_eq!(
             cache.get(&key("litellm")).unwrap().plain().as_ref(),
@@ -247,15 +278,42 @@ mod tests {
             cache.get(&key("prices")).is_none(),
             "by the ModelCostMapSync's name"
         );
-        cache.apply(Event::Init, 1 << 20);
+        cache.apply(None, Event::Init, 1 << 20);
         assert!(
             cache.get(&key("litellm")).is_some(),
             "still served during a relist"
         );
-        cache.apply(Event::InitApply(cm.clone()), 1 << 20);
-        cache.apply(Event::InitDone, 1 << 20);
-        cache.apply(Event::Delete(cm), 1 << 20);
+        cache.apply(None, Event::InitApply(cm.clone()), 1 << 20);
+        cache.apply(None, Event::InitDone, 1 << 20);
+        cache.apply(None, Event::Delete(cm), 1 << 20);
         assert!(cache.get(&key("litellm")).is_none());
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_keeps_the_maps_of_the_others() {
+        let cache = MapCache::default();
+        cache.write().unsynced_scopes = 2;
+        let mut other = managed("litellm", "litellm", b"{\"b\": {}}");
+        other.metadata.namespace = Some("team-b".into());
+        let key_b = MapKey {
+            namespace: "team-b".into(),
+            ..key("litellm")
+        };
+        for (scope, cm) in [
+            ("llm", managed("litellm", "litellm", b"{}")),
+            ("team-b", other),
+        ] {
+            cache.apply(Some(scope), Event::Init, 1 << 20);
+            cache.apply(Some(scope), Event::InitApply(cm), 1 << 20);
+            assert!(!cache.is_synced() || scope == "team-b");
+            cache.apply(Some(scope), Event::InitDone, 1 << 20);
+        }
+        assert!(cache.is_synced(), "both watches listed");
+        // llm relists and finds nothing: only llm's map goes.
+        cache.apply(Some("llm"), Event::Init, 1 << 20);
+        cache.apply(Some("llm"), Event::InitDone, 1 << 20);
+        assert!(cache.get(&key("litellm")).is_none());
+        assert!(cache.get(&key_b).is_some());
     }
 
     #[tokio::test]
@@ -275,7 +333,7 @@ mod tests {
             })
         };
         tokio::task::yield_now().await;
-        cache.apply(Event::Apply(cm), 1 << 20);
+        cache.apply(None, Event::Apply(cm), 1 << 20);
         assert!(waiter.await.unwrap());
         assert!(cache.wait_for(&key("litellm"), &digest, short).await);
         assert!(!cache.wait_for(&key("litellm"), "sha256:other", short).await);
@@ -290,7 +348,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(DIGEST_ANNOTATION.into(), "sha256:forged".into());
-        cache.apply(Event::Apply(cm), 1 << 20);
+        cache.apply(None, Event::Apply(cm), 1 << 20);
         assert!(cache.get(&key("litellm")).is_none());
     }
 }

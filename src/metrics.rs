@@ -5,7 +5,9 @@ use std::fmt::Write;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 /// How one sync attempt ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -45,6 +47,39 @@ pub struct SyncLabels {
     pub result: SyncResult,
 }
 
+/// Labels of the per-map gauges: which ModelCostMapSync.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Labels of `costmap_consumers`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// The ModelCostMapSync's namespace.
+    pub namespace: String,
+    /// The ModelCostMapSync's name.
+    pub name: String,
+    /// Current, Stale or Unreachable.
+    pub state: String,
+}
+
+/// Labels of the map endpoint's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP status code of the answer.
+    pub code: u16,
+    /// Whether the body went out gzipped.
+    pub gzip: bool,
+}
+
+/// Bucket bounds of the sync duration histogram, in seconds: a 304 takes milliseconds, a
+/// new 3.5 MB map a few hundred, a slow source up to its timeout.
+const SYNC_SECONDS_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0];
+
 /// The operator's metrics.
 pub struct Metrics {
     /// Everything registered, for `/metrics`.
@@ -53,6 +88,22 @@ pub struct Metrics {
     pub reconciles: Counter,
     /// Sync attempts by result.
     pub syncs: Family<SyncLabels, Counter>,
+    /// Duration of sync attempts by result.
+    pub sync_seconds: Family<SyncLabels, Histogram>,
+    /// Bytes of map bodies fetched (after decompression).
+    pub fetched_bytes: Counter,
+    /// Models in each map held.
+    pub models: Family<MapLabels, Gauge>,
+    /// When each map last synced successfully (Unix seconds).
+    pub last_success: Family<MapLabels, Gauge>,
+    /// Proxies per map and state.
+    pub consumers: Family<ConsumerLabels, Gauge>,
+    /// Map endpoint requests by status code.
+    pub map_requests: Family<RequestLabels, Counter>,
+    /// Body bytes the map endpoint sent.
+    pub map_bytes: Counter,
+    /// 1 while this replica holds the Lease and reconciles.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,23 +117,114 @@ impl Default for Metrics {
         );
         let syncs = Family::<SyncLabels, Counter>::default();
         registry.register("syncs", "Sync attempts by result", syncs.clone());
+        let sync_seconds = Family::<SyncLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(SYNC_SECONDS_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "sync_duration",
+            "Duration of sync attempts (fetch, validate, write) by result",
+            Unit::Seconds,
+            sync_seconds.clone(),
+        );
+        let fetched_bytes = Counter::default();
+        registry.register_with_unit(
+            "fetched",
+            "Map bytes fetched from sources, after decompression",
+            Unit::Bytes,
+            fetched_bytes.clone(),
+        );
+        let models = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "map_models",
+            "Models in the map each ModelCostMapSync holds",
+            models.clone(),
+        );
+        let last_success = Family::<MapLabels, Gauge>::default();
+        registry.register_with_unit(
+            "last_success_timestamp",
+            "When each ModelCostMapSync last synced successfully (Unix time)",
+            Unit::Seconds,
+            last_success.clone(),
+        );
+        let consumers = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "consumers",
+            "LiteLLM proxies by ModelCostMapSync and state (Current, Stale, Unreachable)",
+            consumers.clone(),
+        );
+        let map_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "map_requests",
+            "Requests to the map endpoint by status code",
+            map_requests.clone(),
+        );
+        let map_bytes = Counter::default();
+        registry.register_with_unit(
+            "map_response",
+            "Body bytes sent by the map endpoint",
+            Unit::Bytes,
+            map_bytes.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and reconciles",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             syncs,
+            sync_seconds,
+            fetched_bytes,
+            models,
+            last_success,
+            consumers,
+            map_requests,
+            map_bytes,
+            leader,
         }
     }
 }
 
 impl Metrics {
-    /// Counts one sync attempt.
-    pub fn count_sync(&self, result: SyncResult) {
-        self.syncs.get_or_create(&SyncLabels { result }).inc();
+    /// Counts one sync attempt that took `seconds`.
+    pub fn count_sync(&self, result: SyncResult, seconds: f64) {
+        let labels = SyncLabels { result };
+        self.syncs.get_or_create(&labels).inc();
+        self.sync_seconds.get_or_create(&labels).observe(seconds);
     }
 
     /// How many sync attempts ended with `result`.
     pub fn syncs_with(&self, result: SyncResult) -> u64 {
         self.syncs.get_or_create(&SyncLabels { result }).get()
+    }
+
+    /// Records what a ModelCostMapSync holds after a successful sync at `unix_seconds`.
+    pub fn record_map(&self, map: &MapLabels, models: i64, unix_seconds: i64) {
+        self.models.get_or_create(map).set(models);
+        self.last_success.get_or_create(map).set(unix_seconds);
+    }
+
+    /// Sets the proxies per state of a ModelCostMapSync. Give every state, zeros included,
+    /// so that a state that empties drops to 0 rather than keeping its last value.
+    pub fn record_consumers(&self, map: &MapLabels, per_state: &[(&str, i64)]) {
+        for (state, count) in per_state {
+            let labels = ConsumerLabels {
+                namespace: map.namespace.clone(),
+                name: map.name.clone(),
+                state: (*state).to_owned(),
+            };
+            self.consumers.get_or_create(&labels).set(*count);
+        }
+    }
+
+    /// Counts one answer of the map endpoint.
+    pub fn count_map_request(&self, code: u16, gzip: bool, body_bytes: u64) {
+        self.map_requests
+            .get_or_create(&RequestLabels { code, gzip })
+            .inc();
+        self.map_bytes.inc_by(body_bytes);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -101,15 +243,36 @@ mod tests {
     #[test]
     fn syncs_are_counted_by_result_in_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.count_sync(SyncResult::NotModified);
-        metrics.count_sync(SyncResult::NotModified);
+        metrics.count_sync(SyncResult::NotModified, 0.002);
+        metrics.count_sync(SyncResult::NotModified, 0.004);
         metrics.reconciles.inc();
+        let map = MapLabels {
+            namespace: "llm".into(),
+            name: "litellm".into(),
+        };
+        metrics.record_map(&map, 4876, 1_764_000_000);
+        metrics.record_consumers(&map, &[("Current", 2), ("Stale", 0)]);
+        metrics.count_map_request(200, true, 176_000);
+        metrics.leader.set(1);
         let text = metrics.encode();
         assert!(
             text.contains("costmap_syncs_total{result=\"not_modified\"} 2"),
             "{text}"
         );
         assert!(text.contains("costmap_reconciles_total 1"), "{text}");
+        for line in [
+            "costmap_sync_duration_seconds_count{result=\"not_modified\"} 2",
+            "costmap_map_models{namespace=\"llm\",name=\"litellm\"} 4876",
+            "costmap_last_success_timestamp_seconds{namespace=\"llm\",name=\"litellm\"} 1764000000",
+            "costmap_consumers{namespace=\"llm\",name=\"litellm\",state=\"Current\"} 2",
+            "costmap_consumers{namespace=\"llm\",name=\"litellm\",state=\"Stale\"} 0",
+            "costmap_map_requests_total{code=\"200\",gzip=\"true\"} 1",
+            "costmap_map_response_bytes_total 176000",
+            "costmap_fetched_bytes_total 0",
+            "costmap_leader 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
         assert_eq!(metrics.syncs_with(SyncResult::Updated), 0);
     }
 }

@@ -1,12 +1,12 @@
-//! The operator's HTTP server: health and readiness now; the map endpoint and metrics are
-//! routes added to the same router.
+//! The operator's HTTP server, on every replica: the map endpoint, metrics, health and
+//! readiness.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -61,7 +61,20 @@ async fn map(
         name,
         key,
     });
-    respond(map.as_deref(), &method, &headers)
+    let response = respond(map.as_deref(), &method, &headers);
+    let gzip = response.headers().contains_key(header::CONTENT_ENCODING);
+    let body_bytes = match method {
+        Method::HEAD => 0,
+        _ => response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse().ok())
+            .unwrap_or(0),
+    };
+    state
+        .metrics
+        .count_map_request(response.status().as_u16(), gzip, body_bytes);
+    response
 }
 
 /// Ready once the operator runs and every synced map can be served.

@@ -253,6 +253,7 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--listen", &listen.to_string(), "--namespace", &ns])
         .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env("POD_NAMESPACE", &ns)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::from(log_file.try_clone().unwrap()))
         .stderr(Stdio::from(log_file));

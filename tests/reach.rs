@@ -208,7 +208,11 @@ async fn the_map_endpoint_serves_the_exact_bytes_with_stored_gzip_etag_and_304()
     // A replica that does not reconcile (not the leader) serves the same map from its own
     // watch of the ConfigMaps.
     let follower_maps = MapCache::default();
-    tokio::spawn(follower_maps.clone().run(config_maps(client, ns), 64 << 20));
+    tokio::spawn(
+        follower_maps
+            .clone()
+            .run(client.clone(), vec![ns.clone()], 64 << 20),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let follower_url = format!(
         "http://{}{}",

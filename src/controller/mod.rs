@@ -10,9 +10,10 @@ mod reach;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -23,6 +24,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{Artifact, ModelCostMapSync, ModelCostMapSyncStatus, SpecError};
@@ -34,12 +36,13 @@ use crate::fetch::{
     FetchError, FetchOutcome, FetchRequest, Fetcher, sanitize_url, validate_source_url,
 };
 use crate::map_cache::MapCache;
-use crate::metrics::{Metrics, SyncResult};
+use crate::metrics::{MapLabels, Metrics, SyncResult};
 use crate::render::{
     MANAGED_BY, MANAGED_BY_LABEL, MapIdentity, RenderError, StoredMap, TargetRef, holds_rendered,
     read_stored_map, render_config_map,
 };
 use crate::schedule::{self, Decision, SyncCause};
+use crate::scope;
 use crate::validate::{ModelMap, Rules, ValidationError, validate};
 
 /// Field manager of every server-side apply this operator makes.
@@ -89,9 +92,10 @@ struct Memory {
 }
 
 /// Settings of the controller.
+#[derive(Clone)]
 pub struct Settings {
-    /// Namespace to watch; all when None.
-    pub namespace: Option<String>,
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
     /// Identity in Events (the pod name in a cluster).
     pub instance: Option<String>,
     /// Where reconciles and syncs are counted.
@@ -137,35 +141,44 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` completes; in-flight reconciles finish first.
-pub async fn run(
+/// Runs the controller, one per watched namespace (or one for the cluster), until `stop`
+/// is cancelled; in-flight reconciles finish first.
+pub async fn run(client: Client, fetcher: Fetcher, settings: Settings, stop: CancellationToken) {
+    let scopes = scope::scopes(&settings.namespaces);
+    let context = Arc::new(Context::new(client.clone(), fetcher, settings));
+    let controllers = scopes.into_iter().map(|scope| {
+        run_scope(
+            client.clone(),
+            scope,
+            context.clone(),
+            stop.clone().cancelled_owned(),
+        )
+    });
+    join_all(controllers).await;
+}
+
+async fn run_scope(
     client: Client,
-    fetcher: Fetcher,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    scope: Option<String>,
+    context: Arc<Context>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (syncs, config_maps) = match &settings.namespace {
-        Some(ns) => (
-            Api::<ModelCostMapSync>::namespaced(client.clone(), ns),
-            Api::<ConfigMap>::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let scope = scope.as_deref();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let slices: Api<EndpointSlice> = match &settings.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let context = Arc::new(Context::new(client, fetcher, settings));
-    let controller = Controller::new(syncs, watcher::Config::default());
+    let controller = Controller::new(
+        scope::api::<ModelCostMapSync>(&client, scope),
+        watcher::Config::default(),
+    );
     // A proxy pod that appears behind a Service is checked as it appears.
     let syncs_by_service = reach::SyncsByService::new(controller.store());
     controller
-        .owns(config_maps, managed)
-        .watches(slices, watcher::Config::default(), move |slice| {
-            syncs_by_service.of(&slice)
-        })
-        .graceful_shutdown_on(shutdown)
+        .owns(scope::api::<ConfigMap>(&client, scope), managed)
+        .watches(
+            scope::api::<EndpointSlice>(&client, scope),
+            watcher::Config::default(),
+            move |slice| syncs_by_service.of(&slice),
+        )
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(err) = result {
@@ -285,8 +298,11 @@ impl<'a> Reconciler<'a> {
                         .is_some_and(|desired| holds_rendered(cm, &desired)),
                     _ => false,
                 };
+                let started = Instant::now();
                 let outcome = self.sync_once(last_good.as_deref(), holds_last_good).await;
-                let next = self.write_outcome(cause, outcome).await?;
+                let next = self
+                    .write_outcome(cause, outcome, started.elapsed())
+                    .await?;
                 Ok(Action::requeue(next))
             }
         }
@@ -396,7 +412,10 @@ impl<'a> Reconciler<'a> {
         };
         let (body, revision) = match self.context.fetcher.fetch(&request).await {
             Ok(FetchOutcome::NotModified) => return Outcome::NotModified,
-            Ok(FetchOutcome::Fetched { body, revision }) => (body, revision),
+            Ok(FetchOutcome::Fetched { body, revision }) => {
+                self.context.metrics.fetched_bytes.inc_by(body.len() as u64);
+                (body, revision)
+            }
             Err(err) => return fetch_failure(&err),
         };
         if let Some(map) = last_good.filter(|map| map.bytes == body.as_ref()) {
@@ -518,7 +537,13 @@ impl<'a> Reconciler<'a> {
 
     /// Writes status for a sync attempt and records Events. Returns the time until the next
     /// sync is due.
-    async fn write_outcome(&self, cause: SyncCause, outcome: Outcome) -> Result<Duration, Error> {
+    async fn write_outcome(
+        &self,
+        cause: SyncCause,
+        outcome: Outcome,
+        took: Duration,
+    ) -> Result<Duration, Error> {
+        let seconds = took.as_secs_f64();
         let mut status = self.status.clone().unwrap_or_default();
         status.observed_generation = self.sync.metadata.generation;
         status.last_attempt_time = Some(Time(self.now));
@@ -528,18 +553,19 @@ impl<'a> Reconciler<'a> {
         let generation = self.sync.metadata.generation;
         let metrics = &self.context.metrics;
         let mode = reach::Mode::after(cause, &outcome);
+        let succeeded = !matches!(outcome, Outcome::Failed { .. });
         let wait = match outcome {
             Outcome::NotModified | Outcome::Unchanged { .. } => {
                 self.context
                     .remember(&self.uid, |m| m.consecutive_failures = 0);
                 if let Outcome::Unchanged { revision } = outcome {
-                    metrics.count_sync(SyncResult::Unchanged);
+                    metrics.count_sync(SyncResult::Unchanged, seconds);
                     if let Some(artifact) = status.artifact.as_mut().filter(|_| revision.is_some())
                     {
                         artifact.revision = revision;
                     }
                 } else {
-                    metrics.count_sync(SyncResult::NotModified);
+                    metrics.count_sync(SyncResult::NotModified, seconds);
                 }
                 status.last_sync_time = Some(Time(self.now));
                 let message = synced_message(status.artifact.as_ref(), "unchanged");
@@ -550,7 +576,7 @@ impl<'a> Reconciler<'a> {
                 self.interval
             }
             Outcome::Updated { artifact, change } => {
-                metrics.count_sync(SyncResult::Updated);
+                metrics.count_sync(SyncResult::Updated, seconds);
                 self.context
                     .remember(&self.uid, |m| m.consecutive_failures = 0);
                 let (reason, note) = match &change {
@@ -585,7 +611,7 @@ impl<'a> Reconciler<'a> {
                 self.interval
             }
             Outcome::Failed { reason, message } => {
-                metrics.count_sync(SyncResult::Failed);
+                metrics.count_sync(SyncResult::Failed, seconds);
                 let mut failures = 0;
                 self.context.remember(&self.uid, |m| {
                     m.consecutive_failures += 1;
@@ -603,6 +629,10 @@ impl<'a> Reconciler<'a> {
         };
         let next = self.now + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
         status.next_sync_time = Some(Time(next));
+        if let Some(artifact) = status.artifact.as_ref().filter(|_| succeeded) {
+            let models = i64::from(artifact.models);
+            metrics.record_map(&self.map_labels(), models, self.now.as_second());
+        }
         let recheck = self.reach_consumers(&mut status, mode).await;
         self.write_status(status).await?;
         Ok(recheck.map_or(wait, |r| r.min(wait)))
@@ -647,6 +677,14 @@ impl<'a> Reconciler<'a> {
         self.context
             .remember(&self.uid, |m| m.written_status = Some(status));
         Ok(())
+    }
+
+    /// This object, as metrics label it.
+    fn map_labels(&self) -> MapLabels {
+        MapLabels {
+            namespace: self.target.namespace.clone(),
+            name: self.sync.name_any(),
+        }
     }
 
     /// Records an Event; a failure to record is logged, never fatal.

@@ -141,6 +141,13 @@ impl Reconciler<'_> {
             )
         });
         status.consumers = join_all(checks).await;
+        let per_state = ConsumerState::ALL.map(|state| {
+            let count = status.consumers.iter().filter(|r| r.state == state).count();
+            (state.as_str(), i64::try_from(count).unwrap_or(i64::MAX))
+        });
+        self.context
+            .metrics
+            .record_consumers(&self.map_labels(), &per_state);
         let all_current = status
             .consumers
             .iter()

@@ -115,7 +115,7 @@ impl Operator {
         let maps = MapCache::default();
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
-            namespace: Some(namespace.to_owned()),
+            namespaces: vec![namespace.to_owned()],
             instance: Some("test".into()),
             metrics: metrics.clone(),
             proxies: ProxyClient::new(ProxyClientConfig {
@@ -126,7 +126,6 @@ impl Operator {
             .expect("proxy client"),
             maps: maps.clone(),
         };
-        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let max_bytes = fetcher.policy().max_body_bytes;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -134,15 +133,11 @@ impl Operator {
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let state = ServerState::new(metrics.clone(), maps.clone());
         state.set_ready(true);
-        let controller = controller::run(
-            client.clone(),
-            fetcher,
-            settings,
-            stop.clone().cancelled_owned(),
-        );
+        let controller = controller::run(client.clone(), fetcher, settings, stop.clone());
         let serve = server::serve(listener, state, stop.clone().cancelled_owned());
+        let (client, namespace) = (client.clone(), namespace.to_owned());
         let task = tokio::spawn(async move {
-            let cache = tokio::spawn(maps.run(config_maps, max_bytes));
+            let cache = tokio::spawn(maps.run(client, vec![namespace], max_bytes));
             let (_, served) = tokio::join!(controller, serve);
             served.expect("server");
             cache.abort();
