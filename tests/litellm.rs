@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::agent::Agent;
 use common::kubelet::ConfigMapVolume;
+use common::process::OperatorProcess;
 use common::*;
 use costmap_operator::api::{ConsumerState, DEFAULT_KEY, ModelCostMapSync};
 use k8s_openapi::api::core::v1::Secret;
@@ -21,7 +21,6 @@ use kube::{Api, Client};
 use serde_json::json;
 use testenv::TiedChild;
 
-const BIN: &str = env!("CARGO_BIN_EXE_costmap-operator");
 /// A model "launched today": not in any released map.
 const DAY0_MODEL: &str = "gpt-costmap-day0-2026-11-25";
 /// How long a real proxy may take to start (about 7 s here).
@@ -244,21 +243,8 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
     let source = Source::start(Answer::Map(real.clone())).await;
 
     // The operator as users run it, with its log kept to look for the key.
+    let operator = OperatorProcess::start(&control_plane().kubeconfig, &ns, "operator-0", &[]);
     let logs = tempfile::tempdir().unwrap();
-    let operator_log = logs.path().join("operator.log");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = listener.local_addr().unwrap();
-    drop(listener);
-    let log_file = std::fs::File::create(&operator_log).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--listen", &listen.to_string(), "--namespace", &ns])
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .env("POD_NAMESPACE", &ns)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::from(log_file.try_clone().unwrap()))
-        .stderr(Stdio::from(log_file));
-    let _operator = testenv::spawn_tied(cmd).unwrap();
-
     create_sync(
         &client,
         &ns,
@@ -268,7 +254,7 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
     .await;
     let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
     let first = sync.status.unwrap().artifact.unwrap();
-    let map_url = format!("http://{listen}/maps/{ns}/litellm/{DEFAULT_KEY}");
+    let map_url = format!("{}/maps/{ns}/litellm/{DEFAULT_KEY}", operator.url);
     let mut proxy = RealProxy::start(&map_url, &master_key, logs.path()).await;
     let reported = proxy.source(&reqwest::Client::new()).await.unwrap();
     assert_eq!(reported["source"], "remote", "{reported}");
@@ -326,10 +312,7 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
         .await
         .unwrap();
     let places = [
-        (
-            "the operator's log",
-            std::fs::read_to_string(&operator_log).unwrap(),
-        ),
+        ("the operator's log", operator.log_text()),
         ("the Events", serde_json::to_string(&events.items).unwrap()),
         (
             "the ModelCostMapSync",
@@ -344,9 +327,7 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
         );
     }
     assert!(
-        std::fs::read_to_string(&operator_log)
-            .unwrap()
-            .contains("asked the proxy to reload"),
+        operator.log_text().contains("asked the proxy to reload"),
         "the operator's log covers the reload"
     );
 }

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod kubelet;
+pub mod process;
 pub mod proxy;
 
 use std::collections::BTreeMap;
