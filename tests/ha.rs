@@ -43,8 +43,8 @@ async fn the_follower_takes_over_a_killed_leader_and_handles_the_next_sync_reque
     let kubeconfig = &control_plane().kubeconfig;
     let lease = format!("--lease-duration={}s", LEASE_DURATION.as_secs());
     let mut replicas = [
-        OperatorProcess::start(kubeconfig, &ns, "replica-a", &[&lease]),
-        OperatorProcess::start(kubeconfig, &ns, "replica-b", &[&lease]),
+        OperatorProcess::start(kubeconfig, &ns, "replica-a", &["--namespace", &ns, &lease]),
+        OperatorProcess::start(kubeconfig, &ns, "replica-b", &["--namespace", &ns, &lease]),
     ];
     create_sync(
         &client,

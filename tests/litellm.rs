@@ -243,7 +243,12 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
     let source = Source::start(Answer::Map(real.clone())).await;
 
     // The operator as users run it, with its log kept to look for the key.
-    let operator = OperatorProcess::start(&control_plane().kubeconfig, &ns, "operator-0", &[]);
+    let operator = OperatorProcess::start(
+        &control_plane().kubeconfig,
+        &ns,
+        "operator-0",
+        &["--namespace", &ns],
+    );
     let logs = tempfile::tempdir().unwrap();
     create_sync(
         &client,

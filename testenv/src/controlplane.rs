@@ -205,6 +205,14 @@ impl ControlPlane {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Writes a kubeconfig at `path` for this server that authenticates with `token` (for
+    /// example a ServiceAccount's, from `kubectl create token`), trusting the same CA.
+    pub fn write_token_kubeconfig(&self, path: &Path, token: &str) -> Result<()> {
+        let ca = self.dir.join("ca.crt");
+        std::fs::write(path, kubeconfig::render(&self.server, &ca, token))
+            .with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 impl Drop for ControlPlane {

@@ -20,19 +20,23 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Starts `costmap-operator run --namespace NAMESPACE EXTRA...` with `kubeconfig`, as
-    /// pod `pod` of namespace `namespace` (where its Lease lives), logging at `RUST_LOG=debug`.
-    pub fn start(kubeconfig: &Path, namespace: &str, pod: &str, extra: &[&str]) -> OperatorProcess {
+    /// Starts `costmap-operator run ARGS...` with `kubeconfig`, as pod `pod` of namespace
+    /// `pod_namespace` (where its Lease lives), logging at `RUST_LOG=debug`.
+    pub fn start(
+        kubeconfig: &Path,
+        pod_namespace: &str,
+        pod: &str,
+        args: &[&str],
+    ) -> OperatorProcess {
         let port = testenv::free_port().unwrap();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("operator.log");
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--namespace", namespace])
-            .args(extra)
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAMESPACE", namespace)
+            .env("POD_NAMESPACE", pod_namespace)
             .env("POD_NAME", pod)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())

@@ -1,0 +1,448 @@
+//! The Helm chart: its CRD is the generated one, `helm lint` passes, a typo in values fails,
+//! the defaults pass a security review, and on the real control plane `helm install` works and
+//! the RBAC it grants is enough for every feature (the operator runs with a token of the
+//! chart's ServiceAccount) and no more (`kubectl auth can-i`).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::process::OperatorProcess;
+use common::proxy::StandIn;
+use common::*;
+use costmap_operator::api::{ConsumerState, DEFAULT_KEY};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, Resource};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use serde_yaml::Value;
+use testenv::TestHost;
+
+const RELEASE: &str = "costmap-operator";
+const RELEASE_NAMESPACE: &str = "costmap-system";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:costmap-system:costmap-operator";
+
+fn chart() -> PathBuf {
+    testenv::workspace_root().join("charts/costmap-operator")
+}
+
+/// Runs helm (the pinned build) with the control plane's kubeconfig; Err is its stderr.
+fn helm(args: &[&str]) -> Result<String, String> {
+    let plane = control_plane();
+    let output = Command::new(plane.bin_dir.join("helm"))
+        .args(args)
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .env("HELM_CACHE_HOME", plane.dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", plane.dir().join("helm/config"))
+        .env("HELM_DATA_HOME", plane.dir().join("helm/data"))
+        .output()
+        .expect("running helm");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// The chart rendered with `sets`, as YAML documents.
+fn template(sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "-n",
+        RELEASE_NAMESPACE,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let rendered = helm(&args).unwrap_or_else(|err| panic!("helm template {sets:?}: {err}"));
+    serde_yaml::Deserializer::from_str(&rendered)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// Every (apiGroup, resource, verb) the rendered Roles and ClusterRoles grant.
+fn grants(docs: &[Value]) -> Vec<(String, String, String)> {
+    let mut grants = Vec::new();
+    for role in of_kind(docs, "ClusterRole")
+        .into_iter()
+        .chain(of_kind(docs, "Role"))
+    {
+        for rule in role["rules"].as_sequence().unwrap() {
+            for group in rule["apiGroups"].as_sequence().unwrap() {
+                for resource in rule["resources"].as_sequence().unwrap() {
+                    for verb in rule["verbs"].as_sequence().unwrap() {
+                        grants.push((
+                            group.as_str().unwrap().to_owned(),
+                            resource.as_str().unwrap().to_owned(),
+                            verb.as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+#[test]
+fn the_chart_crd_is_the_generated_crd_byte_for_byte() {
+    let generated = std::fs::read(testenv::workspace_root().join("crds/modelcostmapsync.yaml"));
+    let in_chart = std::fs::read(chart().join("crds/modelcostmapsync.yaml"));
+    assert_eq!(
+        in_chart.unwrap(),
+        generated.unwrap(),
+        "copy crds/modelcostmapsync.yaml into charts/costmap-operator/crds/"
+    );
+}
+
+#[test]
+fn helm_lint_passes_with_the_defaults_and_every_option() {
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    helm(&["lint", "--strict", chart]).unwrap();
+    helm(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "restartWorkloads.enabled=true",
+        "--set",
+        "watchNamespaces={llm,team-b}",
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "allowSourceCidrs={169.254.10.0/24}",
+        "--set",
+        "logFormat=json",
+    ])
+    .unwrap();
+}
+
+#[test]
+fn a_typo_or_a_bad_value_fails_at_install() {
+    let chart = chart();
+    for (set, complaint) in [
+        ("replicaCont=3", "replicaCont"),
+        ("image.tagg=1", "tagg"),
+        ("logFormat=xml", "logFormat"),
+        ("leaderElection.leaseDuration=15", "leaseDuration"),
+        ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
+    ] {
+        let err =
+            helm(&["template", RELEASE, chart.to_str().unwrap(), "--set", set]).expect_err(set);
+        assert!(err.contains(complaint), "{set}: {err}");
+    }
+}
+
+#[test]
+fn the_defaults_pass_a_security_review() {
+    let docs = template(&[]);
+    let deployment = of_kind(&docs, "Deployment")[0];
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 2);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    for field in ["requests", "limits"] {
+        assert!(
+            container["resources"][field]["memory"].is_string(),
+            "resources.{field}"
+        );
+    }
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "run");
+    assert!(args.contains(&"--lease-duration=15s"), "{args:?}");
+    let service_account = of_kind(&docs, "ServiceAccount")[0];
+    assert_eq!(service_account["automountServiceAccountToken"], false);
+    assert_eq!(of_kind(&docs, "PodDisruptionBudget").len(), 1);
+
+    // Workload rights only when restartWorkloads is on; Secrets only ever `get`.
+    let default_grants = grants(&docs);
+    assert!(!default_grants.iter().any(|(group, _, _)| group == "apps"));
+    let secret_verbs: Vec<&str> = default_grants
+        .iter()
+        .filter(|(_, resource, _)| resource == "secrets")
+        .map(|(_, _, verb)| verb.as_str())
+        .collect();
+    assert_eq!(secret_verbs, ["get"]);
+    assert!(
+        !default_grants
+            .iter()
+            .any(|(_, _, verb)| verb == "delete" || verb == "*"),
+        "nothing is ever deleted"
+    );
+    let with_restarts = grants(&template(&["restartWorkloads.enabled=true"]));
+    assert!(with_restarts.contains(&("apps".into(), "deployments".into(), "patch".into())));
+
+    // A list of namespaces: a Role in each (plus the Lease's), no ClusterRole.
+    let scoped = template(&["watchNamespaces={llm,team-b}"]);
+    assert!(of_kind(&scoped, "ClusterRole").is_empty());
+    let mut role_namespaces: Vec<&str> = of_kind(&scoped, "Role")
+        .iter()
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    role_namespaces.sort();
+    assert_eq!(role_namespaces, ["costmap-system", "llm", "team-b"]);
+}
+
+async fn create<K>(client: &Client, ns: &str, object: serde_json::Value) -> K
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(object).unwrap();
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|err| panic!("creating a {}: {err}", K::kind(&())))
+}
+
+/// `kubectl auth can-i VERB RESOURCE [-n NS | -A] --as <the chart's ServiceAccount>`.
+fn can_i(args: &[&str]) -> bool {
+    let mut full = vec!["auth", "can-i"];
+    full.extend_from_slice(args);
+    full.extend(["--as", SERVICE_ACCOUNT]);
+    let output = control_plane()
+        .kubectl_command()
+        .args(&full)
+        .output()
+        .expect("kubectl");
+    String::from_utf8_lossy(&output.stdout).trim() == "yes"
+}
+
+#[tokio::test]
+async fn helm_install_grants_exactly_what_every_feature_needs() {
+    let client = client().await;
+    let chart = chart();
+    helm(&[
+        "install",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "-n",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "restartWorkloads.enabled=true",
+    ])
+    .unwrap_or_else(|err| panic!("helm install: {err}"));
+    let status = helm(&["status", RELEASE, "-n", RELEASE_NAMESPACE]).unwrap();
+    assert!(status.contains("STATUS: deployed"), "{status}");
+    assert!(
+        status.contains("LITELLM_MODEL_COST_MAP_URL") || status.contains("/maps/"),
+        "NOTES: {status}"
+    );
+    let deployment = Api::<Deployment>::namespaced(client.clone(), RELEASE_NAMESPACE)
+        .get(RELEASE)
+        .await
+        .unwrap();
+    assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+
+    // The operator, as the chart's ServiceAccount.
+    let token = control_plane()
+        .kubectl(&[
+            "create",
+            "token",
+            RELEASE,
+            "-n",
+            RELEASE_NAMESPACE,
+            "--duration=1h",
+        ])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("operator.kubeconfig");
+    control_plane()
+        .write_token_kubeconfig(&kubeconfig, token.trim())
+        .unwrap();
+    let operator =
+        OperatorProcess::start(&kubeconfig, RELEASE_NAMESPACE, "costmap-operator-0", &[]);
+
+    // Every feature, in a namespace of its own: a source with a header from a Secret, proxies
+    // behind a Service (their admin key from a Secret), a workload to restart.
+    let ns = namespace(&client, "rbac").await;
+    let source = Source::start(Answer::Map(small_map(60, &[]))).await;
+    create::<Secret>(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "mirror-auth"}, "stringData": {"X-Mirror-Token": "mirror-secret-value"}}),
+    )
+    .await;
+    let master_key = "sk-rbac-test-master";
+    create::<Secret>(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "litellm-master-key"}, "stringData": {"masterKey": master_key}}),
+    )
+    .await;
+    let host = TestHost::create().expect("a test host (needs root and iproute2)");
+    let map_url = format!("{}/maps/{ns}/litellm/{DEFAULT_KEY}", operator.url);
+    let pod = StandIn::start(host.bind(4000).unwrap(), &map_url, master_key, true).await;
+    create::<Service>(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "litellm"}, "spec": {"ports": [{"port": 4000}]}}),
+    )
+    .await;
+    create::<EndpointSlice>(
+        &client,
+        &ns,
+        json!({
+            "metadata": {"name": "litellm-1", "labels": {"kubernetes.io/service-name": "litellm"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [host.addr().to_string()], "conditions": {"ready": true},
+                           "targetRef": {"kind": "Pod", "name": "litellm-0", "namespace": ns}}],
+        }),
+    )
+    .await;
+    create::<Deployment>(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "litellm"}, "spec": {
+            "selector": {"matchLabels": {"app": "litellm"}},
+            "template": {"metadata": {"labels": {"app": "litellm"}},
+                         "spec": {"containers": [{"name": "litellm", "image": "litellm"}]}}}}),
+    )
+    .await;
+    create_sync(
+        &client,
+        &ns,
+        "litellm",
+        json!({
+            "source": {"url": source.url, "headersSecretRef": {"name": "mirror-auth"}},
+            "consumers": {
+                "litellmProxies": [{"service": {"name": "litellm", "port": 4000},
+                                    "adminKeySecretRef": {"name": "litellm-master-key", "key": "masterKey"}}],
+                "restartWorkloads": [{"kind": "Deployment", "name": "litellm"}],
+            },
+        }),
+    )
+    .await;
+
+    let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    let digest = sync
+        .status
+        .as_ref()
+        .unwrap()
+        .artifact
+        .as_ref()
+        .unwrap()
+        .digest
+        .clone();
+    assert!(
+        source.served().iter().any(|s| s
+            .headers
+            .get("x-mirror-token")
+            .is_some_and(|v| v == "mirror-secret-value")),
+        "the header from the Secret reached the source"
+    );
+    eventually("the proxy behind the Service is Current", || async {
+        let sync = syncs(&client, &ns).get("litellm").await.ok()?;
+        let row = sync.status?.consumers.first()?.clone();
+        (row.state == ConsumerState::Current).then_some(())
+    })
+    .await;
+    assert_eq!(pod.reloads(), 1);
+    eventually("the Deployment carries the digest", || async {
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get("litellm")
+            .await
+            .ok()?;
+        let annotations = deployment.spec?.template.metadata?.annotations?;
+        (annotations.get("costmap.dev/digest") == Some(&digest)).then_some(())
+    })
+    .await;
+    wait_event(&client, &ns, "MapSynced", "first sync").await;
+    let lease = Api::<Lease>::namespaced(client.clone(), RELEASE_NAMESPACE)
+        .get("costmap-operator")
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("costmap-operator-0")
+    );
+    // A deleted ConfigMap is put back; a new map is written and announced.
+    config_maps(&client, &ns)
+        .delete("litellm", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_event(&client, &ns, "Recreated", "was deleted").await;
+    source.set(Answer::Map(small_map(60, &["day0-model"])));
+    request_sync(&client, &ns, "litellm", "rbac").await;
+    wait_handled(&client, &ns, "litellm", "rbac").await;
+    wait_event(&client, &ns, "MapUpdated", "day0-model").await;
+    let log = operator.log_text();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the chart's RBAC refused something:\n{log}"
+    );
+
+    // What it must not be able to do.
+    let denied: &[&[&str]] = &[
+        &["list", "secrets", "-A"],
+        &["watch", "secrets", "-A"],
+        &["list", "secrets", "-n", &ns],
+        &["create", "pods", "-n", &ns],
+        &["delete", "namespaces"],
+        &["delete", "configmaps", "-n", &ns],
+        &["update", "modelcostmapsyncs.costmap.dev", "-n", &ns],
+        &["delete", "modelcostmapsyncs.costmap.dev", "-n", &ns],
+        &["create", "clusterrolebindings"],
+        &["get", "nodes"],
+        &["delete", "deployments", "-n", &ns],
+        &["patch", "leases.coordination.k8s.io", "-n", &ns],
+    ];
+    for args in denied {
+        assert!(!can_i(args), "the chart's ServiceAccount can {args:?}");
+    }
+    // ... and the rights it does need, as a check that can-i asks the right question.
+    let allowed: &[&[&str]] = &[
+        &["get", "secrets", "-n", &ns],
+        &["patch", "configmaps", "-n", &ns],
+        &["patch", "deployments", "-n", &ns],
+        &[
+            "patch",
+            "modelcostmapsyncs.costmap.dev",
+            "--subresource=status",
+            "-n",
+            &ns,
+        ],
+    ];
+    for args in allowed {
+        assert!(can_i(args), "the chart's ServiceAccount cannot {args:?}");
+    }
+    helm(&["uninstall", RELEASE, "-n", RELEASE_NAMESPACE]).unwrap();
+}
