@@ -16,10 +16,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client, Resource};
+use kube::Api;
+use kube::api::DeleteParams;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use serde_yaml::Value;
 use testenv::TestHost;
@@ -215,21 +214,6 @@ fn the_defaults_pass_a_security_review() {
         .collect();
     role_namespaces.sort();
     assert_eq!(role_namespaces, ["costmap-system", "llm", "team-b"]);
-}
-
-async fn create<K>(client: &Client, ns: &str, object: serde_json::Value) -> K
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(object).unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|err| panic!("creating a {}: {err}", K::kind(&())))
 }
 
 /// `kubectl auth can-i VERB RESOURCE [-n NS | -A] --as <the chart's ServiceAccount>`.

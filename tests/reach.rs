@@ -17,9 +17,8 @@ use costmap_operator::server::{self, ServerState};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use testenv::TestHost;
 
@@ -31,21 +30,6 @@ fn map_path(ns: &str, name: &str) -> String {
 /// A client that shows the wire: no automatic decompression.
 fn raw_http() -> reqwest::Client {
     reqwest::Client::builder().no_gzip().build().unwrap()
-}
-
-async fn create<K>(client: &Client, ns: &str, object: serde_json::Value) -> K
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(object).unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|err| panic!("creating a {}: {err}", K::kind(&())))
 }
 
 /// A namespace with the proxies' master key Secret, a source serving a small map, and an

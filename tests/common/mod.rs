@@ -295,6 +295,22 @@ pub fn real_map(version: &str) -> Bytes {
     Bytes::from(std::fs::read(path).unwrap())
 }
 
+/// Creates any namespaced object from its JSON.
+pub async fn create<K>(client: &Client, ns: &str, object: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(object).unwrap();
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|err| panic!("creating a {}: {err}", K::kind(&())))
+}
+
 /// Creates a ModelCostMapSync from a spec.
 pub async fn create_sync(
     client: &Client,
