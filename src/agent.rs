@@ -648,7 +648,7 @@ pub async fn run_on(
         }
         let outcome = checker.check();
         if matches!(outcome, Outcome::Serving { .. } | Outcome::Refused(_)) {
-            release_freed_memory();
+            crate::heap::release_freed_memory();
         }
         let new_map = handle(&outcome, &checker, &shared);
         shared.update(|inner| inner.status.checks += 1);
@@ -667,17 +667,6 @@ pub async fn run_on(
     match server.await {
         Ok(result) => result.map_err(AgentError::Serve),
         Err(join) => Err(AgentError::Serve(std::io::Error::other(join))),
-    }
-}
-
-/// Hands the heap freed after parsing a map (several times the map's size) back to the OS.
-/// glibc keeps freed memory for reuse, so an agent that parsed 3.5 MB once would otherwise
-/// hold ~15 MiB more for good, in every proxy pod.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages to the OS; any thread may call it any time.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -13,6 +13,7 @@ pub mod controller;
 pub mod diff;
 pub mod digest;
 pub mod fetch;
+pub mod heap;
 pub mod leader;
 pub mod map_cache;
 pub mod metrics;

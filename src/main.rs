@@ -63,6 +63,10 @@ struct RunArgs {
     /// else the kubeconfig's namespace.
     #[arg(long, value_name = "NS")]
     lease_namespace: Option<String>,
+    /// How many syncs (fetch, validate, write) may run at once; each holds tens of MiB
+    /// while it runs.
+    #[arg(long, default_value_t = 2)]
+    concurrent_syncs: usize,
     /// How long the leader's Lease holds without renewal: the longest a dead leader blocks
     /// the other replicas.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
@@ -287,6 +291,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         proxies: ProxyClient::new(ProxyClientConfig::default())
             .context("building the HTTP client for proxies")?,
         maps,
+        concurrent_syncs: args.concurrent_syncs,
     };
     if args.leader_election {
         let fallback = args

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -24,6 +25,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -38,8 +40,8 @@ use crate::fetch::{
 use crate::map_cache::MapCache;
 use crate::metrics::{MapLabels, Metrics, SyncResult};
 use crate::render::{
-    MANAGED_BY, MANAGED_BY_LABEL, MapIdentity, RenderError, StoredMap, TargetRef, holds_rendered,
-    read_stored_map, render_config_map,
+    MANAGED_BY, MANAGED_BY_LABEL, MapIdentity, RenderError, StoredMap, TargetRef, gunzip_bounded,
+    holds_rendered, read_stored_map, render_config_map,
 };
 use crate::schedule::{self, Decision, SyncCause};
 use crate::scope;
@@ -73,6 +75,8 @@ pub struct Context {
     metrics: Arc<Metrics>,
     proxies: ProxyClient,
     maps: MapCache,
+    /// How many syncs may run at once.
+    sync_slots: Semaphore,
     memory: Mutex<HashMap<String, Memory>>,
 }
 
@@ -80,8 +84,9 @@ pub struct Context {
 /// the cluster, so a restart loses nothing.
 #[derive(Default)]
 struct Memory {
-    /// The last good map, so restoring the ConfigMap needs no fetch and no decompression.
-    last_good: Option<Arc<StoredMap>>,
+    /// The last good map, gzipped (a twentieth of its size), so that a deleted ConfigMap is
+    /// restored without a fetch.
+    last_good: Option<RememberedMap>,
     /// Failed syncs in a row, for the retry backoff.
     consecutive_failures: u32,
     /// The status this operator last wrote. The object a reconcile gets comes from a watch
@@ -89,6 +94,13 @@ struct Memory {
     written_status: Option<ModelCostMapSyncStatus>,
     /// Consumer checks since the map last changed, for the recheck backoff.
     consumer_checks: u32,
+}
+
+/// A last good map kept between reconciles.
+#[derive(Clone)]
+struct RememberedMap {
+    digest: String,
+    gz: Bytes,
 }
 
 /// Settings of the controller.
@@ -104,6 +116,8 @@ pub struct Settings {
     pub proxies: ProxyClient,
     /// The maps this replica serves: proxies are reloaded once it serves the new one.
     pub maps: MapCache,
+    /// How many syncs (fetch, validate, write) may run at once.
+    pub concurrent_syncs: usize,
 }
 
 impl Context {
@@ -120,6 +134,7 @@ impl Context {
             metrics: settings.metrics,
             proxies: settings.proxies,
             maps: settings.maps,
+            sync_slots: Semaphore::new(settings.concurrent_syncs.max(1)),
             memory: Mutex::new(HashMap::new()),
         }
     }
@@ -298,8 +313,13 @@ impl<'a> Reconciler<'a> {
                         .is_some_and(|desired| holds_rendered(cm, &desired)),
                     _ => false,
                 };
+                // A sync holds the fetched body, the last good map and two parsed maps: tens
+                // of MiB. Bounding how many run at once bounds the operator's memory, however
+                // many objects come due together (at start-up, all of them).
+                let slot = self.context.sync_slots.acquire().await;
                 let started = Instant::now();
                 let outcome = self.sync_once(last_good.as_deref(), holds_last_good).await;
+                drop(slot);
                 let next = self
                     .write_outcome(cause, outcome, started.elapsed())
                     .await?;
@@ -312,22 +332,35 @@ impl<'a> Reconciler<'a> {
     /// ConfigMap. None when neither holds exactly those bytes.
     fn last_good(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
         let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
+        let max_bytes = self.context.fetcher.policy().max_body_bytes;
         let remembered = self
             .context
             .remembered(&self.uid, |m| m.last_good.clone())
-            .flatten();
-        if let Some(map) = remembered.filter(|map| &map.digest() == digest) {
-            return Some(map);
+            .flatten()
+            .filter(|map| &map.digest == digest);
+        if let Some(map) = remembered {
+            // Checked against the digest when it was remembered.
+            let bytes = gunzip_bounded(&map.gz, max_bytes).ok()?;
+            return Some(Arc::new(StoredMap {
+                bytes,
+                gz: map.gz.to_vec(),
+            }));
         }
-        let max_bytes = self.context.fetcher.policy().max_body_bytes;
         let read = read_stored_map(config_map?, &self.target.key, max_bytes).ok()??;
         if &sha256_digest(&read.bytes) != digest {
             return None;
         }
-        let read = Arc::new(read);
+        self.remember_last_good(&read);
+        Some(Arc::new(read))
+    }
+
+    fn remember_last_good(&self, map: &StoredMap) {
+        let remembered = RememberedMap {
+            digest: map.digest(),
+            gz: Bytes::copy_from_slice(&map.gz),
+        };
         self.context
-            .remember(&self.uid, |m| m.last_good = Some(read.clone()));
-        Some(read)
+            .remember(&self.uid, |m| m.last_good = Some(remembered));
     }
 
     fn identity(&self, artifact: &Artifact) -> MapIdentity {
@@ -446,7 +479,9 @@ impl<'a> Reconciler<'a> {
         // Parsing, validating and compressing 3.5 MB takes a few hundred ms of CPU: keep it
         // off the async workers that serve HTTP.
         let checked = tokio::task::spawn_blocking(move || {
-            prepare_new_map(bytes, &rules, last_good_bytes.as_deref())
+            let prepared = prepare_new_map(bytes, &rules, last_good_bytes.as_deref());
+            crate::heap::release_freed_memory();
+            prepared
         })
         .await;
         let prepared = match checked {
@@ -473,12 +508,10 @@ impl<'a> Reconciler<'a> {
             models: i32::try_from(prepared.models).unwrap_or(i32::MAX),
             last_update_time: Time(self.now),
         };
-        let map = Arc::new(prepared.map);
-        if let Err(failure) = self.write_map(&map, &artifact).await {
+        if let Err(failure) = self.write_map(&prepared.map, &artifact).await {
             return failure;
         }
-        self.context
-            .remember(&self.uid, |m| m.last_good = Some(map));
+        self.remember_last_good(&prepared.map);
         Outcome::Updated {
             artifact,
             change: prepared.change,

@@ -126,6 +126,7 @@ impl Operator {
             })
             .expect("proxy client"),
             maps: maps.clone(),
+            concurrent_syncs: 2,
         };
         let max_bytes = fetcher.policy().max_body_bytes;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -349,7 +350,16 @@ pub async fn request_sync(client: &Client, namespace: &str, name: &str, value: &
 }
 
 /// Polls `probe` until it returns Some, or fails the test at the deadline with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(what, DEADLINE, probe).await
+}
+
+/// [`eventually`] with a deadline of its own.
+pub async fn eventually_within<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -359,7 +369,7 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
