@@ -430,3 +430,44 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     }
     helm(&["uninstall", RELEASE, "-n", RELEASE_NAMESPACE]).unwrap();
 }
+
+#[test]
+fn the_readme_documents_every_value() {
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let readme = std::fs::read_to_string(testenv::workspace_root().join("README.md")).unwrap();
+    // The chart's own settings are documented key by key; free-form Kubernetes objects
+    // (resources, securityContext...) as a whole.
+    let documented_by_field = [
+        "image",
+        "restartWorkloads",
+        "leaderElection",
+        "service",
+        "serviceMonitor",
+        "podDisruptionBudget",
+    ];
+    let mut keys = Vec::new();
+    for (key, value) in values.as_mapping().unwrap() {
+        let key = key.as_str().unwrap();
+        match value.as_mapping() {
+            Some(fields) if documented_by_field.contains(&key) => {
+                keys.extend(
+                    fields
+                        .keys()
+                        .map(|f| format!("{key}.{}", f.as_str().unwrap())),
+                );
+            }
+            _ => keys.push(key.to_owned()),
+        }
+    }
+    assert!(keys.len() > 20, "{keys:?}");
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|key| !readme.contains(&format!("`{key}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values missing from README's table: {missing:?}"
+    );
+}

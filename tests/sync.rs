@@ -504,3 +504,29 @@ async fn a_sync_runs_when_next_sync_time_passes_or_the_spec_changes() {
     );
     s.operator.stop().await;
 }
+
+/// The README's way through a legitimate big removal: raise maxRemovedPercent for one sync.
+#[tokio::test]
+async fn raising_max_removed_percent_lets_a_real_shrink_through() {
+    let s = Scenario::new("shrink", Answer::Map(small_map(200, &[])), json!({})).await;
+    s.wait_ready("True", "Synced").await;
+    s.source.set(Answer::Map(small_map(60, &[])));
+    s.sync_now("shrink").await;
+    let refused = s.wait_ready("False", "ShrinkGuard").await;
+    assert!(
+        ready_condition(&refused)
+            .unwrap()
+            .message
+            .contains("drops 140 of the last good map's 200 models (70%)")
+    );
+    let patch = json!({"spec": {"validation": {"maxRemovedPercent": 100}}});
+    syncs(&s.client, &s.ns)
+        .patch("litellm", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let sync = s.wait_ready("True", "Synced").await;
+    let status = sync.status.unwrap();
+    assert_eq!(status.artifact.unwrap().models, 60);
+    assert_eq!(status.last_change.unwrap().removed, 140);
+    s.operator.stop().await;
+}
