@@ -42,7 +42,7 @@ pub fn demo(once: bool) -> Result<()> {
     eprintln!("==> building and starting the operator");
     let operator_bin = build_operator(&root)?;
     let operator_log = logs.join("operator.log");
-    let mut operator = start_operator(&operator_bin, &cp, &operator_log)?;
+    let (mut operator, listen) = start_operator(&operator_bin, &cp, &operator_log)?;
 
     eprintln!("==> applying examples/basic.yaml with spec.source.url = {url}");
     let example = std::fs::read_to_string(root.join("examples/basic.yaml"))
@@ -55,6 +55,10 @@ pub fn demo(once: bool) -> Result<()> {
     eprintln!("==> waiting for mcms/{} to be Ready", sync.name);
     wait_for_ready(&cp, &sync, &mut operator, &operator_log)?;
     show_result(&cp, &sync)?;
+    println!(
+        "\nLiteLLM proxies load it with\n  LITELLM_MODEL_COST_MAP_URL=http://{listen}/maps/{}/{}/model_prices_and_context_window.json",
+        sync.namespace, sync.name
+    );
 
     if !once {
         eprintln!(
@@ -123,7 +127,7 @@ fn build_operator(root: &Path) -> Result<PathBuf> {
 
 /// `costmap-operator run --listen 127.0.0.1:<free port>` against the control plane, logging
 /// to `log`.
-fn start_operator(bin: &Path, cp: &ControlPlane, log: &Path) -> Result<TiedChild> {
+fn start_operator(bin: &Path, cp: &ControlPlane, log: &Path) -> Result<(TiedChild, String)> {
     let listen = format!("127.0.0.1:{}", testenv::free_port()?);
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(bin);
@@ -134,7 +138,7 @@ fn start_operator(bin: &Path, cp: &ControlPlane, log: &Path) -> Result<TiedChild
         .stderr(file);
     let operator = testenv::spawn_tied(cmd)?;
     eprintln!("operator pid {} listening on {listen}", operator.id());
-    Ok(operator)
+    Ok((operator, listen))
 }
 
 /// Points the example at `url`: the one line holding `url:` keeps its indentation and key.
