@@ -10,7 +10,7 @@ use common::process::OperatorProcess;
 use common::*;
 use costmap_operator::api::DEFAULT_KEY;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use serde_json::json;
 
 /// Short, so the test is quick; the default (15 s) is measured by `cargo bench --bench failover`.
@@ -78,16 +78,7 @@ async fn the_follower_takes_over_a_killed_leader_and_handles_the_next_sync_reque
         "the follower does not reconcile"
     );
 
-    let config_map_version = config_maps(&client, &ns)
-        .get("litellm")
-        .await
-        .unwrap()
-        .resource_version();
-    let sync_version = syncs(&client, &ns)
-        .get("litellm")
-        .await
-        .unwrap()
-        .resource_version();
+    let written = written_versions(&client, &ns, "litellm").await;
 
     replicas[leader].kill();
     let killed = Instant::now();
@@ -113,22 +104,7 @@ async fn the_follower_takes_over_a_killed_leader_and_handles_the_next_sync_reque
     })
     .await;
     // Taking over rewrote nothing: the cluster already held the last good map and status.
-    assert_eq!(
-        config_maps(&client, &ns)
-            .get("litellm")
-            .await
-            .unwrap()
-            .resource_version(),
-        config_map_version
-    );
-    assert_eq!(
-        syncs(&client, &ns)
-            .get("litellm")
-            .await
-            .unwrap()
-            .resource_version(),
-        sync_version
-    );
+    assert_eq!(written_versions(&client, &ns, "litellm").await, written);
 
     // The new leader handles a sync request with a new map, and serves it.
     source.set(Answer::Map(small_map(60, &["day0-model"])));

@@ -469,6 +469,24 @@ pub async fn wait_event(client: &Client, namespace: &str, reason: &str, text: &s
     .await
 }
 
+/// The resourceVersions of the ModelCostMapSync `name` and its ConfigMap (named alike): two
+/// equal readings mean nothing was written in between.
+pub async fn written_versions(client: &Client, namespace: &str, name: &str) -> (String, String) {
+    use kube::ResourceExt;
+    let sync = syncs(client, namespace)
+        .get(name)
+        .await
+        .expect("the ModelCostMapSync");
+    let config_map = config_maps(client, namespace)
+        .get(name)
+        .await
+        .expect("the ConfigMap");
+    (
+        sync.resource_version().unwrap_or_default(),
+        config_map.resource_version().unwrap_or_default(),
+    )
+}
+
 /// A ConfigMap's annotations.
 pub fn annotations(config_map: &ConfigMap) -> BTreeMap<String, String> {
     config_map.metadata.annotations.clone().unwrap_or_default()
