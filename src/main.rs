@@ -294,10 +294,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrent_syncs: args.concurrent_syncs,
     };
     if args.leader_election {
-        let fallback = args
-            .lease_namespace
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        let candidate = Candidate::from_environment(&fallback, args.lease_duration);
+        let mut candidate =
+            Candidate::from_environment(client.default_namespace(), args.lease_duration);
+        if let Some(namespace) = args.lease_namespace {
+            candidate.namespace = namespace;
+        }
         leader::run_terms(client.clone(), candidate, shutdown.clone(), |term| {
             metrics.leader.set(1);
             let controller =
