@@ -42,9 +42,20 @@ async fn the_follower_takes_over_a_killed_leader_and_handles_the_next_sync_reque
     let source = Source::start(Answer::Map(small_map(60, &[]))).await;
     let kubeconfig = &control_plane().kubeconfig;
     let lease = format!("--lease-duration={}s", LEASE_DURATION.as_secs());
+    let json = "--log-format=json";
     let mut replicas = [
-        OperatorProcess::start(kubeconfig, &ns, "replica-a", &["--namespace", &ns, &lease]),
-        OperatorProcess::start(kubeconfig, &ns, "replica-b", &["--namespace", &ns, &lease]),
+        OperatorProcess::start(
+            kubeconfig,
+            &ns,
+            "replica-a",
+            &["--namespace", &ns, &lease, json],
+        ),
+        OperatorProcess::start(
+            kubeconfig,
+            &ns,
+            "replica-b",
+            &["--namespace", &ns, &lease, json],
+        ),
     ];
     create_sync(
         &client,
@@ -123,6 +134,22 @@ async fn the_follower_takes_over_a_killed_leader_and_handles_the_next_sync_reque
             .then_some(())
     })
     .await;
+    // JSON logs: one object per line; the lines of a reconcile name the object.
     let log = replicas[follower].log_text();
-    assert!(log.contains("became the leader"), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let message = |line: &serde_json::Value| line["fields"]["message"].as_str().map(str::to_owned);
+    assert!(
+        lines
+            .iter()
+            .any(|l| message(l).as_deref() == Some("became the leader: reconciling"))
+    );
+    let syncing = lines
+        .iter()
+        .find(|l| message(l).as_deref() == Some("syncing"))
+        .unwrap_or_else(|| panic!("no reconcile logged a sync:\n{log}"));
+    assert_eq!(syncing["span"]["namespace"], ns.as_str(), "{syncing}");
+    assert_eq!(syncing["span"]["modelcostmapsync"], "litellm", "{syncing}");
 }

@@ -210,7 +210,8 @@ fn error_policy(sync: Arc<ModelCostMapSync>, error: &Error, _: Arc<Context>) -> 
 
 async fn reconcile(sync: Arc<ModelCostMapSync>, context: Arc<Context>) -> Result<Action, Error> {
     let namespace = sync.namespace().ok_or(Error::NoNamespace)?;
-    let span = info_span!("reconcile", namespace = %namespace, name = %sync.name_any());
+    // Not `name`: JSON logs put the span's own name under that key.
+    let span = info_span!("reconcile", namespace = %namespace, modelcostmapsync = %sync.name_any());
     let result = Reconciler::new(&sync, &context, namespace)?
         .reconcile()
         .instrument(span)
