@@ -91,9 +91,16 @@ struct Memory {
     consecutive_failures: u32,
     /// The status this operator last wrote. The object a reconcile gets comes from a watch
     /// cache that can lag behind our own write; deciding on a stale status would fetch twice.
-    written_status: Option<ModelCostMapSyncStatus>,
+    written_status: Option<WrittenStatus>,
     /// Consumer checks since the map last changed, for the recheck backoff.
     consumer_checks: u32,
+}
+
+/// A status this operator wrote, and the resourceVersion of the object it was decided on.
+#[derive(Clone)]
+struct WrittenStatus {
+    status: ModelCostMapSyncStatus,
+    decided_on: Option<String>,
 }
 
 /// A last good map kept between reconciles.
@@ -261,7 +268,7 @@ impl<'a> Reconciler<'a> {
             .flatten();
         Ok(Reconciler {
             sync,
-            status: newer_status(sync.status.as_ref(), written),
+            status: newer_status(sync.status.as_ref(), sync.resource_version(), written),
             context,
             config_maps: Api::namespaced(context.client.clone(), &namespace),
             target: TargetRef {
@@ -708,8 +715,12 @@ impl<'a> Reconciler<'a> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         api.patch_status(&self.sync.name_any(), &params, &Patch::Apply(&patch))
             .await?;
-        self.context
-            .remember(&self.uid, |m| m.written_status = Some(status));
+        self.context.remember(&self.uid, |m| {
+            m.written_status = Some(WrittenStatus {
+                status,
+                decided_on: self.sync.resource_version(),
+            });
+        });
         Ok(())
     }
 
@@ -741,15 +752,27 @@ impl<'a> Reconciler<'a> {
     }
 }
 
-/// The status to decide on: ours when the object's is older than our last write.
+/// The status to decide on: the object's, or our last write when the object is older.
+///
+/// The object comes from a watch cache that can lag behind our own write: a reconcile right
+/// after a write may get the very object that write was decided on. Deciding on its status
+/// would sync a second time, against a last good map that is no longer in the cluster. Attempt
+/// times have whole seconds, so the resourceVersion tells such a re-delivered object apart; a
+/// later attempt time means someone wrote after us.
 fn newer_status(
     observed: Option<&ModelCostMapSyncStatus>,
-    written: Option<ModelCostMapSyncStatus>,
+    observed_version: Option<String>,
+    written: Option<WrittenStatus>,
 ) -> Option<ModelCostMapSyncStatus> {
     let attempt = |status: &ModelCostMapSyncStatus| status.last_attempt_time.as_ref().map(|t| t.0);
     match (observed, written) {
-        (Some(observed), Some(written)) if attempt(&written) > attempt(observed) => Some(written),
-        (None, written) => written,
+        (Some(observed), Some(written))
+            if written.decided_on == observed_version
+                || attempt(&written.status) > attempt(observed) =>
+        {
+            Some(written.status)
+        }
+        (None, written) => written.map(|w| w.status),
         (observed, _) => observed.cloned(),
     }
 }
@@ -827,4 +850,52 @@ fn truncate(mut text: String, max: usize) -> String {
         text.truncate(cut);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempted_at(second: i64, models: i32) -> ModelCostMapSyncStatus {
+        ModelCostMapSyncStatus {
+            last_attempt_time: Some(Time(Timestamp::from_second(second).unwrap())),
+            observed_generation: Some(i64::from(models)),
+            ..ModelCostMapSyncStatus::default()
+        }
+    }
+
+    #[test]
+    fn our_last_write_wins_over_the_object_it_was_decided_on() {
+        let before = attempted_at(100, 1);
+        let ours = WrittenStatus {
+            status: attempted_at(100, 2),
+            decided_on: Some("41".into()),
+        };
+        let decide = |observed: &ModelCostMapSyncStatus, version: &str| {
+            newer_status(Some(observed), Some(version.into()), Some(ours.clone()))
+        };
+        // The watch re-delivers the object our write was decided on: ours, though both
+        // attempts fall in the same second.
+        assert_eq!(decide(&before, "41"), Some(ours.status.clone()));
+        // An older attempt: ours.
+        assert_eq!(
+            decide(&attempted_at(99, 1), "40"),
+            Some(ours.status.clone())
+        );
+        // Someone edited status after us (same second, newer object): theirs.
+        let edited = attempted_at(100, 3);
+        assert_eq!(decide(&edited, "43"), Some(edited.clone()));
+        assert_eq!(
+            decide(&attempted_at(101, 4), "44"),
+            Some(attempted_at(101, 4))
+        );
+        assert_eq!(
+            newer_status(None, None, Some(ours.clone())),
+            Some(ours.status)
+        );
+        assert_eq!(
+            newer_status(Some(&edited), Some("43".into()), None),
+            Some(edited)
+        );
+    }
 }
