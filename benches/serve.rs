@@ -12,11 +12,12 @@ mod common;
 #[path = "support/figures.rs"]
 mod figures;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use common::agent::Agent;
 use common::kubelet::ConfigMapVolume;
+use common::process::OperatorProcess;
 use common::*;
 use figures::{max, median, min, rss_kib};
 use serde_json::json;
@@ -32,21 +33,13 @@ async fn main() {
     let real = real_map("1.110.2");
     let source = Source::start(Answer::Map(real.clone())).await;
 
-    let port = testenv::free_port().expect("port");
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_costmap-operator"));
-    operator
-        .args([
-            "run",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--namespace",
-            &ns,
-        ])
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .env("POD_NAMESPACE", &ns)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    let operator = testenv::spawn_tied(operator).expect("start the operator");
+    let operator = OperatorProcess::start_logging(
+        &control_plane().kubeconfig,
+        &ns,
+        "operator-0",
+        &["--namespace", &ns],
+        "warn",
+    );
     create_sync(
         &client,
         &ns,
@@ -55,8 +48,10 @@ async fn main() {
     )
     .await;
     wait_ready(&client, &ns, "litellm", "True", "Synced").await;
-    let url =
-        format!("http://127.0.0.1:{port}/maps/{ns}/litellm/model_prices_and_context_window.json");
+    let url = format!(
+        "{}/maps/{ns}/litellm/model_prices_and_context_window.json",
+        operator.url
+    );
     eventually("the endpoint serves the map", || async {
         reqwest::get(&url)
             .await
@@ -79,8 +74,8 @@ async fn main() {
     }
     println!(
         "  operator RSS after the load: {} KiB (peak {} KiB)",
-        rss_kib(operator.id(), "VmRSS"),
-        rss_kib(operator.id(), "VmHWM")
+        rss_kib(operator.pid(), "VmRSS"),
+        rss_kib(operator.pid(), "VmHWM")
     );
 
     // The agent on the ConfigMap, mounted the kubelet's way.

@@ -10,9 +10,9 @@ mod common;
 #[path = "support/figures.rs"]
 mod figures;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::OperatorProcess;
 use common::*;
 use figures::{max, median, min, rss_kib};
 use kube::runtime::wait::await_condition;
@@ -27,22 +27,14 @@ async fn main() {
     let maps = [real_map("1.108.0"), real_map("1.110.2")];
     let source = Source::start(Answer::Map(maps[0].clone())).await;
 
-    let port = testenv::free_port().expect("port");
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_costmap-operator"));
-    operator
-        .args([
-            "run",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--namespace",
-            &ns,
-        ])
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .env("POD_NAMESPACE", &ns)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    let mut operator = testenv::spawn_tied(operator).expect("start the operator");
-    let pid = operator.id();
+    let mut operator = OperatorProcess::start_logging(
+        &control_plane().kubeconfig,
+        &ns,
+        "operator-0",
+        &["--namespace", &ns],
+        "warn",
+    );
+    let pid = operator.pid();
 
     create_sync(
         &client,

@@ -28,6 +28,17 @@ impl OperatorProcess {
         pod: &str,
         args: &[&str],
     ) -> OperatorProcess {
+        Self::start_logging(kubeconfig, pod_namespace, pod, args, "debug")
+    }
+
+    /// [`OperatorProcess::start`] with another `RUST_LOG` (benches log `warn`).
+    pub fn start_logging(
+        kubeconfig: &Path,
+        pod_namespace: &str,
+        pod: &str,
+        args: &[&str],
+        rust_log: &str,
+    ) -> OperatorProcess {
         let port = testenv::free_port().unwrap();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("operator.log");
@@ -38,7 +49,7 @@ impl OperatorProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", pod_namespace)
             .env("POD_NAME", pod)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file));
