@@ -16,7 +16,6 @@ use common::*;
 use figures::{max, median, min};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use serde_json::json;
 
 const RUNS: usize = 5;
 
@@ -33,13 +32,7 @@ async fn main() {
             OperatorProcess::start(kubeconfig, &ns, "replica-a", &["--namespace", &ns]),
             OperatorProcess::start(kubeconfig, &ns, "replica-b", &["--namespace", &ns]),
         ];
-        create_sync(
-            &client,
-            &ns,
-            "litellm",
-            json!({"source": {"url": source.url}}),
-        )
-        .await;
+        create_litellm_sync(&client, &ns, &source.url).await;
         wait_ready(&client, &ns, "litellm", "True", "Synced").await;
         let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
         let holder = || async {

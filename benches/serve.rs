@@ -40,13 +40,7 @@ async fn main() {
         &["--namespace", &ns],
         "warn",
     );
-    create_sync(
-        &client,
-        &ns,
-        "litellm",
-        json!({"source": {"url": source.url}}),
-    )
-    .await;
+    create_litellm_sync(&client, &ns, &source.url).await;
     wait_ready(&client, &ns, "litellm", "True", "Synced").await;
     let url = format!(
         "{}/maps/{ns}/litellm/model_prices_and_context_window.json",

@@ -16,7 +16,6 @@ use common::process::OperatorProcess;
 use common::*;
 use figures::{max, median, min, rss_kib};
 use kube::runtime::wait::await_condition;
-use serde_json::json;
 
 const RUNS: usize = 9;
 
@@ -36,13 +35,7 @@ async fn main() {
     );
     let pid = operator.pid();
 
-    create_sync(
-        &client,
-        &ns,
-        "litellm",
-        json!({"source": {"url": source.url}}),
-    )
-    .await;
+    create_litellm_sync(&client, &ns, &source.url).await;
     wait_ready(&client, &ns, "litellm", "True", "Synced").await;
     let rss_after_first_sync = rss_kib(pid, "VmRSS");
 

@@ -11,7 +11,6 @@ use common::*;
 use costmap_operator::api::DEFAULT_KEY;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
-use serde_json::json;
 
 /// Short, so the test is quick; the default (15 s) is measured by `cargo bench --bench failover`.
 const LEASE_DURATION: Duration = Duration::from_secs(4);
@@ -57,13 +56,7 @@ async fn the_follower_takes_over_a_killed_leader_and_handles_the_next_sync_reque
             &["--namespace", &ns, &lease, json],
         ),
     ];
-    create_sync(
-        &client,
-        &ns,
-        "litellm",
-        json!({"source": {"url": source.url}}),
-    )
-    .await;
+    create_litellm_sync(&client, &ns, &source.url).await;
     let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
     let first = sync.status.unwrap().artifact.unwrap().digest;
 

@@ -250,13 +250,7 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
         &["--namespace", &ns],
     );
     let logs = tempfile::tempdir().unwrap();
-    create_sync(
-        &client,
-        &ns,
-        "litellm",
-        json!({"source": {"url": source.url}}),
-    )
-    .await;
+    create_litellm_sync(&client, &ns, &source.url).await;
     let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
     let first = sync.status.unwrap().artifact.unwrap();
     let map_url = format!("{}/maps/{ns}/litellm/{DEFAULT_KEY}", operator.url);

@@ -261,13 +261,7 @@ async fn a_map_over_the_size_cap_is_too_large() {
         ..test_policy()
     };
     let operator = Operator::start_with(&client, &ns, policy);
-    create_sync(
-        &client,
-        &ns,
-        "litellm",
-        json!({"source": {"url": source.url}}),
-    )
-    .await;
+    create_litellm_sync(&client, &ns, &source.url).await;
     let sync = wait_ready(&client, &ns, "litellm", "False", "TooLarge").await;
     assert!(ready_condition(&sync).unwrap().message.contains("1024"));
     assert!(

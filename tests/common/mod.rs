@@ -332,6 +332,17 @@ pub async fn create_sync(
         .expect("create ModelCostMapSync")
 }
 
+/// Creates the ModelCostMapSync `litellm` fetching from `url`, every other field defaulted.
+pub async fn create_litellm_sync(client: &Client, namespace: &str, url: &str) -> ModelCostMapSync {
+    create_sync(
+        client,
+        namespace,
+        "litellm",
+        json!({"source": {"url": url}}),
+    )
+    .await
+}
+
 pub fn syncs(client: &Client, namespace: &str) -> Api<ModelCostMapSync> {
     Api::namespaced(client.clone(), namespace)
 }
