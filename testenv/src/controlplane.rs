@@ -43,6 +43,42 @@ pub struct ControlPlane {
     dir: PathBuf,
     /// Attached mode only: stopped on drop. Empty for a detached control plane.
     children: Vec<TiedChild>,
+    /// Attached mode only: how each server was started, to start it again after a fault.
+    ports: Option<Ports>,
+}
+
+/// One of the two servers, for fault tests that kill and restart it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// etcd: the API server loses its storage while it is down.
+    Etcd,
+    /// kube-apiserver: every client's requests and watches fail while it is down.
+    ApiServer,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Etcd => ETCD,
+            Server::ApiServer => APISERVER,
+        }
+    }
+
+    /// Index in [`ControlPlane::children`] (start order).
+    fn index(self) -> usize {
+        match self {
+            Server::Etcd => 0,
+            Server::ApiServer => 1,
+        }
+    }
+}
+
+/// The loopback ports of one control plane.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    secure: u16,
 }
 
 impl ControlPlane {
@@ -76,6 +112,7 @@ impl ControlPlane {
                 bin_dir,
                 dir,
                 children,
+                ports: Some(launched.ports),
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -125,6 +162,7 @@ impl ControlPlane {
             bin_dir,
             dir: state_dir.to_owned(),
             children: Vec::new(),
+            ports: None,
         })
     }
 
@@ -153,6 +191,7 @@ impl ControlPlane {
             bin_dir,
             dir: state_dir.to_owned(),
             children: Vec::new(),
+            ports: None,
         }))
     }
 
@@ -204,6 +243,64 @@ impl ControlPlane {
     /// The directory holding this control plane's logs, certificates and etcd data.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// SIGKILLs one server, as a crash would: no shutdown, open connections reset. Only for a
+    /// control plane of [`Self::start`].
+    pub fn kill(&mut self, server: Server) -> Result<()> {
+        self.children
+            .get_mut(server.index())
+            .with_context(|| format!("{} is not a child of this process", server.name()))?
+            .kill();
+        Ok(())
+    }
+
+    /// Starts a server killed by [`Self::kill`] again, on the same port and with the same data
+    /// and certificates, and waits until kube-apiserver answers /readyz again.
+    pub fn restart(&mut self, server: Server) -> Result<()> {
+        let ports = self
+            .ports
+            .with_context(|| "only a control plane of ControlPlane::start restarts")?;
+        let layout = Layout {
+            dir: self.dir.clone(),
+        };
+        let command = match server {
+            Server::Etcd => {
+                etcd_command(&self.bin_dir, &layout, ports.etcd_client, ports.etcd_peer)
+            }
+            Server::ApiServer => {
+                apiserver_command(&self.bin_dir, &layout, ports.etcd_client, ports.secure)
+            }
+        }?;
+        let child = spawn_tied(command)?;
+        let slot = self
+            .children
+            .get_mut(server.index())
+            .with_context(|| format!("{} is not a child of this process", server.name()))?;
+        // Dropping the old handle is a no-op: it was killed and reaped.
+        *slot = child;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for (name, child) in [ETCD, APISERVER].iter().zip(self.children.iter_mut()) {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "{name} exited after a restart ({status}); last lines of {}:\n{}",
+                        layout.log(name).display(),
+                        tail(&layout.log(name), 30)
+                    );
+                }
+            }
+            match readyz(&self.bin_dir, &layout) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!(
+                        "kube-apiserver not ready within {READY_TIMEOUT:?} of restarting {}",
+                        server.name()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Writes a kubeconfig at `path` for this server that authenticates with `token` (for
@@ -311,6 +408,7 @@ struct Launched {
     server: String,
     token: String,
     servers: Vec<(&'static str, usize)>,
+    ports: Ports,
 }
 
 /// Writes keys and the token file, then starts etcd and kube-apiserver through `spawn`, which
@@ -322,19 +420,27 @@ fn launch(
 ) -> Result<Launched> {
     let token = random_token()?;
     write_secrets(bin_dir, layout, &token)?;
-    let (etcd_client, etcd_peer, secure_port) = (free_port()?, free_port()?, free_port()?);
-    let etcd = spawn(ETCD, etcd_command(bin_dir, layout, etcd_client, etcd_peer)?)?;
+    let ports = Ports {
+        etcd_client: free_port()?,
+        etcd_peer: free_port()?,
+        secure: free_port()?,
+    };
+    let etcd = spawn(
+        ETCD,
+        etcd_command(bin_dir, layout, ports.etcd_client, ports.etcd_peer)?,
+    )?;
     let apiserver = spawn(
         APISERVER,
-        apiserver_command(bin_dir, layout, etcd_client, secure_port)?,
+        apiserver_command(bin_dir, layout, ports.etcd_client, ports.secure)?,
     )?;
     Ok(Launched {
         layout: Layout {
             dir: layout.dir.clone(),
         },
-        server: format!("https://127.0.0.1:{secure_port}"),
+        server: format!("https://127.0.0.1:{}", ports.secure),
         token,
         servers: vec![(ETCD, etcd), (APISERVER, apiserver)],
+        ports,
     })
 }
 
@@ -408,11 +514,14 @@ fn apiserver_command(
 }
 
 /// A server command with its full path as argv[0] (pid files are checked against it), no
-/// stdin, and stdout+stderr in `<dir>/<name>.log`.
+/// stdin, and stdout+stderr appended to `<dir>/<name>.log` (a restarted server adds to it).
 fn server_command(bin_dir: &Path, layout: &Layout, name: &str) -> Result<Command> {
     let log_path = layout.log(name);
-    let log =
-        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(bin_dir.join(name));
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -622,6 +731,11 @@ mod tests {
             server: "https://127.0.0.1:1".into(),
             token: "t".into(),
             servers: vec![(ETCD, 0), (APISERVER, 1)],
+            ports: Ports {
+                etcd_client: 1,
+                etcd_peer: 2,
+                secure: 3,
+            },
         };
         let started = Instant::now();
         let err = wait_ready(Path::new("/nonexistent"), &launched, |i| {

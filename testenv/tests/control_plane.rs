@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use testenv::ControlPlane;
+use testenv::{ControlPlane, Server};
 
 #[test]
 fn control_plane_serves_kubectl_and_cleans_up() {
@@ -52,4 +52,39 @@ fn control_plane_serves_kubectl_and_cleans_up() {
     assert_eq!(pids.len(), 2);
     drop(cp);
     assert!(!dir.exists(), "{} should be removed on drop", dir.display());
+}
+
+#[test]
+fn killed_servers_restart_on_the_same_ports_with_their_data() {
+    let mut cp = ControlPlane::start().unwrap();
+    cp.kubectl(&["create", "configmap", "kept", "-n", "default"])
+        .unwrap();
+
+    cp.kill(Server::ApiServer).unwrap();
+    let err = cp
+        .kubectl(&["get", "cm", "kept", "-n", "default", "--request-timeout=2s"])
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("refused"), "{err:#}");
+    cp.restart(Server::ApiServer).unwrap();
+    let kept = cp.kubectl(&["get", "cm", "kept", "-n", "default", "-o", "name"]);
+    assert_eq!(
+        kept.unwrap().trim(),
+        "configmap/kept",
+        "same etcd, same data"
+    );
+
+    cp.kill(Server::Etcd).unwrap();
+    // kube-apiserver notices within its etcd health check's interval.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let err = loop {
+        match cp.kubectl(&["get", "--raw", "/readyz", "--request-timeout=10s"]) {
+            Err(err) => break err,
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Ok(ok) => panic!("/readyz still answers {ok:?} a minute after etcd died"),
+        }
+    };
+    assert!(format!("{err:#}").contains("etcd"), "{err:#}");
+    cp.restart(Server::Etcd).unwrap();
+    let kept = cp.kubectl(&["get", "cm", "kept", "-n", "default", "-o", "name"]);
+    assert_eq!(kept.unwrap().trim(), "configmap/kept", "etcd kept its data");
 }
