@@ -60,8 +60,10 @@ impl Default for Rules {
 
 impl ModelMap {
     /// Parses a map, bounded: nesting deeper than serde_json's recursion limit (128) and
-    /// more than [`MAX_TOP_LEVEL_KEYS`] keys are errors, never a crash. A duplicated key
-    /// keeps its last value, as Python's `json` (and so LiteLLM) does.
+    /// more than [`MAX_TOP_LEVEL_KEYS`] keys are errors, never a crash. A key that appears
+    /// twice in one object is an error too: JSON readers disagree on which copy wins (Python's
+    /// `json`, and so LiteLLM, keeps the last), so such a map prices differently depending on
+    /// who reads it.
     pub fn parse(bytes: &[u8]) -> Result<ModelMap, ValidationError> {
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let parsed = TopLevel::deserialize(&mut deserializer).and_then(|top| {
@@ -69,7 +71,10 @@ impl ModelMap {
             Ok(top)
         });
         match parsed {
-            Ok(TopLevel(entries)) => Ok(ModelMap { entries }),
+            Ok(TopLevel { duplicates, .. }) if !duplicates.is_empty() => Err(
+                ValidationError::InvalidMap(describe_duplicates(&duplicates)),
+            ),
+            Ok(TopLevel { entries, .. }) => Ok(ModelMap { entries }),
             Err(err) => Err(ValidationError::InvalidMap(describe_parse_error(
                 bytes, &err,
             ))),
@@ -140,6 +145,26 @@ fn shrink_guard(
         return Err(ValidationError::ShrinkGuard(format!(
             "the new map drops {removed} of the last good map's {before} models ({percent}%), \
              more than maxRemovedPercent {}%",
+            rules.max_removed_percent
+        )));
+    }
+    Ok(())
+}
+
+/// The shrink guard when only the last good map's model count is known (its bytes are
+/// gone from the cluster): refuses a map with more than `maxRemovedPercent` fewer models.
+pub fn shrink_guard_by_count(
+    models: usize,
+    last_good_models: usize,
+    rules: &Rules,
+) -> Result<(), ValidationError> {
+    let fewer = last_good_models.saturating_sub(models);
+    if last_good_models > 0 && fewer * 100 > rules.max_removed_percent as usize * last_good_models {
+        return Err(ValidationError::ShrinkGuard(format!(
+            "the new map has {models} models, {}% fewer than the {last_good_models} of the last \
+             good map (no longer in the cluster, so only its count is known), more than \
+             maxRemovedPercent {}%",
+            fewer * 100 / last_good_models,
             rules.max_removed_percent
         )));
     }
@@ -300,8 +325,32 @@ fn describe_parse_error(bytes: &[u8], err: &serde_json::Error) -> String {
     }
 }
 
-/// The top-level object, parsed with a cap on its number of keys.
-struct TopLevel(BTreeMap<String, Value>);
+fn describe_duplicates(duplicates: &[String]) -> String {
+    let names: Vec<String> = duplicates
+        .iter()
+        .take(EXAMPLES_PER_RULE)
+        .map(|name| format!("{:?}", truncated(name)))
+        .collect();
+    let more = duplicates.len().saturating_sub(EXAMPLES_PER_RULE);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} top-level keys appear more than once: {}{more}; JSON readers disagree on which copy \
+         wins, so the map is refused",
+        duplicates.len(),
+        names.join(", ")
+    )
+}
+
+/// The top-level object, parsed with a cap on its number of keys; keys seen twice are
+/// collected (and the map refused) rather than one copy silently winning.
+struct TopLevel {
+    entries: BTreeMap<String, Value>,
+    duplicates: Vec<String>,
+}
 
 impl<'de> Deserialize<'de> for TopLevel {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -320,17 +369,103 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<TopLevel, A::Error> {
         let mut entries = BTreeMap::new();
+        let mut duplicates = Vec::new();
         let mut seen = 0usize;
-        while let Some((key, value)) = access.next_entry::<String, Value>()? {
+        while let Some((key, StrictValue(value))) = access.next_entry::<String, StrictValue>()? {
             seen += 1;
             if seen > MAX_TOP_LEVEL_KEYS {
                 return Err(serde::de::Error::custom(format!(
                     "more than {MAX_TOP_LEVEL_KEYS} top-level keys"
                 )));
             }
-            entries.insert(key, value);
+            match entries.entry(key) {
+                std::collections::btree_map::Entry::Occupied(entry) => {
+                    duplicates.push(entry.key().clone());
+                }
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(value);
+                }
+            }
         }
-        Ok(TopLevel(entries))
+        duplicates.sort();
+        duplicates.dedup();
+        Ok(TopLevel {
+            entries,
+            duplicates,
+        })
+    }
+}
+
+/// A JSON value in which no object has the same key twice; serde_json's own `Value` keeps
+/// the last copy silently.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(StrictValueVisitor)
+            .map(StrictValue)
+    }
+}
+
+struct StrictValueVisitor;
+
+impl<'de> Visitor<'de> for StrictValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        // JSON text has no NaN or infinities; serde_json refuses 1e400 before we get here.
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(access.size_hint().unwrap_or(0).min(1024));
+        while let Some(StrictValue(item)) = access.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some((key, StrictValue(value))) = access.next_entry::<String, StrictValue>()? {
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {:?} appears twice in one object",
+                    truncated(&key)
+                )));
+            }
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
     }
 }
 
@@ -421,11 +556,41 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn duplicate_keys_keep_the_last_value_like_python() {
-        let map =
-            ModelMap::parse(br#"{"m": {"mode": "chat"}, "m": {"mode": "embedding"}}"#).unwrap();
-        assert_eq!(map.model("m").unwrap()["mode"], "embedding");
-        assert_eq!(map.model_count(), 1);
+    fn duplicate_top_level_keys_are_refused_naming_them() {
+        let body = br#"{"gpt-4o": {"input_cost_per_token": 2.5e-6}, "b": {}, "b": {},
+                        "gpt-4o": {"input_cost_per_token": 0}}"#;
+        let err = ModelMap::parse(body).unwrap_err();
+        assert!(matches!(err, ValidationError::InvalidMap(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "invalid map: 2 top-level keys appear more than once: \"b\", \"gpt-4o\"; JSON \
+             readers disagree on which copy wins, so the map is refused"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_inside_an_entry_are_refused() {
+        let body = br#"{"m": {"input_cost_per_token": 1e-6, "input_cost_per_token": 0}}"#;
+        let err = ModelMap::parse(body).unwrap_err().to_string();
+        assert!(
+            err.contains("the key \"input_cost_per_token\" appears twice in one object"),
+            "{err}"
+        );
+        let nested = br#"{"m": {"tiers": [{"a": 1, "a": 2}]}}"#;
+        assert!(ModelMap::parse(nested).is_err());
+        // The same key in different objects is fine.
+        ModelMap::parse(br#"{"m": {"a": {"x": 1}, "b": {"x": 1}}, "n": {"a": 1}}"#).unwrap();
+    }
+
+    #[test]
+    fn numbers_and_strings_parse_as_serde_json_reads_them() {
+        let body = br#"{"m": {"i": 4096, "f": 4096.0, "neg": -1, "big": 18446744073709551615,
+                        "s": "x\u00e9", "n": null, "t": true, "a": []}}"#;
+        let strict = ModelMap::parse(body).unwrap();
+        let plain: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(strict.model("m").unwrap(), &plain["m"]);
+        let err = ModelMap::parse(br#"{"m": {"c": 1e400}}"#).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
     }
 
     #[test]
@@ -518,5 +683,20 @@ pub(crate) mod tests {
             ..Rules::default()
         };
         validate(&keeps_less, &lenient, Some(&last_good)).unwrap();
+    }
+
+    #[test]
+    fn without_the_last_good_bytes_the_shrink_guard_counts_models() {
+        let rules = Rules::default();
+        shrink_guard_by_count(50, 100, &rules).unwrap();
+        shrink_guard_by_count(500, 100, &rules).unwrap();
+        shrink_guard_by_count(10, 0, &rules).unwrap();
+        let err = shrink_guard_by_count(49, 100, &rules).unwrap_err();
+        assert!(matches!(err, ValidationError::ShrinkGuard(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("49 models, 51% fewer than the 100"),
+            "{err}"
+        );
     }
 }
