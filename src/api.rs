@@ -290,9 +290,18 @@ pub struct ModelCostMapSyncStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_sync_request: Option<String>,
 
-    /// Artifact describes the map the target ConfigMap holds now: the last good map.
+    /// Artifact describes the map the target ConfigMap holds now: the last good map. The
+    /// operator serves, restores and compares against exactly these bytes: a ConfigMap whose
+    /// map has another digest (edited by hand, say) is not served, and is put back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
+
+    /// PendingArtifact is a validated map being written to the target ConfigMap: recorded
+    /// just before the write and cleared once artifact names it, so that an operator
+    /// restarted in between finds the ConfigMap holding a map it validated (and guards the
+    /// next map against it) instead of one it cannot vouch for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_artifact: Option<Artifact>,
 
     /// LastChange is what the last content change added, removed and changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

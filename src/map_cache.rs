@@ -1,22 +1,32 @@
-//! The maps every replica serves, kept current by a watch on the managed ConfigMaps, so a
-//! request never calls the API server and a replica that is not the leader serves too.
+//! The maps every replica serves, kept current by watches, so a request never calls the API
+//! server and a replica that is not the leader serves too.
+//!
+//! Two watches feed it: the managed ConfigMaps (the map bytes) and the ModelCostMapSync
+//! objects (what their status vouches for). A map is served only when its bytes hash to the
+//! digest that status names, `status.artifact` or the `status.pendingArtifact` being
+//! written; never on the word of the ConfigMap's own annotations, which anyone who can edit
+//! the ConfigMap can edit too. A map served before stays served while status still names it,
+//! so a ConfigMap deleted or edited by hand changes nothing for proxies until the operator
+//! puts it back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::render::{DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::api::ModelCostMapSync;
+use crate::render::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::scope;
 use crate::serve::ServedMap;
+use crate::watch;
 
 /// Which map: `/maps/{namespace}/{name}/{key}`, where name is the ModelCostMapSync's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,7 +39,7 @@ pub struct MapKey {
     pub key: String,
 }
 
-/// The served maps, by key, with the ConfigMap each came from.
+/// The served maps, and what they are served from.
 #[derive(Default, Clone)]
 pub struct MapCache {
     inner: Arc<RwLock<Inner>>,
@@ -37,34 +47,45 @@ pub struct MapCache {
     changed: Arc<Notify>,
 }
 
-/// A ConfigMap's namespace and name.
-type ConfigMapId = (String, String);
-/// The maps one ConfigMap holds.
-type ConfigMapMaps = Vec<(MapKey, Arc<ServedMap>)>;
+/// An object's namespace and name.
+type ObjectId = (String, String);
 
 #[derive(Default)]
 struct Inner {
-    /// Maps by ConfigMap (namespace/name), so a deleted or changed ConfigMap drops its maps.
-    by_config_map: HashMap<ConfigMapId, ConfigMapMaps>,
-    /// The same maps by the key requests use.
-    by_key: HashMap<MapKey, Arc<ServedMap>>,
-    /// Watches whose first full list has not been loaded yet.
-    unsynced_scopes: usize,
-    /// Watches whose first full list has been loaded.
-    synced_scopes: HashSet<String>,
-    /// Per watch, the set being built by a list in progress.
-    relisting: HashMap<String, HashMap<ConfigMapId, ConfigMapMaps>>,
+    /// The maps each managed ConfigMap holds.
+    config_maps: Mirror<StoredMaps>,
+    /// What each ModelCostMapSync's status vouches for.
+    syncs: Mirror<Vouched>,
+    /// The maps served now.
+    served: HashMap<MapKey, Arc<ServedMap>>,
 }
 
-/// A watch scope as a map key: the namespace, or "" for the whole cluster.
-fn scope_key(scope: Option<&str>) -> String {
-    scope.unwrap_or_default().to_owned()
+/// The maps of one ConfigMap, and the ModelCostMapSync that owns it.
+#[derive(Debug, Clone)]
+struct StoredMaps {
+    owner: String,
+    owner_uid: String,
+    /// By key (file name without `.gz`).
+    maps: Vec<(String, Arc<ServedMap>)>,
+}
+
+/// The digests a ModelCostMapSync's status names.
+#[derive(Debug, Clone, PartialEq)]
+struct Vouched {
+    uid: String,
+    digests: Vec<String>,
+}
+
+impl Vouched {
+    fn vouches(&self, digest: &str) -> bool {
+        self.digests.iter().any(|d| d == digest)
+    }
 }
 
 impl MapCache {
     /// The map for a request, if synced.
     pub fn get(&self, key: &MapKey) -> Option<Arc<ServedMap>> {
-        self.read().by_key.get(key).cloned()
+        self.read().served.get(key).cloned()
     }
 
     /// Waits until the map for `key` has `digest`, at most `timeout`; whether it has.
@@ -86,143 +107,288 @@ impl MapCache {
         tokio::time::timeout(timeout, waiting).await.is_ok()
     }
 
-    /// Whether the initial list of ConfigMaps has been loaded by every watch.
-    pub fn is_synced(&self) -> bool {
+    /// Whether every watch has listed its objects and has not failed since: what the cache
+    /// serves is then what the cluster holds.
+    pub fn is_watching(&self) -> bool {
         let inner = self.read();
-        !inner.synced_scopes.is_empty() && inner.unsynced_scopes == 0
+        inner.config_maps.is_watching() && inner.syncs.is_watching()
     }
 
-    /// Keeps the cache current from the managed ConfigMaps in `namespaces` (all when empty)
-    /// until the watches end.
+    /// Keeps the cache current from the managed ConfigMaps and the ModelCostMapSyncs in
+    /// `namespaces` (all when empty). Runs until dropped: watches that fail start again.
     pub async fn run(self, client: Client, namespaces: Vec<String>, max_bytes: u64) {
-        let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let managed =
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let scopes = scope::scopes(&namespaces);
-        self.write().unsynced_scopes = scopes.len();
-        let watches = scopes.into_iter().map(|scope| {
-            let api = scope::api::<ConfigMap>(&client, scope.as_deref());
-            watcher::watcher(api, config.clone())
-                .default_backoff()
-                .map_ok(move |event| (scope.clone(), event))
-                .boxed()
-        });
-        let result = futures::stream::select_all(watches)
-            .try_for_each(|(scope, event)| {
-                self.apply(scope.as_deref(), event, max_bytes);
-                futures::future::ready(Ok(()))
-            })
-            .await;
-        if let Err(err) = result {
-            warn!(error = %err, "the ConfigMap watch of the map cache ended");
+        {
+            let mut inner = self.write();
+            inner.config_maps.expect(&scopes);
+            inner.syncs.expect(&scopes);
         }
+        let mut watches = Vec::new();
+        for scope in scopes {
+            let config_maps = scope::api::<ConfigMap>(&client, scope.as_deref());
+            let syncs = scope::api::<ModelCostMapSync>(&client, scope.as_deref());
+            let key = scope_key(scope.as_deref());
+            let cache = self.clone();
+            watches.push(
+                watch::resilient(config_maps, managed.clone())
+                    .for_each(move |event| {
+                        cache.on_config_map_event(&key, event, max_bytes);
+                        futures::future::ready(())
+                    })
+                    .boxed(),
+            );
+            let key = scope_key(scope.as_deref());
+            let cache = self.clone();
+            watches.push(
+                watch::resilient(syncs, watcher::Config::default())
+                    .for_each(move |event| {
+                        cache.on_sync_event(&key, event);
+                        futures::future::ready(())
+                    })
+                    .boxed(),
+            );
+        }
+        futures::future::join_all(watches).await;
     }
 
-    /// Applies one watch event of the watch on `scope` (a namespace, or the cluster).
-    fn apply(&self, scope: Option<&str>, event: Event<ConfigMap>, max_bytes: u64) {
+    fn on_config_map_event(
+        &self,
+        scope: &str,
+        event: Result<Event<ConfigMap>, watcher::Error>,
+        max_bytes: u64,
+    ) {
+        self.update(|inner| match event {
+            Ok(event) => inner
+                .config_maps
+                .apply(scope, event, |cm| stored_maps(cm, max_bytes)),
+            Err(error) => {
+                warn!(%error, scope, "the map cache's ConfigMap watch failed; not ready until it lists again");
+                inner.config_maps.fail(scope);
+            }
+        });
+    }
+
+    fn on_sync_event(&self, scope: &str, event: Result<Event<ModelCostMapSync>, watcher::Error>) {
+        self.update(|inner| match event {
+            Ok(event) => inner.syncs.apply(scope, event, vouched),
+            Err(error) => {
+                warn!(%error, scope, "the map cache's ModelCostMapSync watch failed; not ready until it lists again");
+                inner.syncs.fail(scope);
+            }
+        });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Inner)) {
         let mut inner = self.write();
-        match event {
-            // A (re)list builds a fresh set and swaps it in when complete, so maps keep being
-            // served while the watch recovers.
-            Event::Init => {
-                inner.relisting.insert(scope_key(scope), HashMap::new());
-            }
-            Event::InitApply(cm) => {
-                let maps = served_maps(&cm, max_bytes);
-                inner
-                    .relisting
-                    .entry(scope_key(scope))
-                    .or_default()
-                    .insert(config_map_id(&cm), maps);
-            }
-            Event::InitDone => {
-                let listed = inner
-                    .relisting
-                    .remove(&scope_key(scope))
-                    .unwrap_or_default();
-                inner
-                    .by_config_map
-                    .retain(|(namespace, _), _| scope.is_some_and(|s| s != namespace));
-                inner.by_config_map.extend(listed);
-                if inner.synced_scopes.insert(scope_key(scope)) {
-                    inner.unsynced_scopes = inner.unsynced_scopes.saturating_sub(1);
-                }
-            }
-            Event::Apply(cm) => {
-                let maps = served_maps(&cm, max_bytes);
-                inner.by_config_map.insert(config_map_id(&cm), maps);
-            }
-            Event::Delete(cm) => {
-                inner.by_config_map.remove(&config_map_id(&cm));
-            }
+        let was_watching = inner.config_maps.is_watching() && inner.syncs.is_watching();
+        change(&mut inner);
+        inner.refresh_served();
+        if !was_watching && inner.config_maps.is_watching() && inner.syncs.is_watching() {
+            info!("the map cache is watching");
         }
-        inner.by_key = inner
-            .by_config_map
-            .values()
-            .flatten()
-            .map(|(key, map)| (key.clone(), map.clone()))
-            .collect();
         drop(inner);
         self.changed.notify_waiters();
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        self.inner
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::read(&self.inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::write(&self.inner)
     }
 }
 
-fn config_map_id(cm: &ConfigMap) -> ConfigMapId {
-    (cm.namespace().unwrap_or_default(), cm.name_any())
+impl Inner {
+    /// Serves each stored map that status vouches for; keeps serving a map served before
+    /// while status still vouches for it.
+    fn refresh_served(&mut self) {
+        let mut served = HashMap::new();
+        for ((namespace, _), stored) in &self.config_maps.items {
+            let owner = (namespace.clone(), stored.owner.clone());
+            let Some(vouched) = self.syncs.items.get(&owner) else {
+                continue;
+            };
+            if vouched.uid != stored.owner_uid {
+                continue;
+            }
+            for (key, map) in &stored.maps {
+                if vouched.vouches(map.digest()) {
+                    let key = MapKey {
+                        namespace: namespace.clone(),
+                        name: stored.owner.clone(),
+                        key: key.clone(),
+                    };
+                    served.insert(key, Arc::clone(map));
+                } else {
+                    debug!(namespace, owner = %stored.owner, key, digest = map.digest(), "not serving a map its status does not name");
+                }
+            }
+        }
+        for (key, map) in self.served.drain() {
+            let still_vouched = self
+                .syncs
+                .items
+                .get(&(key.namespace.clone(), key.name.clone()))
+                .is_some_and(|vouched| vouched.vouches(map.digest()));
+            if still_vouched {
+                served.entry(key).or_insert(map);
+            }
+        }
+        self.served = served;
+    }
 }
 
-/// The maps a managed ConfigMap holds: each `<key>.gz` whose bytes match the digest
-/// annotation. A ConfigMap edited by hand serves nothing until the operator restores it.
-fn served_maps(cm: &ConfigMap, max_bytes: u64) -> ConfigMapMaps {
-    let Some(owner) = cm
-        .owner_references()
-        .iter()
-        .find(|owner| owner.kind == "ModelCostMapSync" && owner.controller == Some(true))
-    else {
-        return Vec::new();
-    };
-    let Some(digest) = cm.annotations().get(DIGEST_ANNOTATION) else {
-        return Vec::new();
-    };
-    let namespace = cm.namespace().unwrap_or_default();
-    cm.binary_data
+/// A watch scope as a map key: the namespace, or "" for the whole cluster.
+fn scope_key(scope: Option<&str>) -> String {
+    scope.unwrap_or_default().to_owned()
+}
+
+/// The objects of one kind, as watches in one or more scopes report them.
+struct Mirror<T> {
+    items: HashMap<ObjectId, T>,
+    scopes: HashMap<String, Listing<T>>,
+}
+
+impl<T> Default for Mirror<T> {
+    fn default() -> Self {
+        Mirror {
+            items: HashMap::new(),
+            scopes: HashMap::new(),
+        }
+    }
+}
+
+/// Where one scope's watch stands.
+enum Listing<T> {
+    /// Not listed yet, or failed since.
+    NotWatching,
+    /// A list in progress, building a fresh set that replaces the scope's items when done,
+    /// so the old ones stay served meanwhile.
+    InProgress(HashMap<ObjectId, T>),
+    /// Listed, and watching since.
+    Watching,
+}
+
+impl<T> Mirror<T> {
+    fn expect(&mut self, scopes: &[Option<String>]) {
+        for scope in scopes {
+            self.scopes
+                .insert(scope_key(scope.as_deref()), Listing::NotWatching);
+        }
+    }
+
+    fn is_watching(&self) -> bool {
+        !self.scopes.is_empty()
+            && self
+                .scopes
+                .values()
+                .all(|listing| matches!(listing, Listing::Watching))
+    }
+
+    fn fail(&mut self, scope: &str) {
+        self.scopes.insert(scope.to_owned(), Listing::NotWatching);
+    }
+
+    fn apply<K: Resource>(
+        &mut self,
+        scope: &str,
+        event: Event<K>,
+        convert: impl Fn(&K) -> Option<T>,
+    ) {
+        match event {
+            Event::Init => {
+                self.scopes
+                    .insert(scope.to_owned(), Listing::InProgress(HashMap::new()));
+            }
+            Event::InitApply(object) => {
+                if let Some(Listing::InProgress(listed)) = self.scopes.get_mut(scope)
+                    && let Some(item) = convert(&object)
+                {
+                    listed.insert(object_id(&object), item);
+                }
+            }
+            Event::InitDone => {
+                let listed = match self.scopes.insert(scope.to_owned(), Listing::Watching) {
+                    Some(Listing::InProgress(listed)) => listed,
+                    _ => HashMap::new(),
+                };
+                self.items
+                    .retain(|(namespace, _), _| !scope.is_empty() && scope != namespace);
+                self.items.extend(listed);
+            }
+            Event::Apply(object) => match convert(&object) {
+                Some(item) => {
+                    self.items.insert(object_id(&object), item);
+                }
+                None => {
+                    self.items.remove(&object_id(&object));
+                }
+            },
+            Event::Delete(object) => {
+                self.items.remove(&object_id(&object));
+            }
+        }
+    }
+}
+
+fn object_id<K: Resource>(object: &K) -> ObjectId {
+    (object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// The maps a managed ConfigMap holds: each `<key>.gz` that decompresses within
+/// `max_bytes`, with the digest of its bytes as they are (the annotations are not trusted).
+fn stored_maps(cm: &ConfigMap, max_bytes: u64) -> Option<StoredMaps> {
+    let owner = cm.owner_references().iter().find(|owner| {
+        owner.kind == ModelCostMapSync::kind(&()) && owner.controller == Some(true)
+    })?;
+    let maps = cm
+        .binary_data
         .iter()
         .flatten()
         .filter_map(|(gz_key, gz)| {
             let key = gz_key.strip_suffix(".gz")?;
-            match ServedMap::from_gzip(Bytes::from(gz.0.clone()), digest, max_bytes) {
-                Ok(map) => Some((
-                    MapKey {
-                        namespace: namespace.clone(),
-                        name: owner.name.clone(),
-                        key: key.to_owned(),
-                    },
-                    Arc::new(map),
-                )),
+            match ServedMap::from_gzip(Bytes::from(gz.0.clone()), max_bytes) {
+                Ok(map) => Some((key.to_owned(), Arc::new(map))),
                 Err(err) => {
                     debug!(config_map = %cm.name_any(), %err, "not serving this ConfigMap's map");
                     None
                 }
             }
         })
-        .collect()
+        .collect();
+    Some(StoredMaps {
+        owner: owner.name.clone(),
+        owner_uid: owner.uid.clone(),
+        maps,
+    })
+}
+
+/// The digests a ModelCostMapSync's status names: its artifact, and the map being written.
+fn vouched(sync: &ModelCostMapSync) -> Option<Vouched> {
+    let status = sync.status.as_ref()?;
+    let digests: Vec<String> = [&status.artifact, &status.pending_artifact]
+        .into_iter()
+        .flatten()
+        .map(|artifact| artifact.digest.clone())
+        .collect();
+    Some(Vouched {
+        uid: sync.uid()?,
+        digests,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{Artifact, ModelCostMapSyncStatus};
     use crate::render::{MapIdentity, StoredMap, TargetRef, render_config_map};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    const MAX: u64 = 1 << 20;
 
     fn managed(name: &str, owner: &str, bytes: &[u8]) -> ConfigMap {
         let map = StoredMap::from_bytes(bytes.to_vec());
@@ -234,7 +400,7 @@ mod tests {
                 api_version: "costmap.dev/v1alpha1".into(),
                 kind: "ModelCostMapSync".into(),
                 name: owner.into(),
-                uid: "u".into(),
+                uid: format!("uid-{owner}"),
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             },
@@ -249,6 +415,30 @@ mod tests {
         render_config_map(&target, &map, &identity).unwrap()
     }
 
+    fn artifact(bytes: &[u8]) -> Artifact {
+        Artifact {
+            digest: crate::digest::sha256_digest(bytes),
+            git_blob_id: String::new(),
+            revision: None,
+            size: 0,
+            models: 0,
+            last_update_time: Time(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    /// The ModelCostMapSync `name` whose status names `artifact` (and `pending`).
+    fn sync(name: &str, artifact_of: &[u8], pending_of: Option<&[u8]>) -> ModelCostMapSync {
+        let mut sync = ModelCostMapSync::new(name, serde_json::from_str("{}").unwrap());
+        sync.metadata.namespace = Some("llm".into());
+        sync.metadata.uid = Some(format!("uid-{name}"));
+        sync.status = Some(ModelCostMapSyncStatus {
+            artifact: Some(artifact(artifact_of)),
+            pending_artifact: pending_of.map(artifact),
+            ..ModelCostMapSyncStatus::default()
+        });
+        sync
+    }
+
     fn key(name: &str) -> MapKey {
         MapKey {
             namespace: "llm".into(),
@@ -257,19 +447,48 @@ mod tests {
         }
     }
 
-    #[test]
-    fn maps_are_found_by_their_owner_and_dropped_with_their_configmap() {
+    /// A cache whose watches of the cluster have listed `syncs` and `config_maps`.
+    fn listed(syncs: Vec<ModelCostMapSync>, config_maps: Vec<ConfigMap>) -> MapCache {
         let cache = MapCache::default();
-        cache.apply(None, Event::Init, 1 << 20);
+        cache.write().config_maps.expect(&[None]);
+        cache.write().syncs.expect(&[None]);
+        cache.on_sync_event("", Ok(Event::Init));
+        for sync in syncs {
+            cache.on_sync_event("", Ok(Event::InitApply(sync)));
+        }
+        cache.on_sync_event("", Ok(Event::InitDone));
+        cache.on_config_map_event("", Ok(Event::Init), MAX);
+        for cm in config_maps {
+            cache.on_config_map_event("", Ok(Event::InitApply(cm)), MAX);
+        }
+        cache.on_config_map_event("", Ok(Event::InitDone), MAX);
+        cache
+    }
+
+    #[test]
+    fn a_map_is_served_by_its_owner_once_both_watches_have_listed() {
         let cm = managed("prices", "litellm", b"{\"a\": {}}");
-        cache.apply(None, Event::InitApply(cm.clone()), 1 << 20);
-        assert!(!cache.is_synced());
+        let cache = MapCache::default();
+        cache.write().config_maps.expect(&[None]);
+        cache.write().syncs.expect(&[None]);
+        cache.on_config_map_event("", Ok(Event::Init), MAX);
+        cache.on_config_map_event("", Ok(Event::InitApply(cm.clone())), MAX);
+        cache.on_config_map_event("", Ok(Event::InitDone), MAX);
+        assert!(
+            !cache.is_watching(),
+            "the ModelCostMapSync watch has not listed"
+        );
         assert!(
             cache.get(&key("litellm")).is_none(),
-            "swapped in when the list completes"
+            "no status vouches for it yet"
         );
-        cache.apply(None, Event::InitDone, 1 << 20);
-        assert!(cache.is_synced());
+        cache.on_sync_event("", Ok(Event::Init));
+        cache.on_sync_event(
+            "",
+            Ok(Event::InitApply(sync("litellm", b"{\"a\": {}}", None))),
+        );
+        cache.on_sync_event("", Ok(Event::InitDone));
+        assert!(cache.is_watching());
         assert_eq!(
             cache.get(&key("litellm")).unwrap().plain().as_ref(),
             b"{\"a\": {}}"
@@ -278,49 +497,119 @@ mod tests {
             cache.get(&key("prices")).is_none(),
             "by the ModelCostMapSync's name"
         );
-        cache.apply(None, Event::Init, 1 << 20);
-        assert!(
-            cache.get(&key("litellm")).is_some(),
-            "still served during a relist"
+    }
+
+    #[test]
+    fn a_map_status_does_not_name_is_never_served_and_the_vouched_one_stays() {
+        let good = b"{\"a\": {}}";
+        let cache = listed(
+            vec![sync("litellm", good, None)],
+            vec![managed("litellm", "litellm", good)],
         );
-        cache.apply(None, Event::InitApply(cm.clone()), 1 << 20);
-        cache.apply(None, Event::InitDone, 1 << 20);
-        cache.apply(None, Event::Delete(cm), 1 << 20);
+        assert!(cache.get(&key("litellm")).is_some());
+        // Edited by hand, annotations and all: the map served before stays served.
+        let tampered = managed("litellm", "litellm", b"{\"zero\": {}}");
+        cache.on_config_map_event("", Ok(Event::Apply(tampered.clone())), MAX);
+        let served = cache.get(&key("litellm")).unwrap();
+        assert_eq!(served.digest(), crate::digest::sha256_digest(good));
+        // Deleted: still served, until status names another map.
+        cache.on_config_map_event("", Ok(Event::Delete(tampered.clone())), MAX);
+        assert!(cache.get(&key("litellm")).is_some());
+        cache.on_sync_event(
+            "",
+            Ok(Event::Apply(sync("litellm", b"{\"new\": {}}", None))),
+        );
+        assert!(cache.get(&key("litellm")).is_none());
+
+        // A cache that starts after the edit never serves it.
+        let fresh = listed(vec![sync("litellm", good, None)], vec![tampered]);
+        assert!(fresh.get(&key("litellm")).is_none());
+    }
+
+    #[test]
+    fn the_map_being_written_is_served_as_soon_as_the_configmap_holds_it() {
+        let (old, new) = (b"{\"a\": {}}".as_slice(), b"{\"b\": {}}".as_slice());
+        let cache = listed(
+            vec![sync("litellm", old, Some(new))],
+            vec![managed("litellm", "litellm", old)],
+        );
+        assert_eq!(
+            cache.get(&key("litellm")).unwrap().digest(),
+            crate::digest::sha256_digest(old)
+        );
+        cache.on_config_map_event(
+            "",
+            Ok(Event::Apply(managed("litellm", "litellm", new))),
+            MAX,
+        );
+        assert_eq!(
+            cache.get(&key("litellm")).unwrap().digest(),
+            crate::digest::sha256_digest(new)
+        );
+    }
+
+    #[test]
+    fn a_configmap_of_another_object_with_the_same_name_is_not_served() {
+        let bytes = b"{}";
+        let mut recreated = sync("litellm", bytes, None);
+        recreated.metadata.uid = Some("uid-of-a-new-object".into());
+        let cache = listed(vec![recreated], vec![managed("litellm", "litellm", bytes)]);
         assert!(cache.get(&key("litellm")).is_none());
     }
 
     #[test]
-    fn a_relist_of_one_namespace_keeps_the_maps_of_the_others() {
-        let cache = MapCache::default();
-        cache.write().unsynced_scopes = 2;
-        let mut other = managed("litellm", "litellm", b"{\"b\": {}}");
-        other.metadata.namespace = Some("team-b".into());
-        let key_b = MapKey {
-            namespace: "team-b".into(),
-            ..key("litellm")
+    fn a_failed_watch_is_not_watching_until_it_lists_again_and_keeps_serving_meanwhile() {
+        let bytes = b"{}";
+        let cache = listed(
+            vec![sync("litellm", bytes, None)],
+            vec![managed("litellm", "litellm", bytes)],
+        );
+        cache.on_config_map_event("", Err(watcher::Error::NoResourceVersion), MAX);
+        assert!(!cache.is_watching());
+        assert!(cache.get(&key("litellm")).is_some(), "still served");
+        cache.on_config_map_event("", Ok(Event::Init), MAX);
+        assert!(!cache.is_watching(), "listing is not watching yet");
+        cache.on_config_map_event(
+            "",
+            Ok(Event::InitApply(managed("litellm", "litellm", bytes))),
+            MAX,
+        );
+        cache.on_config_map_event("", Ok(Event::InitDone), MAX);
+        assert!(cache.is_watching());
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_keeps_the_objects_of_the_others() {
+        let mut mirror = Mirror::<u32>::default();
+        mirror.expect(&[Some("llm".into()), Some("team-b".into())]);
+        let cm = |namespace: &str| {
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some("litellm".into());
+            cm.metadata.namespace = Some(namespace.into());
+            cm
         };
-        for (scope, cm) in [
-            ("llm", managed("litellm", "litellm", b"{}")),
-            ("team-b", other),
-        ] {
-            cache.apply(Some(scope), Event::Init, 1 << 20);
-            cache.apply(Some(scope), Event::InitApply(cm), 1 << 20);
-            assert!(!cache.is_synced() || scope == "team-b");
-            cache.apply(Some(scope), Event::InitDone, 1 << 20);
+        let one = |_: &ConfigMap| Some(1);
+        for scope in ["llm", "team-b"] {
+            mirror.apply(scope, Event::Init, one);
+            mirror.apply(scope, Event::InitApply(cm(scope)), one);
+            assert!(!mirror.is_watching());
+            mirror.apply(scope, Event::InitDone, one);
         }
-        assert!(cache.is_synced(), "both watches listed");
-        // llm relists and finds nothing: only llm's map goes.
-        cache.apply(Some("llm"), Event::Init, 1 << 20);
-        cache.apply(Some("llm"), Event::InitDone, 1 << 20);
-        assert!(cache.get(&key("litellm")).is_none());
-        assert!(cache.get(&key_b).is_some());
+        assert!(mirror.is_watching());
+        mirror.apply("llm", Event::Init, one);
+        assert_eq!(mirror.items.len(), 2, "kept during the relist");
+        mirror.apply("llm", Event::InitDone, one);
+        assert_eq!(
+            mirror.items.keys().collect::<Vec<_>>(),
+            [&("team-b".to_owned(), "litellm".to_owned())]
+        );
     }
 
     #[tokio::test]
     async fn waiting_for_a_digest_ends_when_the_map_arrives_or_at_the_timeout() {
-        let cache = MapCache::default();
-        let cm = managed("litellm", "litellm", b"{\"a\": {}}");
-        let digest = StoredMap::from_bytes(b"{\"a\": {}}".to_vec()).digest();
+        let bytes = b"{\"a\": {}}";
+        let cache = listed(vec![sync("litellm", bytes, None)], vec![]);
+        let digest = crate::digest::sha256_digest(bytes);
         let short = Duration::from_millis(50);
         assert!(!cache.wait_for(&key("litellm"), &digest, short).await);
         let waiter = {
@@ -333,22 +622,13 @@ mod tests {
             })
         };
         tokio::task::yield_now().await;
-        cache.apply(None, Event::Apply(cm), 1 << 20);
+        cache.on_config_map_event(
+            "",
+            Ok(Event::Apply(managed("litellm", "litellm", bytes))),
+            MAX,
+        );
         assert!(waiter.await.unwrap());
         assert!(cache.wait_for(&key("litellm"), &digest, short).await);
         assert!(!cache.wait_for(&key("litellm"), "sha256:other", short).await);
-    }
-
-    #[test]
-    fn a_configmap_whose_bytes_do_not_match_its_digest_serves_nothing() {
-        let cache = MapCache::default();
-        let mut cm = managed("litellm", "litellm", b"{}");
-        cm.metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert(DIGEST_ANNOTATION.into(), "sha256:forged".into());
-        cache.apply(None, Event::Apply(cm), 1 << 20);
-        assert!(cache.get(&key("litellm")).is_none());
     }
 }

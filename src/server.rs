@@ -77,9 +77,10 @@ async fn map(
     response
 }
 
-/// Ready once the operator runs and every synced map can be served.
+/// Ready once the operator runs and its map cache watches the cluster: a replica whose
+/// watches fail would serve maps it cannot tell are current.
 async fn readyz(State(state): State<ServerState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Relaxed) && state.maps.is_synced() {
+    if state.ready.load(Ordering::Relaxed) && state.maps.is_watching() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
