@@ -82,7 +82,8 @@ pub struct FetchPolicy {
     pub max_attempts: usize,
     /// First backoff delay; later ones grow exponentially with jitter.
     pub min_backoff: Duration,
-    /// Longest wait between two attempts; also caps a server's `Retry-After`.
+    /// Longest wait between two attempts. A server whose `Retry-After` asks for longer is
+    /// not retried within the fetch: the error carries its wait for the next sync.
     pub max_backoff: Duration,
     /// Addresses allowed even though they are link-local or cloud metadata.
     pub allowed_cidrs: Vec<IpNet>,
@@ -220,6 +221,8 @@ pub enum FetchError {
         code: u16,
         /// Attempts made.
         attempts: usize,
+        /// How long the source asked us to wait (`Retry-After`) in its last answer.
+        retry_after: Option<Duration>,
     },
     /// The decoded body is larger than the policy allows.
     #[error(
@@ -270,6 +273,15 @@ impl FetchError {
     /// with its own `TooLarge` reason rather than as a fetch failure.
     pub fn is_too_large(&self) -> bool {
         matches!(self, FetchError::TooLarge { .. })
+    }
+
+    /// How long the source asked to be left alone in its last answer (`Retry-After`), if
+    /// it said: the next sync waits at least that long.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// Records the final attempt count on the variants that report it.
@@ -665,19 +677,23 @@ impl Fetcher {
             return Ok(FetchOutcome::NotModified);
         }
         if status != StatusCode::OK {
-            let error = FetchError::Status {
-                url: sanitize_url(url),
-                code: status.as_u16(),
-                attempts: 1,
-            };
-            if !status_retryable(status) {
-                return Err(AttemptError::fatal(error));
-            }
             let retry_after = response
                 .headers()
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let error = FetchError::Status {
+                url: sanitize_url(url),
+                code: status.as_u16(),
+                attempts: 1,
+                retry_after,
+            };
+            // A source that asks for more than our longest backoff is not retried within
+            // this fetch: the whole next sync waits for it instead (the controller defers it).
+            let asks_too_long = retry_after.is_some_and(|wait| wait > self.policy.max_backoff);
+            if !status_retryable(status) || asks_too_long {
+                return Err(AttemptError::fatal(error));
+            }
             return Err(AttemptError {
                 error,
                 retryable: true,
@@ -1203,6 +1219,7 @@ mod tests {
             url: "https://x/y".into(),
             code: 403,
             attempts: 1,
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),
@@ -1212,6 +1229,7 @@ mod tests {
             url: "https://x/y".into(),
             code: 503,
             attempts: 4,
+            retry_after: None,
         };
         assert!(e.to_string().ends_with("(gave up after 4 attempts)"), "{e}");
         let e = FetchError::Timeout {

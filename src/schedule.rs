@@ -22,6 +22,9 @@ pub struct Inputs<'a> {
     pub status: Option<&'a ModelCostMapSyncStatus>,
     /// Whether the cluster (or memory) still holds the last good map named in status.
     pub has_last_good: bool,
+    /// Whether the last attempt failed: `nextSyncTime` is then its retry, which every
+    /// sync but a requested or a new spec's waits for.
+    pub retrying: bool,
 }
 
 /// Why a sync runs now.
@@ -66,26 +69,38 @@ pub fn decide(inputs: &Inputs) -> Decision {
     {
         return Decision::Sync(SyncCause::Requested);
     }
-    if status.artifact.is_some() && !inputs.has_last_good {
+    let remaining = status
+        .next_sync_time
+        .as_ref()
+        .map(|next| inputs.now.duration_until(next.0))
+        .filter(|remaining| *remaining > SignedDuration::ZERO);
+    // A lost map is restored at once, but a restore that failed waits for its retry like
+    // any failed sync: a source that keeps failing is not asked again and again.
+    if status.artifact.is_some()
+        && !inputs.has_last_good
+        && (!inputs.retrying || remaining.is_none())
+    {
         return Decision::Sync(SyncCause::TargetLost);
     }
-    let Some(next) = &status.next_sync_time else {
-        return Decision::Sync(SyncCause::Due);
-    };
-    match inputs.now.duration_until(next.0) {
-        remaining if remaining > SignedDuration::ZERO => Decision::Wait(remaining.unsigned_abs()),
-        _ => Decision::Sync(SyncCause::Due),
+    match remaining {
+        Some(remaining) => Decision::Wait(remaining.unsigned_abs()),
+        None => Decision::Sync(SyncCause::Due),
     }
 }
 
-/// How long to wait before retrying after `consecutive_failures` failed syncs: 30s doubling,
-/// never longer than the interval, so a broken source is not hammered and a healthy
-/// schedule is not delayed.
-pub fn retry_after_failure(consecutive_failures: u32, interval: Duration) -> Duration {
+/// The default first wait after a failed sync ([`retry_after_failure`]'s `first`).
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long to wait, from the end of the failed attempt, before retrying after
+/// `consecutive_failures` failed syncs: `first` doubling, never longer than the interval,
+/// so a broken source is not hammered and a healthy schedule is not delayed.
+pub fn retry_after_failure(
+    consecutive_failures: u32,
+    first: Duration,
+    interval: Duration,
+) -> Duration {
     let exponent = consecutive_failures.saturating_sub(1).min(16);
-    Duration::from_secs(30)
-        .saturating_mul(1 << exponent)
-        .min(interval)
+    first.saturating_mul(1 << exponent).min(interval)
 }
 
 #[cfg(test)]
@@ -125,6 +140,7 @@ mod tests {
             sync_request: Some("r1"),
             status: Some(status),
             has_last_good: true,
+            retrying: false,
         }
     }
 
@@ -168,6 +184,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_map_is_restored_at_once_unless_a_failed_restore_waits_for_its_retry() {
+        let status = synced_status();
+        let failed_restore = Inputs {
+            has_last_good: false,
+            retrying: true,
+            ..inputs(&status)
+        };
+        assert_eq!(
+            decide(&failed_restore),
+            Decision::Wait(Duration::from_secs(2600))
+        );
+        let retry_due = Inputs {
+            now: at(4600),
+            ..failed_restore
+        };
+        assert_eq!(decide(&retry_due), Decision::Sync(SyncCause::TargetLost));
+        let requested = Inputs {
+            sync_request: Some("r2"),
+            ..failed_restore
+        };
+        assert_eq!(decide(&requested), Decision::Sync(SyncCause::Requested));
+    }
+
+    #[test]
     fn removing_the_request_annotation_is_not_a_request() {
         let status = synced_status();
         let removed = Inputs {
@@ -192,12 +232,20 @@ mod tests {
     #[test]
     fn failures_back_off_up_to_the_interval() {
         let hour = Duration::from_secs(3600);
-        assert_eq!(retry_after_failure(1, hour), Duration::from_secs(30));
-        assert_eq!(retry_after_failure(3, hour), Duration::from_secs(120));
-        assert_eq!(retry_after_failure(30, hour), hour);
+        let first = DEFAULT_RETRY_BACKOFF;
+        assert_eq!(retry_after_failure(1, first, hour), Duration::from_secs(30));
         assert_eq!(
-            retry_after_failure(1, Duration::from_secs(10)),
+            retry_after_failure(3, first, hour),
+            Duration::from_secs(120)
+        );
+        assert_eq!(retry_after_failure(30, first, hour), hour);
+        assert_eq!(
+            retry_after_failure(1, first, Duration::from_secs(10)),
             Duration::from_secs(10)
+        );
+        assert_eq!(
+            retry_after_failure(2, Duration::from_secs(1), hour),
+            Duration::from_secs(2)
         );
     }
 }

@@ -45,12 +45,15 @@ use crate::render::{
 };
 use crate::schedule::{self, Decision, SyncCause};
 use crate::scope;
-use crate::validate::{ModelMap, Rules, ValidationError, validate};
+use crate::validate::{ModelMap, Rules, ValidationError, shrink_guard_by_count, validate};
 
 /// Field manager of every server-side apply this operator makes.
 pub const FIELD_MANAGER: &str = "costmap-operator";
 /// How many new model names an Event lists.
 const EVENT_MODEL_NAMES: usize = 10;
+/// The longest a source's `Retry-After` defers the next sync: a hostile or broken value
+/// must not stop syncing for good (a sync request still goes through at once).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors that end a reconcile early; the error policy retries them with backoff. Sync
 /// failures (a bad source, a refused map) are not errors here: they are recorded in status.
@@ -75,8 +78,10 @@ pub struct Context {
     metrics: Arc<Metrics>,
     proxies: ProxyClient,
     maps: MapCache,
-    /// How many syncs may run at once.
+    /// How many maps may be prepared (parsed, validated, compressed) at once.
     sync_slots: Semaphore,
+    /// First wait after a failed sync.
+    retry_backoff: Duration,
     memory: Mutex<HashMap<String, Memory>>,
 }
 
@@ -96,12 +101,17 @@ struct Memory {
     consumer_checks: u32,
 }
 
-/// A status this operator wrote, and the resourceVersion of the object it was decided on.
+/// A status this operator wrote, the resourceVersion the write produced, and the versions
+/// it supersedes: the object it was decided on, and what earlier writes of ours produced.
 #[derive(Clone)]
 struct WrittenStatus {
     status: ModelCostMapSyncStatus,
-    decided_on: Option<String>,
+    version: Option<String>,
+    superseded: Vec<String>,
 }
+
+/// How many superseded versions are remembered: a sync writes status at most three times.
+const SUPERSEDED_VERSIONS: usize = 8;
 
 /// A last good map kept between reconciles.
 #[derive(Clone)]
@@ -123,8 +133,12 @@ pub struct Settings {
     pub proxies: ProxyClient,
     /// The maps this replica serves: proxies are reloaded once it serves the new one.
     pub maps: MapCache,
-    /// How many syncs (fetch, validate, write) may run at once.
+    /// How many maps may be prepared (parsed, validated, compressed) at once; fetches,
+    /// which mostly wait, are not counted.
     pub concurrent_syncs: usize,
+    /// First wait after a failed sync; it doubles with each further failure, up to the
+    /// interval.
+    pub retry_backoff: Duration,
 }
 
 impl Context {
@@ -142,24 +156,21 @@ impl Context {
             proxies: settings.proxies,
             maps: settings.maps,
             sync_slots: Semaphore::new(settings.concurrent_syncs.max(1)),
+            retry_backoff: settings.retry_backoff,
             memory: Mutex::new(HashMap::new()),
         }
     }
 
     fn remembered<T>(&self, uid: &str, read: impl FnOnce(&Memory) -> T) -> Option<T> {
-        let memory = self
-            .memory
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        memory.get(uid).map(read)
+        crate::locks::lock(&self.memory).get(uid).map(read)
     }
 
     fn remember(&self, uid: &str, update: impl FnOnce(&mut Memory)) {
-        let mut memory = self
-            .memory
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        update(memory.entry(uid.to_owned()).or_default());
+        update(
+            crate::locks::lock(&self.memory)
+                .entry(uid.to_owned())
+                .or_default(),
+        );
     }
 }
 
@@ -238,6 +249,9 @@ struct Reconciler<'a> {
     uid: String,
     interval: Duration,
     now: Timestamp,
+    /// Status names a last good map that neither memory nor the ConfigMap holds (the
+    /// ConfigMap was deleted or edited while nothing held a copy).
+    last_good_lost: bool,
 }
 
 /// How a sync attempt ended.
@@ -249,10 +263,18 @@ enum Outcome {
     /// A new map was validated and written.
     Updated {
         artifact: Artifact,
+        /// What it changed against the last good map.
         change: Option<MapChange>,
+        /// When there was no last good map to compare with: what the ConfigMap held.
+        replaced: Option<String>,
     },
     /// The attempt failed; the ConfigMap keeps the last good map.
-    Failed { reason: Reason, message: String },
+    Failed {
+        reason: Reason,
+        message: String,
+        /// How long the source asked us to wait before asking again.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl<'a> Reconciler<'a> {
@@ -279,17 +301,19 @@ impl<'a> Reconciler<'a> {
             },
             uid,
             interval: sync.spec.interval()?,
-            // Whole seconds, as metav1.Time stores them: the status kept in memory must compare
-            // equal to the same status read back from the API server.
-            now: Timestamp::from_second(Timestamp::now().as_second())
-                .unwrap_or_else(|_| Timestamp::now()),
+            now: whole_seconds_now(),
+            last_good_lost: false,
         })
     }
 
-    async fn reconcile(self) -> Result<Action, Error> {
-        let status = self.status.as_ref();
+    async fn reconcile(mut self) -> Result<Action, Error> {
         let config_map = self.config_maps.get_opt(&self.target.name).await?;
+        if let Some(action) = self.adopt_interrupted_write(config_map.as_ref()).await? {
+            return Ok(action);
+        }
         let last_good = self.last_good(config_map.as_ref());
+        self.last_good_lost = self.artifact().is_some() && last_good.is_none();
+        let status = self.status.as_ref();
         let decision = schedule::decide(&schedule::Inputs {
             now: self.now,
             generation: self.sync.metadata.generation,
@@ -297,6 +321,7 @@ impl<'a> Reconciler<'a> {
             sync_request: self.sync.sync_request(),
             status,
             has_last_good: last_good.is_some(),
+            retrying: status.is_some_and(|s| conditions::is_ready(&s.conditions) == Some(false)),
         });
         match decision {
             Decision::Suspended => {
@@ -321,19 +346,84 @@ impl<'a> Reconciler<'a> {
                         .is_some_and(|desired| holds_rendered(cm, &desired)),
                     _ => false,
                 };
-                // A sync holds the fetched body, the last good map and two parsed maps: tens
-                // of MiB. Bounding how many run at once bounds the operator's memory, however
-                // many objects come due together (at start-up, all of them).
-                let slot = self.context.sync_slots.acquire().await;
                 let started = Instant::now();
-                let outcome = self.sync_once(last_good.as_deref(), holds_last_good).await;
-                drop(slot);
+                let outcome = self
+                    .sync_once(last_good.as_deref(), holds_last_good, config_map.as_ref())
+                    .await;
                 let next = self
                     .write_outcome(cause, outcome, started.elapsed())
                     .await?;
                 Ok(Action::requeue(next))
             }
         }
+    }
+
+    /// Finishes a content change that a restart interrupted between the ConfigMap write and
+    /// the status write: status names the map as pending, and the ConfigMap holds exactly
+    /// its bytes, so it was validated and written by this operator. It becomes the last good
+    /// map (the next map is guarded against it), and the proxies are told. Nothing is
+    /// fetched or written to the ConfigMap.
+    async fn adopt_interrupted_write(
+        &mut self,
+        config_map: Option<&ConfigMap>,
+    ) -> Result<Option<Action>, Error> {
+        let Some(pending) = self
+            .status
+            .as_ref()
+            .and_then(|status| status.pending_artifact.clone())
+        else {
+            return Ok(None);
+        };
+        if self.artifact().is_some_and(|a| a.digest == pending.digest) {
+            return Ok(None);
+        }
+        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let held = config_map
+            .and_then(|cm| {
+                read_stored_map(cm, &self.target.key, max_bytes)
+                    .ok()
+                    .flatten()
+            })
+            .filter(|held| held.digest() == pending.digest);
+        let Some(held) = held else {
+            // The write never happened: the ConfigMap still holds the artifact (or lost it,
+            // which the usual path handles); the pending record is dropped at the next write.
+            return Ok(None);
+        };
+        self.remember_last_good(&held);
+        let mut status = self.status.clone().unwrap_or_default();
+        let message = synced_message(Some(&pending), "written before the operator restarted");
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::ready(
+                true,
+                Reason::Synced,
+                message,
+                self.sync.metadata.generation,
+                self.now,
+            ),
+        );
+        let note = format!(
+            "ConfigMap {}: {} models, map {}; its write was interrupted by an operator restart \
+             and is complete now (what it changed is not known)",
+            self.target.name, pending.models, pending.digest
+        );
+        info!(digest = %pending.digest, "adopted the map whose write a restart interrupted");
+        self.publish(EventType::Normal, "MapUpdated", note).await;
+        self.context.metrics.record_map(
+            &self.map_labels(),
+            i64::from(pending.models),
+            self.now.as_second(),
+        );
+        status.artifact = Some(pending);
+        status.pending_artifact = None;
+        status.last_change = None;
+        // The proxies may not have been told before the restart.
+        self.reach_consumers(&mut status, reach::Mode::ReloadStale)
+            .await;
+        self.write_status(status.clone()).await?;
+        self.status = Some(status);
+        Ok(Some(Action::requeue(Duration::ZERO)))
     }
 
     /// The last good map named by `status.artifact`, from memory or read back from the
@@ -432,7 +522,12 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Fetch, validate, diff, render, apply.
-    async fn sync_once(&self, last_good: Option<&StoredMap>, holds_last_good: bool) -> Outcome {
+    async fn sync_once(
+        &self,
+        last_good: Option<&StoredMap>,
+        holds_last_good: bool,
+        config_map: Option<&ConfigMap>,
+    ) -> Outcome {
         let headers = match self.source_headers().await {
             Ok(headers) => headers,
             Err(message) => return Outcome::failed(Reason::FetchFailed, message),
@@ -467,8 +562,70 @@ impl<'a> Reconciler<'a> {
             }
             return Outcome::Unchanged { revision };
         }
-        self.accept_new_map(body.to_vec(), revision, last_good)
+        if let Some(artifact) = self.artifact().filter(|_| last_good.is_none())
+            && sha256_digest(&body) == artifact.digest
+        {
+            return self.restore_from_source(body, revision, artifact).await;
+        }
+        let replaced = match last_good {
+            Some(_) => None,
+            None => self.unverified_predecessor(config_map),
+        };
+        self.accept_new_map(body.to_vec(), revision, last_good, replaced)
             .await
+    }
+
+    /// The source sent the last good map again while the cluster had lost it (ConfigMap
+    /// deleted or edited, no copy in memory): puts it back.
+    async fn restore_from_source(
+        &self,
+        body: Bytes,
+        revision: Option<String>,
+        artifact: &Artifact,
+    ) -> Outcome {
+        let compressed = tokio::task::spawn_blocking(move || StoredMap::from_bytes(body.to_vec()));
+        let map = match compressed.await {
+            Ok(map) => map,
+            Err(join_error) => {
+                let message = format!("compressing the map did not finish: {join_error}");
+                return Outcome::failed(Reason::WriteFailed, message);
+            }
+        };
+        if let Err(failure) = self.write_map(&map, artifact).await {
+            return failure;
+        }
+        self.remember_last_good(&map);
+        info!(config_map = %self.target.name, "restored the last good map from the source");
+        self.publish(
+            EventType::Normal,
+            "Restored",
+            format!(
+                "ConfigMap {} did not hold the last good map {}; restored it from the source",
+                self.target.name, artifact.digest
+            ),
+        )
+        .await;
+        Outcome::Unchanged { revision }
+    }
+
+    /// With no last good map to compare a new one with: what the ConfigMap held instead,
+    /// for the Event (a sync is "first" only when the cluster holds no map at all).
+    fn unverified_predecessor(&self, config_map: Option<&ConfigMap>) -> Option<String> {
+        if let Some(artifact) = self.artifact() {
+            return Some(format!(
+                "the ConfigMap no longer held the last good map {} (deleted or edited while \
+                 no copy was held), so the new map was checked against its model count only",
+                artifact.digest
+            ));
+        }
+        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let held = read_stored_map(config_map?, &self.target.key, max_bytes)
+            .ok()
+            .flatten()?;
+        Some(format!(
+            "replaced map {} that this operator cannot vouch for (status did not name it)",
+            held.digest()
+        ))
     }
 
     /// Validates a new map and, when it passes, writes it.
@@ -477,6 +634,7 @@ impl<'a> Reconciler<'a> {
         bytes: Vec<u8>,
         revision: Option<String>,
         last_good: Option<&StoredMap>,
+        replaced: Option<String>,
     ) -> Outcome {
         let rules = Rules {
             min_models: usize::try_from(self.sync.spec.validation.min_models).unwrap_or(1),
@@ -484,6 +642,11 @@ impl<'a> Reconciler<'a> {
                 .unwrap_or(0),
         };
         let last_good_bytes = last_good.map(|map| map.bytes.clone());
+        // Preparing holds the fetched body, the last good map and two parsed maps: tens of
+        // MiB. Bounding how many run at once bounds the operator's memory, however many
+        // objects come due together (at start-up, all of them). Fetches are not counted:
+        // a hanging source must not hold up the others.
+        let slot = self.context.sync_slots.acquire().await;
         // Parsing, validating and compressing 3.5 MB takes a few hundred ms of CPU: keep it
         // off the async workers that serve HTTP.
         let checked = tokio::task::spawn_blocking(move || {
@@ -492,6 +655,7 @@ impl<'a> Reconciler<'a> {
             prepared
         })
         .await;
+        drop(slot);
         let prepared = match checked {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(err)) => {
@@ -516,6 +680,20 @@ impl<'a> Reconciler<'a> {
             models: i32::try_from(prepared.models).unwrap_or(i32::MAX),
             last_update_time: Time(self.now),
         };
+        // The map's bytes are gone from the cluster: a count is all that is left to guard
+        // against.
+        if let Some(lost) = self.artifact().filter(|_| self.last_good_lost)
+            && let Err(err) = shrink_guard_by_count(
+                prepared.models,
+                usize::try_from(lost.models).unwrap_or(0),
+                &rules,
+            )
+        {
+            return Outcome::failed(Reason::ShrinkGuard, err.to_string());
+        }
+        if let Err(failure) = self.record_pending(&artifact).await {
+            return failure;
+        }
         if let Err(failure) = self.write_map(&prepared.map, &artifact).await {
             return failure;
         }
@@ -523,7 +701,26 @@ impl<'a> Reconciler<'a> {
         Outcome::Updated {
             artifact,
             change: prepared.change,
+            replaced,
         }
+    }
+
+    /// Records in status the map about to be written, before the ConfigMap write: an
+    /// operator restarted in between then finds a map it validated in the ConfigMap.
+    async fn record_pending(&self, artifact: &Artifact) -> Result<(), Outcome> {
+        let mut status = self.status.clone().unwrap_or_default();
+        status.pending_artifact = Some(artifact.clone());
+        self.write_status(status).await.map_err(|err| {
+            let message = format!(
+                "recording the new map in status before writing ConfigMap {}: {}",
+                self.target.name,
+                match &err {
+                    Error::Kube(err) => api_error_message(err),
+                    other => other.to_string(),
+                }
+            );
+            Outcome::failed(Reason::WriteFailed, message)
+        })
     }
 
     /// Renders and applies the ConfigMap for `map`; the error is the failed outcome.
@@ -595,6 +792,9 @@ impl<'a> Reconciler<'a> {
         let metrics = &self.context.metrics;
         let mode = reach::Mode::after(cause, &outcome);
         let succeeded = !matches!(outcome, Outcome::Failed { .. });
+        // Waits count from the end of the attempt: an attempt that took longer than its
+        // backoff (a hanging source) must not be followed at once by the next.
+        let finished = whole_seconds_now();
         let wait = match outcome {
             Outcome::NotModified | Outcome::Unchanged { .. } => {
                 self.context
@@ -616,12 +816,16 @@ impl<'a> Reconciler<'a> {
                 );
                 self.interval
             }
-            Outcome::Updated { artifact, change } => {
+            Outcome::Updated {
+                artifact,
+                change,
+                replaced,
+            } => {
                 metrics.count_sync(SyncResult::Updated, seconds);
                 self.context
                     .remember(&self.uid, |m| m.consecutive_failures = 0);
-                let (reason, note) = match &change {
-                    Some(change) => (
+                let (reason, note) = match (&change, replaced) {
+                    (Some(change), _) => (
                         "MapUpdated",
                         format!(
                             "{} models; {}",
@@ -629,7 +833,11 @@ impl<'a> Reconciler<'a> {
                             change.summary(EVENT_MODEL_NAMES)
                         ),
                     ),
-                    None => (
+                    (None, Some(replaced)) => (
+                        "MapUpdated",
+                        format!("{} models; {replaced}", artifact.models),
+                    ),
+                    (None, None) => (
                         "MapSynced",
                         format!("first sync: {} models", artifact.models),
                     ),
@@ -651,24 +859,50 @@ impl<'a> Reconciler<'a> {
                 );
                 self.interval
             }
-            Outcome::Failed { reason, message } => {
+            Outcome::Failed {
+                reason,
+                mut message,
+                retry_after,
+            } => {
                 metrics.count_sync(SyncResult::Failed, seconds);
                 let mut failures = 0;
                 self.context.remember(&self.uid, |m| {
                     m.consecutive_failures += 1;
                     failures = m.consecutive_failures;
                 });
-                warn!(reason = reason.as_str(), %message, "sync failed; the ConfigMap keeps the last good map");
+                let backoff = schedule::retry_after_failure(
+                    failures,
+                    self.context.retry_backoff,
+                    self.interval,
+                );
+                let asked = retry_after.map(|wait| wait.min(MAX_RETRY_AFTER));
+                let wait = asked.map_or(backoff, |asked| asked.max(backoff));
+                if let Some(asked) = asked.filter(|asked| *asked > backoff) {
+                    message.push_str(&format!(
+                        "; the source asked to wait {} (Retry-After), so the next attempt is at {}",
+                        humantime::format_duration(asked),
+                        finished + SignedDuration::try_from(asked).unwrap_or(SignedDuration::MAX)
+                    ));
+                }
+                if let Some(artifact) = status.artifact.as_ref().filter(|_| self.last_good_lost) {
+                    message.push_str(&format!(
+                        "; ConfigMap {} does not hold the last good map {} (deleted or edited) \
+                         and is not served; it is restored at the next good fetch",
+                        self.target.name, artifact.digest
+                    ));
+                }
+                warn!(reason = reason.as_str(), error = %message, "sync failed; the ConfigMap keeps the last good map");
                 self.publish(EventType::Warning, reason.as_str(), message.clone())
                     .await;
                 conditions::set_condition(
                     &mut status.conditions,
                     conditions::ready(false, reason, message, generation, self.now),
                 );
-                schedule::retry_after_failure(failures, self.interval)
+                wait
             }
         };
-        let next = self.now + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
+        status.pending_artifact = None;
+        let next = finished + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
         status.next_sync_time = Some(Time(next));
         if let Some(artifact) = status.artifact.as_ref().filter(|_| succeeded) {
             let models = i64::from(artifact.models);
@@ -713,12 +947,27 @@ impl<'a> Reconciler<'a> {
             "status": status,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch_status(&self.sync.name_any(), &params, &Patch::Apply(&patch))
+        let written = api
+            .patch_status(&self.sync.name_any(), &params, &Patch::Apply(&patch))
             .await?;
         self.context.remember(&self.uid, |m| {
+            let mut superseded = m
+                .written_status
+                .take()
+                .map(|previous| {
+                    let mut versions = previous.superseded;
+                    versions.extend(previous.version);
+                    versions
+                })
+                .unwrap_or_default();
+            superseded.extend(self.sync.resource_version());
+            superseded.dedup();
+            let excess = superseded.len().saturating_sub(SUPERSEDED_VERSIONS);
+            superseded.drain(..excess);
             m.written_status = Some(WrittenStatus {
                 status,
-                decided_on: self.sync.resource_version(),
+                version: written.resource_version(),
+                superseded,
             });
         });
         Ok(())
@@ -754,11 +1003,13 @@ impl<'a> Reconciler<'a> {
 
 /// The status to decide on: the object's, or our last write when the object is older.
 ///
-/// The object comes from a watch cache that can lag behind our own write: a reconcile right
-/// after a write may get the very object that write was decided on. Deciding on its status
-/// would sync a second time, against a last good map that is no longer in the cluster. Attempt
-/// times have whole seconds, so the resourceVersion tells such a re-delivered object apart; a
-/// later attempt time means someone wrote after us.
+/// The object comes from a watch cache that can lag behind our own writes: a reconcile right
+/// after a write may get the very object that write was decided on, or what an earlier
+/// write of the same sync produced (the pending record). Deciding on its status would sync a
+/// second time, or take our own half-done write for one a restart interrupted. So a version
+/// our last write supersedes is replaced by that write. Any other version is someone else's
+/// write after ours, unless its attempt time is older than ours (attempt times have whole
+/// seconds, which is why versions come first).
 fn newer_status(
     observed: Option<&ModelCostMapSyncStatus>,
     observed_version: Option<String>,
@@ -767,8 +1018,11 @@ fn newer_status(
     let attempt = |status: &ModelCostMapSyncStatus| status.last_attempt_time.as_ref().map(|t| t.0);
     match (observed, written) {
         (Some(observed), Some(written))
-            if written.decided_on == observed_version
-                || attempt(&written.status) > attempt(observed) =>
+            if observed_version
+                .as_ref()
+                .is_some_and(|version| written.superseded.contains(version))
+                || (written.version != observed_version
+                    && attempt(&written.status) > attempt(observed)) =>
         {
             Some(written.status)
         }
@@ -779,8 +1033,18 @@ fn newer_status(
 
 impl Outcome {
     fn failed(reason: Reason, message: String) -> Outcome {
-        Outcome::Failed { reason, message }
+        Outcome::Failed {
+            reason,
+            message,
+            retry_after: None,
+        }
     }
+}
+
+/// Now, in whole seconds, as metav1.Time stores it: a status kept in memory must compare
+/// equal to the same status read back from the API server.
+fn whole_seconds_now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
 }
 
 /// The CPU-heavy part of accepting a new map.
@@ -814,7 +1078,11 @@ fn fetch_failure(err: &FetchError) -> Outcome {
     } else {
         Reason::FetchFailed
     };
-    Outcome::failed(reason, err.to_string())
+    Outcome::Failed {
+        reason,
+        message: err.to_string(),
+        retry_after: err.retry_after(),
+    }
 }
 
 fn synced_message(artifact: Option<&Artifact>, what: &str) -> String {
@@ -865,18 +1133,26 @@ mod tests {
     }
 
     #[test]
-    fn our_last_write_wins_over_the_object_it_was_decided_on() {
+    fn our_last_write_wins_over_the_versions_it_supersedes() {
         let before = attempted_at(100, 1);
         let ours = WrittenStatus {
             status: attempted_at(100, 2),
-            decided_on: Some("41".into()),
+            version: Some("43".into()),
+            // Decided on 41; an earlier write of the same sync (the pending record) made 42.
+            superseded: vec!["41".into(), "42".into()],
         };
         let decide = |observed: &ModelCostMapSyncStatus, version: &str| {
             newer_status(Some(observed), Some(version.into()), Some(ours.clone()))
         };
-        // The watch re-delivers the object our write was decided on: ours, though both
-        // attempts fall in the same second.
+        // The watch re-delivers the object our write was decided on, or our own earlier
+        // write: ours, though all attempts fall in the same second.
         assert_eq!(decide(&before, "41"), Some(ours.status.clone()));
+        assert_eq!(
+            decide(&attempted_at(100, 9), "42"),
+            Some(ours.status.clone())
+        );
+        // Our write itself: the same status either way.
+        assert_eq!(decide(&ours.status, "43"), Some(ours.status.clone()));
         // An older attempt: ours.
         assert_eq!(
             decide(&attempted_at(99, 1), "40"),
@@ -884,9 +1160,9 @@ mod tests {
         );
         // Someone edited status after us (same second, newer object): theirs.
         let edited = attempted_at(100, 3);
-        assert_eq!(decide(&edited, "43"), Some(edited.clone()));
+        assert_eq!(decide(&edited, "44"), Some(edited.clone()));
         assert_eq!(
-            decide(&attempted_at(101, 4), "44"),
+            decide(&attempted_at(101, 4), "45"),
             Some(attempted_at(101, 4))
         );
         assert_eq!(
@@ -894,7 +1170,7 @@ mod tests {
             Some(ours.status)
         );
         assert_eq!(
-            newer_status(Some(&edited), Some("43".into()), None),
+            newer_status(Some(&edited), Some("44".into()), None),
             Some(edited)
         );
     }

@@ -430,7 +430,7 @@ impl Reconciler<'_> {
                     restarted.push(format!("{:?} {}", workload.kind, workload.name));
                 }
                 Err(message) => {
-                    warn!(kind = ?workload.kind, name = %workload.name, %message, "cannot restart workload");
+                    warn!(kind = ?workload.kind, name = %workload.name, error = %message, "cannot restart workload");
                     failed.push(message);
                 }
             }
