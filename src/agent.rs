@@ -13,6 +13,10 @@
 //! - [`Checker`]: the state between two looks at the directory (what is served, which file
 //!   was seen last), deciding whether a look found a new map, the same one or a refusal.
 //! - [`run`]: the thin async wiring of the watcher, the HTTP server and the reload calls.
+//!
+//! With `--verify-with`, the agent also watches the ModelCostMapSync that writes the
+//! ConfigMap and serves only a map whose digest its status names: anyone who can edit the
+//! ConfigMap can put any map in the mounted files, but only the operator writes status.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -71,6 +75,46 @@ pub struct Config {
     pub max_map_bytes: u64,
     /// Time between two re-checks when no file event arrives.
     pub recheck_interval: Duration,
+    /// Serve only maps that this ModelCostMapSync's status names; none: trust the files.
+    pub verify: Option<Verify>,
+}
+
+/// The ModelCostMapSync whose status names the maps the agent may serve.
+#[derive(Clone)]
+pub struct Verify {
+    /// A client allowed to get, list and watch it.
+    pub client: kube::Client,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::fmt::Debug for Verify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verify({}/{})", self.namespace, self.name)
+    }
+}
+
+/// Reads `--verify-with`: `NAMESPACE/NAME`, or `NAME` (in `default_namespace`).
+pub fn parse_verify_with(value: &str, default_namespace: &str) -> Result<(String, String), String> {
+    let (namespace, name) = match value.split_once('/') {
+        Some((namespace, name)) => (namespace, name),
+        None => (default_namespace, value),
+    };
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 253
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+    };
+    if !valid(namespace) || !valid(name) {
+        return Err(format!(
+            "{value:?} is not NAMESPACE/NAME or NAME of a ModelCostMapSync"
+        ));
+    }
+    Ok((namespace.to_owned(), name.to_owned()))
 }
 
 /// How to reach the proxy's reload endpoint.
@@ -203,6 +247,20 @@ pub enum MapError {
         path: PathBuf,
         /// Why.
         error: ValidationError,
+    },
+    /// The map is valid, but not one the ModelCostMapSync's status names (an edited
+    /// ConfigMap, or the status not written yet).
+    #[error(
+        "map {digest} is not one that ModelCostMapSync {sync} names in its status ({}): not served",
+        if named.is_empty() { "it names none yet".to_owned() } else { named.join(", ") }
+    )]
+    NotNamed {
+        /// The map's digest.
+        digest: String,
+        /// `namespace/name` of the ModelCostMapSync.
+        sync: String,
+        /// The digests its status names.
+        named: Vec<String>,
     },
 }
 
@@ -400,6 +458,8 @@ pub struct Checker {
     last_file: Option<String>,
     /// The last refusal, reported once until something else happens.
     last_problem: Option<String>,
+    /// With `--verify-with`: the ModelCostMapSync, and the digests its status names.
+    named: Option<(String, Vec<String>)>,
 }
 
 impl Checker {
@@ -413,6 +473,24 @@ impl Checker {
             served: None,
             last_file: None,
             last_problem: None,
+            named: None,
+        }
+    }
+
+    /// Serves from now on only maps that `sync` (`namespace/name`) names in its status;
+    /// it names none until [`Checker::set_named`] says otherwise.
+    pub fn require_named(&mut self, sync: String) {
+        self.named = Some((sync, Vec::new()));
+    }
+
+    /// What the ModelCostMapSync's status names now. A change makes the next look decode
+    /// the file again: a map refused before may be named now.
+    pub fn set_named(&mut self, digests: Vec<String>) {
+        if let Some((_, named)) = &mut self.named
+            && *named != digests
+        {
+            *named = digests;
+            self.last_file = None;
         }
     }
 
@@ -454,6 +532,16 @@ impl Checker {
         if current.as_deref() == Some(unpacked.digest()) {
             self.last_problem = None;
             return Outcome::SameMap;
+        }
+        if let Some((sync, named)) = &self.named
+            && !named.iter().any(|digest| digest == unpacked.digest())
+        {
+            let err = MapError::NotNamed {
+                digest: unpacked.digest().to_owned(),
+                sync: sync.clone(),
+                named: named.clone(),
+            };
+            return self.refused(err);
         }
         match unpacked.validate(&self.rules) {
             Err(err) => self.refused(err),
@@ -526,6 +614,8 @@ pub struct Status {
     pub last_problem: Option<String>,
     /// How the last reload ended.
     pub last_reload: Option<String>,
+    /// With `--verify-with`: the digests the ModelCostMapSync's status names.
+    pub named: Option<Vec<String>>,
 }
 
 /// What the HTTP handlers see.
@@ -636,6 +726,19 @@ pub async fn run_on(
         config.rules,
         config.max_map_bytes,
     );
+    let (named_tx, mut named) = tokio::sync::watch::channel(Vec::new());
+    let _status_watch = match &config.verify {
+        Some(verify) => {
+            info!(sync = %format!("{}/{}", verify.namespace, verify.name), "serving only maps this ModelCostMapSync's status names");
+            checker.require_named(format!("{}/{}", verify.namespace, verify.name));
+            shared.update(|inner| inner.status.named = Some(Vec::new()));
+            Some(AbortOnDrop(tokio::spawn(watch_named(
+                verify.clone(),
+                named_tx,
+            ))))
+        }
+        None => None,
+    };
     let mut recheck = tokio::time::interval(config.recheck_interval);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reloading: Option<JoinHandle<()>> = None;
@@ -645,6 +748,11 @@ pub async fn run_on(
             () = shutdown.cancelled() => break,
             _ = recheck.tick() => {}
             () = changed.notified() => settle(&changed).await,
+            Ok(()) = named.changed(), if config.verify.is_some() => {
+                let digests = named.borrow_and_update().clone();
+                shared.update(|inner| inner.status.named = Some(digests.clone()));
+                checker.set_named(digests);
+            }
         }
         let outcome = checker.check();
         if matches!(outcome, Outcome::Serving { .. } | Outcome::Refused(_)) {
@@ -728,6 +836,55 @@ async fn reload(reloader: Reloader, shared: Shared) {
         _ => error!(url = %reloader.shown, "{outcome}"),
     }
     shared.update(|inner| inner.status.last_reload = Some(outcome.to_string()));
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps `named` equal to the digests the ModelCostMapSync's status names (artifact and the
+/// map being written). While the API server cannot be reached, the last answer stands.
+async fn watch_named(verify: Verify, named: tokio::sync::watch::Sender<Vec<String>>) {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{Config as WatchConfig, Event};
+
+    let api: kube::Api<crate::api::ModelCostMapSync> =
+        kube::Api::namespaced(verify.client.clone(), &verify.namespace);
+    let config = WatchConfig::default().fields(&format!("metadata.name={}", verify.name));
+    let digests = |sync: &crate::api::ModelCostMapSync| -> Vec<String> {
+        sync.status
+            .iter()
+            .flat_map(|status| [&status.artifact, &status.pending_artifact])
+            .flatten()
+            .map(|artifact| artifact.digest.clone())
+            .collect()
+    };
+    let mut listed_any = false;
+    let mut events = std::pin::pin!(crate::watch::resilient(api, config));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Init) => listed_any = false,
+            Ok(Event::InitApply(sync) | Event::Apply(sync)) => {
+                listed_any = true;
+                named.send_replace(digests(&sync));
+            }
+            Ok(Event::InitDone) if !listed_any => {
+                named.send_replace(Vec::new());
+            }
+            Ok(Event::InitDone) => {}
+            Ok(Event::Delete(_)) => {
+                named.send_replace(Vec::new());
+            }
+            Err(error) => {
+                warn!(%error, "cannot watch the ModelCostMapSync; going by its last known status")
+            }
+        }
+    }
 }
 
 /// Waits until events stop for [`SETTLE`] (at most [`MAX_SETTLE`]).
@@ -979,5 +1136,55 @@ mod tests {
         }
         assert!(parse_reload_url("http://127.0.0.1:4000/reload/model_cost_map").is_ok());
         assert!(parse_reload_url("file:///etc/passwd").is_err());
+    }
+
+    #[test]
+    fn with_verification_only_a_map_status_names_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let gz_path = dir.path().join("map.json.gz");
+        let good = map_bytes(60, 1e-6);
+        std::fs::write(&gz_path, gzip(&good, Compression::best())).unwrap();
+        let mut checker = checker(dir.path());
+        checker.require_named("llm/litellm".into());
+        let Outcome::Refused(err) = checker.check() else {
+            panic!("status names no map yet");
+        };
+        assert!(
+            err.to_string().contains(
+                "not one that ModelCostMapSync llm/litellm names in its status (it names none yet)"
+            ),
+            "{err}"
+        );
+        assert!(matches!(checker.check(), Outcome::Unchanged));
+        checker.set_named(vec![sha256_digest(&good)]);
+        serving(checker.check());
+
+        // A valid map put in the ConfigMap by hand: refused, the named one stays served.
+        let tampered = map_bytes(60, 0.0);
+        std::fs::write(&gz_path, gzip(&tampered, Compression::best())).unwrap();
+        assert!(matches!(
+            checker.check(),
+            Outcome::Refused(MapError::NotNamed { .. })
+        ));
+        assert_eq!(checker.served().unwrap().digest(), sha256_digest(&good));
+        // Once status names it (the operator wrote it), it is served.
+        checker.set_named(vec![sha256_digest(&good), sha256_digest(&tampered)]);
+        let (map, _) = serving(checker.check());
+        assert_eq!(map.digest(), sha256_digest(&tampered));
+    }
+
+    #[test]
+    fn verify_with_takes_namespace_and_name_or_a_name() {
+        assert_eq!(
+            parse_verify_with("llm/litellm", "default").unwrap(),
+            ("llm".to_owned(), "litellm".to_owned())
+        );
+        assert_eq!(
+            parse_verify_with("litellm", "team-a").unwrap(),
+            ("team-a".to_owned(), "litellm".to_owned())
+        );
+        for bad in ["", "/x", "x/", "a/b/c", "UPPER", "a b"] {
+            assert!(parse_verify_with(bad, "default").is_err(), "{bad:?}");
+        }
     }
 }

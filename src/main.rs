@@ -63,10 +63,16 @@ struct RunArgs {
     /// else the kubeconfig's namespace.
     #[arg(long, value_name = "NS")]
     lease_namespace: Option<String>,
-    /// How many syncs (fetch, validate, write) may run at once; each holds tens of MiB
-    /// while it runs.
+    /// How many fetched maps may be prepared (parsed, validated, compressed) at once; each
+    /// holds tens of MiB meanwhile. Fetches themselves are not limited: a hanging source
+    /// must not hold up the others.
     #[arg(long, default_value_t = 2)]
     concurrent_syncs: usize,
+    /// First wait after a failed sync, counted from the end of the attempt; it doubles with
+    /// each further failure, up to the object's interval. A longer Retry-After from the
+    /// source wins.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    retry_backoff: Duration,
     /// How long the leader's Lease holds without renewal: the longest a dead leader blocks
     /// the other replicas.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
@@ -87,6 +93,10 @@ struct FetchArgs {
     /// Largest map accepted, in bytes, after decompression.
     #[arg(long, default_value_t = FetchPolicy::default().max_body_bytes)]
     max_map_bytes: u64,
+    /// Attempts per fetch, the first included: transport errors, timeouts, 408, 429 and
+    /// 5xx are retried with backoff within one sync.
+    #[arg(long, default_value_t = FetchPolicy::default().max_attempts, value_parser = clap::value_parser!(usize))]
+    fetch_attempts: usize,
 }
 
 #[derive(clap::Args)]
@@ -133,6 +143,11 @@ struct AgentArgs {
     /// Largest map accepted, in bytes, after decompression.
     #[arg(long, default_value_t = FetchPolicy::default().max_body_bytes)]
     max_map_bytes: u64,
+    /// Serve only maps that this ModelCostMapSync's status names (NAMESPACE/NAME, or NAME
+    /// in the pod's namespace): a ConfigMap edited by hand is then never served. Needs get,
+    /// list and watch on modelcostmapsyncs; the cluster is found as kubectl finds it.
+    #[arg(long, value_name = "[NAMESPACE/]NAME")]
+    verify_with: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "COSTMAP_LOG_FORMAT")]
     log_format: LogFormat,
@@ -149,6 +164,7 @@ impl FetchArgs {
         let policy = FetchPolicy {
             allowed_cidrs: self.allowed_cidrs.clone(),
             max_body_bytes: self.max_map_bytes,
+            max_attempts: self.fetch_attempts.max(1),
             ..FetchPolicy::default()
         };
         Fetcher::new(policy).context("building the HTTP client")
@@ -199,7 +215,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let config = agent::Config {
+    let mut config = agent::Config {
         watch_dir: args.watch_dir,
         key: args.key,
         listen: args.listen,
@@ -210,15 +226,30 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         },
         max_map_bytes: args.max_map_bytes,
         recheck_interval: args.recheck_interval,
+        verify: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the agent's runtime")?;
     runtime.block_on(async {
+        if let Some(sync) = &args.verify_with {
+            let client = Client::try_default().await.context(
+                "finding the cluster for --verify-with (in-cluster config, else KUBECONFIG)",
+            )?;
+            let (namespace, name) = agent::parse_verify_with(sync, client.default_namespace())
+                .map_err(anyhow::Error::msg)?;
+            config.verify = Some(agent::Verify {
+                client,
+                namespace,
+                name,
+            });
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        agent::run(config, shutdown).await
+        agent::run(config, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
     })?;
     info!("stopped");
     Ok(())
@@ -292,6 +323,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("building the HTTP client for proxies")?,
         maps,
         concurrent_syncs: args.concurrent_syncs,
+        retry_backoff: args.retry_backoff,
     };
     if args.leader_election {
         let mut candidate =
