@@ -5,6 +5,7 @@ mod common;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
+use common::hostile::{Behavior, HostileSource};
 use common::*;
 use costmap_operator::api::DEFAULT_KEY;
 use costmap_operator::digest::{git_blob_id, sha256_digest};
@@ -503,4 +504,62 @@ async fn raising_max_removed_percent_lets_a_real_shrink_through() {
     assert_eq!(status.artifact.unwrap().models, 60);
     assert_eq!(status.last_change.unwrap().removed, 140);
     s.operator.stop().await;
+}
+
+/// Fetches hold no sync slot: two objects whose source hangs (the operator has two slots)
+/// do not hold up a healthy object.
+#[tokio::test]
+async fn hung_sources_do_not_hold_up_a_healthy_object() {
+    let client = client().await;
+    let ns = namespace(&client, "hung").await;
+    let hung = HostileSource::start(Behavior::Hang).await;
+    let healthy = Source::start(Answer::Map(small_map(60, &[]))).await;
+    let _operator = Operator::start(&client, &ns);
+    for name in ["hung-1", "hung-2"] {
+        let spec = json!({"source": {"url": hung.url, "timeout": "10m"}});
+        create_sync(&client, &ns, name, spec).await;
+    }
+    eventually("both fetches to hang", || async {
+        (hung.open() == 2).then_some(())
+    })
+    .await;
+    create_sync(
+        &client,
+        &ns,
+        "healthy",
+        json!({"source": {"url": healthy.url}}),
+    )
+    .await;
+    wait_ready(&client, &ns, "healthy", "True", "Synced").await;
+    assert_eq!(hung.open(), 2, "the hung fetches are still hanging");
+    // The operator is dropped with the test: stopping it would wait for the hung fetches.
+}
+
+/// A Retry-After longer than the fetch's own backoff ends the fetch and defers the whole
+/// next attempt, and status says until when.
+#[tokio::test]
+async fn a_long_retry_after_defers_the_next_attempt_and_status_says_until_when() {
+    let client = client().await;
+    let ns = namespace(&client, "retry-after").await;
+    let limited = HostileSource::start(Behavior::status(429, &[("Retry-After", "3600")])).await;
+    let operator = Operator::start(&client, &ns);
+    create_litellm_sync(&client, &ns, &limited.url).await;
+    let sync = wait_ready(&client, &ns, "litellm", "False", "FetchFailed").await;
+    let message = ready_condition(&sync).unwrap().message;
+    assert!(
+        message.contains("the source asked to wait 1h (Retry-After), so the next attempt is at"),
+        "{message}"
+    );
+    let status = sync.status.unwrap();
+    let wait = status
+        .last_attempt_time
+        .unwrap()
+        .0
+        .duration_until(status.next_sync_time.unwrap().0);
+    assert!(
+        wait.as_secs() >= 3599,
+        "the next attempt waits the hour: {wait:?}"
+    );
+    assert_eq!(limited.requests(), 1, "not retried within the fetch");
+    operator.stop().await;
 }

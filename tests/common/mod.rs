@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod agent;
+pub mod faults;
+pub mod hostile;
 pub mod kubelet;
 pub mod process;
 pub mod proxy;
@@ -45,35 +47,41 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// the test process.
 pub fn control_plane() -> &'static ControlPlane {
     static PLANE: OnceLock<ControlPlane> = OnceLock::new();
-    PLANE.get_or_init(|| {
-        let plane = ControlPlane::start().unwrap_or_else(|err| {
-            panic!(
-                "the local control plane could not start (tests need it, they do not skip): {err:#}"
-            )
-        });
-        plane
-            .kubectl(&[
-                "apply",
-                "--server-side",
-                "-f",
-                &testenv::workspace_root().join("crds").to_string_lossy(),
-            ])
-            .unwrap_or_else(|err| panic!("applying crds/: {err:#}"));
-        plane
-            .kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/modelcostmapsyncs.costmap.dev",
-            ])
-            .unwrap_or_else(|err| panic!("waiting for the CRD: {err:#}"));
-        plane
-    })
+    PLANE.get_or_init(control_plane_with_crds)
+}
+
+/// A control plane of the caller's own (for tests that kill its servers), with `crds/`
+/// applied.
+pub fn control_plane_with_crds() -> ControlPlane {
+    let plane = ControlPlane::start().unwrap_or_else(|err| {
+        panic!("the local control plane could not start (tests need it, they do not skip): {err:#}")
+    });
+    plane
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &testenv::workspace_root().join("crds").to_string_lossy(),
+        ])
+        .unwrap_or_else(|err| panic!("applying crds/: {err:#}"));
+    plane
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/modelcostmapsyncs.costmap.dev",
+        ])
+        .unwrap_or_else(|err| panic!("waiting for the CRD: {err:#}"));
+    plane
 }
 
 /// A client for the control plane, bound to the calling test's runtime.
 pub async fn client() -> Client {
-    let plane = control_plane();
+    client_of(control_plane()).await
+}
+
+/// A client for `plane` (a test's own control plane, say), bound to the calling runtime.
+pub async fn client_of(plane: &ControlPlane) -> Client {
     let kubeconfig = Kubeconfig::read_from(&plane.kubeconfig).expect("admin kubeconfig");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -127,6 +135,7 @@ impl Operator {
             .expect("proxy client"),
             maps: maps.clone(),
             concurrent_syncs: 2,
+            retry_backoff: costmap_operator::schedule::DEFAULT_RETRY_BACKOFF,
         };
         let max_bytes = fetcher.policy().max_body_bytes;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -181,6 +190,8 @@ pub enum Answer {
     Plain(Bytes),
     /// A status code with a body.
     Status(StatusCode, Bytes),
+    /// Another answer, after a delay (a slow source: the request stays open meanwhile).
+    Delayed(Duration, Box<Answer>),
 }
 
 /// A real HTTP source on loopback whose answer a test can change.
@@ -193,6 +204,8 @@ pub struct Source {
 struct SourceState {
     answer: Mutex<Answer>,
     log: Mutex<Vec<Served>>,
+    /// Requests received, answered or not.
+    received: std::sync::atomic::AtomicUsize,
 }
 
 /// One request the source answered.
@@ -208,6 +221,7 @@ impl Source {
         let state = Arc::new(SourceState {
             answer: Mutex::new(answer),
             log: Mutex::new(Vec::new()),
+            received: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/model_prices_and_context_window.json", get(serve_map))
@@ -235,10 +249,24 @@ impl Source {
     pub fn statuses(&self) -> Vec<u16> {
         self.served().iter().map(|s| s.status).collect()
     }
+
+    /// Requests received so far, including those still being answered.
+    pub fn received(&self) -> usize {
+        self.state
+            .received
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 async fn serve_map(State(state): State<Arc<SourceState>>, headers: HeaderMap) -> Response {
-    let answer = state.answer.lock().unwrap().clone();
+    state
+        .received
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut answer = state.answer.lock().unwrap().clone();
+    while let Answer::Delayed(delay, then) = answer {
+        tokio::time::sleep(delay).await;
+        answer = *then;
+    }
     let response = match answer {
         Answer::Map(body) => {
             let etag = format!("\"{}\"", sha256_digest(&body));
@@ -253,6 +281,7 @@ async fn serve_map(State(state): State<Arc<SourceState>>, headers: HeaderMap) ->
         }
         Answer::Plain(body) => (StatusCode::OK, body).into_response(),
         Answer::Status(code, body) => (code, body).into_response(),
+        Answer::Delayed(..) => unreachable!("unwrapped above"),
     };
     state.log.lock().unwrap().push(Served {
         status: response.status().as_u16(),

@@ -40,6 +40,19 @@ impl OperatorProcess {
         rust_log: &str,
     ) -> OperatorProcess {
         let port = testenv::free_port().unwrap();
+        Self::start_on(kubeconfig, pod_namespace, pod, args, rust_log, port)
+    }
+
+    /// [`OperatorProcess::start_logging`] on a given port: a restarted replica behind the
+    /// same address.
+    pub fn start_on(
+        kubeconfig: &Path,
+        pod_namespace: &str,
+        pod: &str,
+        args: &[&str],
+        rust_log: &str,
+        port: u16,
+    ) -> OperatorProcess {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("operator.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -60,6 +73,15 @@ impl OperatorProcess {
             process: testenv::spawn_tied(cmd).expect("starting the operator"),
             _log_dir: log_dir,
         }
+    }
+
+    /// The port of its HTTP server.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the URL ends in a port")
     }
 
     /// Its pid.

@@ -45,6 +45,8 @@ struct ProxyState {
     loaded: Mutex<Option<(String, usize)>>,
     requests: Mutex<Vec<ProxyRequest>>,
     http: reqwest::Client,
+    /// While true, reload calls wait (a proxy whose reload takes its time).
+    hold_reloads: tokio::sync::watch::Sender<bool>,
 }
 
 impl StandIn {
@@ -65,6 +67,7 @@ impl StandIn {
             loaded: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             http: reqwest::Client::new(),
+            hold_reloads: tokio::sync::watch::Sender::new(false),
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
@@ -93,6 +96,12 @@ impl StandIn {
     /// Every request it received, in order.
     pub fn requests(&self) -> Vec<ProxyRequest> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Makes reload calls wait (true) until released (false): a reload that takes long keeps
+    /// the operator between its ConfigMap write and its status write.
+    pub fn hold_reloads(&self, hold: bool) {
+        self.state.hold_reloads.send_replace(hold);
     }
 
     /// How many reload calls it received.
@@ -161,6 +170,7 @@ async fn handle(
 }
 
 async fn reload(state: &ProxyState) -> Response {
+    let _ = state.hold_reloads.subscribe().wait_for(|held| !*held).await;
     if !state.database {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
