@@ -210,7 +210,7 @@ fn entry_violations(map: &ModelMap) -> Vec<Violation> {
                 );
             }
         }
-        check_costs(entry, false, "", &mut |path, value| {
+        check_costs(entry, false, &mut Vec::new(), &mut |path, value| {
             report(
                 "costs are finite non-negative numbers",
                 format!("{path} is {}", shown(value)),
@@ -221,32 +221,54 @@ fn entry_violations(map: &ModelMap) -> Vec<Violation> {
 }
 
 /// Walks an entry; below any key whose name contains "cost", every leaf must be a finite,
-/// non-negative number.
-fn check_costs(value: &Value, under_cost: bool, path: &str, report: &mut impl FnMut(&str, &Value)) {
+/// non-negative number. The path to a leaf is spelled out only for a leaf reported: building
+/// it for every node would cost work quadratic in the nesting.
+fn check_costs<'a>(
+    value: &'a Value,
+    under_cost: bool,
+    path: &mut Vec<Step<'a>>,
+    report: &mut impl FnMut(&str, &Value),
+) {
     match value {
         Value::Object(fields) => {
             for (field, child) in fields {
-                let child_path = if path.is_empty() {
-                    field.clone()
-                } else {
-                    format!("{path}.{field}")
-                };
-                check_costs(
-                    child,
-                    under_cost || field.contains("cost"),
-                    &child_path,
-                    report,
-                );
+                path.push(Step::Field(field));
+                check_costs(child, under_cost || field.contains("cost"), path, report);
+                path.pop();
             }
         }
         Value::Array(items) => {
             for (index, child) in items.iter().enumerate() {
-                check_costs(child, under_cost, &format!("{path}[{index}]"), report);
+                path.push(Step::Index(index));
+                check_costs(child, under_cost, path, report);
+                path.pop();
             }
         }
-        leaf if under_cost && !is_non_negative_number(leaf) => report(path, leaf),
+        leaf if under_cost && !is_non_negative_number(leaf) => report(&spelled(path), leaf),
         _ => {}
     }
+}
+
+/// One step from an entry down to a value in it.
+enum Step<'a> {
+    Field(&'a str),
+    Index(usize),
+}
+
+/// `a.b[2].c`.
+fn spelled(path: &[Step<'_>]) -> String {
+    let mut text = String::new();
+    for step in path {
+        match step {
+            Step::Field(field) if text.is_empty() => text.push_str(field),
+            Step::Field(field) => {
+                text.push('.');
+                text.push_str(field);
+            }
+            Step::Index(index) => text.push_str(&format!("[{index}]")),
+        }
+    }
+    text
 }
 
 fn is_non_negative_number(value: &Value) -> bool {

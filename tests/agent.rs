@@ -194,3 +194,117 @@ async fn the_agent_is_ready_only_with_a_valid_map_and_says_when_the_proxy_cannot
     );
     assert!(!agent.log_text().contains(MASTER_KEY));
 }
+
+/// With `--verify-with`, a map in the mounted files that the ModelCostMapSync's status does
+/// not name (a ConfigMap edited by hand) is never served; the operator's next map is.
+#[tokio::test]
+async fn a_verifying_agent_serves_only_maps_the_status_names() {
+    let first = small_map(60, &[]);
+    let s = common::Scenario::new(
+        "agent-verify",
+        common::Answer::Map(first.clone()),
+        serde_json::json!({}),
+    )
+    .await;
+    s.wait_ready("True", "Synced").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut volume = ConfigMapVolume::new(dir.path());
+    volume.write(&refs(&files(&first)));
+    let sync = format!("{}/litellm", s.ns);
+    // The agent runs with only the rights the example grants its ServiceAccount.
+    let kubeconfig_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = &kubeconfig_dir.path().join("agent.kubeconfig");
+    agent_kubeconfig(&s.ns, kubeconfig);
+    let agent = Agent::start_verifying(dir.path(), kubeconfig, &sync);
+    let served = eventually("the agent serves the named map", || agent.map()).await;
+    assert_eq!(served, first);
+
+    // The kubelet brings in a ConfigMap someone edited: valid, but not the operator's.
+    let forged = small_map(60, &["forged-model"]);
+    volume.write(&refs(&files(&forged)));
+    let refused = eventually("the agent refuses the forged map", || async {
+        let status = agent.status().await;
+        let problem = status["lastProblem"].as_str()?.to_owned();
+        problem
+            .contains("is not one that ModelCostMapSync")
+            .then_some(problem)
+    })
+    .await;
+    assert!(refused.contains(&sha256_digest(&forged)), "{refused}");
+    assert_eq!(
+        agent.map().await,
+        Some(first.clone()),
+        "the named map stays served"
+    );
+
+    // The operator's next map, once the kubelet brings it, is served.
+    let second = small_map(60, &["day0-model"]);
+    s.source.set(common::Answer::Map(second.clone()));
+    s.sync_now("second").await;
+    volume.write(&refs(&files(&second)));
+    eventually("the agent serves the operator's new map", || async {
+        (agent.map().await? == second).then_some(())
+    })
+    .await;
+
+    // An agent that starts on the forged files serves nothing and is not ready.
+    volume.write(&refs(&files(&forged)));
+    let fresh = Agent::start_verifying(dir.path(), kubeconfig, &sync);
+    eventually("the fresh agent refuses the forged map", || async {
+        let status = fresh.status().await;
+        status["lastProblem"]
+            .as_str()?
+            .contains("is not one that")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(fresh.map().await, None);
+    let ready = fresh.get("/readyz").await.unwrap().0;
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!agent.log_text().contains("panicked"));
+    s.operator.stop().await;
+}
+
+/// A kubeconfig for a ServiceAccount with the rights `examples/litellm-agent-sidecar.yaml`
+/// grants the agent: get, list and watch on the one ModelCostMapSync `litellm`.
+fn agent_kubeconfig(ns: &str, path: &std::path::Path) {
+    let plane = common::control_plane();
+    let rbac = format!(
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: litellm, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: costmap-agent, namespace: {ns}}}
+rules:
+- apiGroups: [costmap.dev]
+  resources: [modelcostmapsyncs]
+  resourceNames: [litellm]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: costmap-agent, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: costmap-agent}}
+subjects: [{{kind: ServiceAccount, name: litellm, namespace: {ns}}}]
+"
+    );
+    plane
+        .kubectl_with_input(&["apply", "-f", "-"], &rbac)
+        .unwrap();
+    let token = plane
+        .kubectl(&["create", "token", "litellm", "-n", ns])
+        .unwrap();
+    plane.write_token_kubeconfig(path, token.trim()).unwrap();
+    let user = format!("system:serviceaccount:{ns}:litellm");
+    assert!(common::can_i(
+        &user,
+        &["watch", "modelcostmapsyncs/litellm", "-n", ns]
+    ));
+    assert!(!common::can_i(&user, &["get", "configmaps", "-n", ns]));
+    assert!(!common::can_i(
+        &user,
+        &["get", "modelcostmapsyncs/other", "-n", ns]
+    ));
+}

@@ -218,15 +218,7 @@ fn the_defaults_pass_a_security_review() {
 
 /// `kubectl auth can-i VERB RESOURCE [-n NS | -A] --as <the chart's ServiceAccount>`.
 fn can_i(args: &[&str]) -> bool {
-    let mut full = vec!["auth", "can-i"];
-    full.extend_from_slice(args);
-    full.extend(["--as", SERVICE_ACCOUNT]);
-    let output = control_plane()
-        .kubectl_command()
-        .args(&full)
-        .output()
-        .expect("kubectl");
-    String::from_utf8_lossy(&output.stdout).trim() == "yes"
+    common::can_i(SERVICE_ACCOUNT, args)
 }
 
 #[tokio::test]

@@ -23,6 +23,25 @@ pub struct Agent {
 impl Agent {
     /// Starts it on `dir`, with `master_key` as LITELLM_MASTER_KEY.
     pub fn start(dir: &Path, master_key: &str, reload_url: &str) -> Agent {
+        Self::start_with(
+            dir,
+            &["--reload-url", reload_url],
+            &[("LITELLM_MASTER_KEY", master_key)],
+        )
+    }
+
+    /// Starts it on `dir`, serving only maps that `sync` (`namespace/name`) names in its
+    /// status, found through `kubeconfig`; no proxy to reload.
+    pub fn start_verifying(dir: &Path, kubeconfig: &Path, sync: &str) -> Agent {
+        let kubeconfig = kubeconfig.to_string_lossy();
+        Self::start_with(
+            dir,
+            &["--verify-with", sync],
+            &[("KUBECONFIG", &kubeconfig)],
+        )
+    }
+
+    fn start_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Agent {
         let port = testenv::free_port().unwrap();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("agent.log");
@@ -31,10 +50,10 @@ impl Agent {
         cmd.args(["agent", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--watch-dir")
             .arg(dir)
-            .args(["--reload-url", reload_url])
+            .args(args)
             // Changes must be found by file events: the safety-net re-check never runs here.
             .args(["--recheck-interval", "1h"])
-            .env("LITELLM_MASTER_KEY", master_key)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "debug")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file));

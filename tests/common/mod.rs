@@ -600,3 +600,15 @@ pub fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
         (base, extra) => *base = extra,
     }
 }
+
+/// `kubectl auth can-i ARGS... --as USER` on the shared control plane.
+pub fn can_i(user: &str, args: &[&str]) -> bool {
+    let output = control_plane()
+        .kubectl_command()
+        .args(["auth", "can-i"])
+        .args(args)
+        .args(["--as", user])
+        .output()
+        .expect("kubectl");
+    String::from_utf8_lossy(&output.stdout).trim() == "yes"
+}
