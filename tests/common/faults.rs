@@ -241,6 +241,21 @@ impl FaultBed {
         request_sync(&self.client, &self.ns, "litellm", token).await;
     }
 
+    /// After a fault: a map that drops 60% of the models of `last_good` (the map the cluster
+    /// holds) is still refused by the shrink guard, and the ConfigMap keeps `last_good`.
+    pub async fn assert_guards_apply(&self, last_good: &[u8]) {
+        let shrunk = small_map(80, &[]);
+        self.source.set(Answer::Map(shrunk.clone()));
+        self.request_sync("after-the-fault-a-shrunk-map").await;
+        let refused = wait_ready(&self.client, &self.ns, "litellm", "False", "ShrinkGuard").await;
+        let message = ready_condition(&refused).unwrap().message;
+        assert!(message.contains("of the last good map's"), "{message}");
+        let cm = self.config_map().await.expect("the ConfigMap");
+        assert_eq!(stored_map(&cm).as_deref(), Some(last_good));
+        assert_eq!(self.served().await.as_deref(), Some(last_good));
+        assert_eq!(self.writes_of(&shrunk), 0);
+    }
+
     /// Puts `map` in the ConfigMap, gzip and digest annotation alike, as someone with edit
     /// rights on ConfigMaps could.
     pub async fn tamper(&self, map: &[u8]) {
@@ -321,6 +336,7 @@ pub async fn api_server_killed_after_a_sync() -> Duration {
     })
     .await;
     assert_eq!(bed.writes_of(&map_b()), 1, "the new map was written once");
+    bed.assert_guards_apply(&map_b()).await;
     took
 }
 
@@ -348,6 +364,7 @@ pub async fn killed_during_a_sync(server: Server) -> Duration {
         .await;
     let took = restarted.elapsed();
     assert_eq!(bed.writes_of(&map_b()), 1, "the new map was written once");
+    bed.assert_guards_apply(&map_b()).await;
     took
 }
 
@@ -376,6 +393,7 @@ pub async fn operator_killed_before_the_fetch_ends() -> Duration {
     assert_eq!(bed.writes_of(&map_b()), 1, "the new map was written once");
     let first = event_notes(&bed, "MapSynced").await;
     assert_eq!(first.len(), 1, "one first sync only: {first:?}");
+    bed.assert_guards_apply(&map_b()).await;
     took
 }
 
@@ -513,6 +531,7 @@ pub async fn operator_killed_after_the_status_write() -> Duration {
         "the ConfigMap was not written again"
     );
     assert_eq!(bed.writes_of(&map_b()), 1);
+    bed.assert_guards_apply(&map_b()).await;
     took
 }
 
@@ -531,6 +550,7 @@ pub async fn configmap_deleted_while_the_operator_is_down() -> Duration {
     bed.wait_converged(&map_a(), "the restored map").await;
     let took = started.elapsed();
     assert_eq!(bed.writes_of(&map_a()), 2, "written, then restored once");
+    bed.assert_guards_apply(&map_a()).await;
     took
 }
 
@@ -558,6 +578,7 @@ pub async fn configmap_tampered_while_the_operator_is_down() -> Duration {
     .await;
     let took = started.elapsed();
     bed.wait_converged(&map_a(), "the restored map").await;
+    bed.assert_guards_apply(&map_a()).await;
     took
 }
 
@@ -594,7 +615,9 @@ pub async fn configmap_tampered_while_the_source_fails() -> Duration {
     bed.source.set(Answer::Map(map_a()));
     let recovered = Instant::now();
     bed.wait_converged(&map_a(), "the restored map").await;
-    recovered.elapsed()
+    let took = recovered.elapsed();
+    bed.assert_guards_apply(&map_a()).await;
+    took
 }
 
 /// A source that answers 500 for several retries, then one that hangs: each retry waits its
@@ -647,6 +670,7 @@ pub async fn source_failing_then_hanging() -> Duration {
         .await;
     let took = recovered.elapsed();
     assert_eq!(bed.writes_of(&map_b()), 1);
+    bed.assert_guards_apply(&map_b()).await;
     took
 }
 
