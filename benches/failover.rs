@@ -9,6 +9,7 @@ mod common;
 #[path = "support/figures.rs"]
 mod figures;
 
+use costmap_operator::api::Reason;
 use std::time::Instant;
 
 use common::process::OperatorProcess;
@@ -33,7 +34,7 @@ async fn main() {
             OperatorProcess::start(kubeconfig, &ns, "replica-b", &["--namespace", &ns]),
         ];
         create_litellm_sync(&client, &ns, &source.url).await;
-        wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+        wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
         let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
         let holder = || async {
             leases

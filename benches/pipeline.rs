@@ -1,10 +1,10 @@
 //! The pure stages of one sync on the real LiteLLM maps (1.108.0 -> 1.110.2): what a content
 //! change costs in CPU, stage by stage.
 
-use costmap_operator::diff::diff;
 use costmap_operator::digest::{git_blob_id, sha256_digest};
-use costmap_operator::render::StoredMap;
-use costmap_operator::validate::{ModelMap, Rules, validate};
+use costmap_operator::sync::diff::diff;
+use costmap_operator::sync::render::StoredMap;
+use costmap_operator::sync::validate::{ModelMap, Rules, guards, validate};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -24,8 +24,24 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("parse", |b| {
         b.iter(|| ModelMap::parse(black_box(&new_bytes)))
     });
-    group.bench_function("validate with shrink guard", |b| {
-        b.iter(|| validate(black_box(&new), &Rules::default(), Some(&old)))
+    group.bench_function("validate (structure rules)", |b| {
+        b.iter(|| validate(black_box(&new), &Rules::default()))
+    });
+    group.bench_function("guards (price report and verdicts)", |b| {
+        b.iter(|| {
+            let report = guards::price_report(black_box(&new), Some(&old));
+            guards::refusals(&new, Some(&old), &report, &Rules::default())
+        })
+    });
+    group.bench_function("prepare (the whole pure step)", |b| {
+        b.iter(|| {
+            costmap_operator::sync::prepare(
+                black_box(new_bytes.clone()),
+                &Rules::default(),
+                Some(&old_bytes),
+                None,
+            )
+        })
     });
     group.bench_function("diff", |b| {
         b.iter(|| diff(black_box(&old), black_box(&new)))

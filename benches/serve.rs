@@ -12,6 +12,7 @@ mod common;
 #[path = "support/figures.rs"]
 mod figures;
 
+use costmap_operator::api::Reason;
 use std::process::Command;
 use std::time::Instant;
 
@@ -41,7 +42,7 @@ async fn main() {
         "warn",
     );
     create_litellm_sync(&client, &ns, &source.url).await;
-    wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     let url = format!(
         "{}/maps/{ns}/litellm/model_prices_and_context_window.json",
         operator.url

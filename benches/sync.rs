@@ -10,6 +10,7 @@ mod common;
 #[path = "support/figures.rs"]
 mod figures;
 
+use costmap_operator::api::Reason;
 use std::time::{Duration, Instant};
 
 use common::process::OperatorProcess;
@@ -36,7 +37,7 @@ async fn main() {
     let pid = operator.pid();
 
     create_litellm_sync(&client, &ns, &source.url).await;
-    wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     let rss_after_first_sync = rss_kib(pid, "VmRSS");
 
     let mut changed = Vec::new();

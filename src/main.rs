@@ -9,16 +9,16 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use costmap_operator::agent;
 use costmap_operator::api::ModelCostMapSync;
-use costmap_operator::check::check;
-use costmap_operator::consumers::{ProxyClient, ProxyClientConfig};
+use costmap_operator::cli::{self, check::check};
 use costmap_operator::controller::{self, Settings};
-use costmap_operator::fetch::{FetchPolicy, Fetcher};
+use costmap_operator::http::map_cache::MapCache;
+use costmap_operator::http::server::{self, ServerState};
 use costmap_operator::leader::{self, Candidate};
-use costmap_operator::map_cache::MapCache;
+use costmap_operator::litellm::{ProxyClient, ProxyClientConfig};
 use costmap_operator::metrics::Metrics;
 use costmap_operator::scope;
-use costmap_operator::server::{self, ServerState};
-use costmap_operator::validate::Rules;
+use costmap_operator::sync::fetch::{FetchPolicy, Fetcher};
+use costmap_operator::sync::validate::Rules;
 use kube::api::ListParams;
 use kube::{Client, CustomResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -40,8 +40,12 @@ enum Command {
     Run(RunArgs),
     /// Print the ModelCostMapSync CRD as YAML.
     Crd,
-    /// Fetch or read a map and validate it as the operator would.
+    /// Fetch or read a map and validate it as the operator would (with --against, after
+    /// that last good map). Exit 0 valid, 1 refused.
     Check(CheckArgs),
+    /// What NEW changes against OLD (the last good map), and what each check of the
+    /// operator would say. Exit 0 when all accept, 1 when one refuses, 2 on unusable input.
+    Diff(DiffArgs),
     /// Sidecar for a LiteLLM pod: serve the mounted map's ConfigMap directory on HTTP and
     /// reload the proxy when the kubelet swaps in a new map.
     Agent(AgentArgs),
@@ -103,14 +107,74 @@ struct FetchArgs {
 struct CheckArgs {
     /// A file path, or an http(s) URL.
     source: String,
-    /// Fewest models the map must hold.
-    #[arg(long, default_value_t = Rules::default().min_models)]
-    min_models: usize,
+    /// The last good map (file or URL): the guards compare the map with it.
+    #[arg(long, value_name = "LAST_GOOD")]
+    against: Option<String>,
+    #[command(flatten)]
+    rules: RulesArgs,
     /// Timeout of each fetch attempt.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     #[command(flatten)]
     fetch: FetchArgs,
+}
+
+#[derive(clap::Args)]
+struct DiffArgs {
+    /// The last good map: a file path, or an http(s) URL.
+    old: String,
+    /// The new map: a file path, or an http(s) URL.
+    new: String,
+    #[command(flatten)]
+    rules: RulesArgs,
+    /// Output: text for people, json for CI.
+    #[arg(long, short, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Timeout of each fetch attempt.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    fetch: FetchArgs,
+}
+
+/// The thresholds of spec.validation, with the same defaults.
+#[derive(clap::Args)]
+struct RulesArgs {
+    /// Fewest models the map must hold.
+    #[arg(long, default_value_t = Rules::default().min_models)]
+    min_models: usize,
+    /// Refuse a map that drops more than this share of the last good map's models.
+    #[arg(long, default_value_t = Rules::default().max_removed_percent)]
+    max_removed_percent: u32,
+    /// Refuse a map in which fewer than this share of the models are priced.
+    #[arg(long, default_value_t = Rules::default().min_priced_percent)]
+    min_priced_percent: u32,
+    /// Refuse a map in which more than this share of the last good map's priced models lose
+    /// every price.
+    #[arg(long, default_value_t = Rules::default().max_unpriced_percent)]
+    max_unpriced_percent: u32,
+    /// Refuse a map in which more than this share of the last good map's priced models
+    /// change a price.
+    #[arg(long, default_value_t = Rules::default().max_repriced_percent)]
+    max_repriced_percent: u32,
+}
+
+impl RulesArgs {
+    fn rules(&self) -> Rules {
+        Rules {
+            min_models: self.min_models,
+            max_removed_percent: self.max_removed_percent.min(100),
+            min_priced_percent: self.min_priced_percent.min(100),
+            max_unpriced_percent: self.max_unpriced_percent.min(100),
+            max_repriced_percent: self.max_repriced_percent.min(100),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -178,6 +242,9 @@ fn main() -> ExitCode {
         Command::Crd => print_crd(),
         Command::Check(args) => {
             return multi_thread(run_check(args)).unwrap_or_else(|err| exit_code(Err(err)));
+        }
+        Command::Diff(args) => {
+            return multi_thread(run_diff(args)).unwrap_or_else(|err| exit_code(Err(err)));
         }
         // The agent is a sidecar in every proxy pod: it runs on one thread, to stay at a few MiB.
         Command::Agent(args) => run_agent(args),
@@ -261,14 +328,17 @@ fn print_crd() -> anyhow::Result<()> {
 }
 
 async fn run_check(args: CheckArgs) -> ExitCode {
-    let rules = Rules {
-        min_models: args.min_models,
-        ..Rules::default()
-    };
+    let rules = args.rules.rules();
     let result = match args.fetch.fetcher() {
-        Ok(fetcher) => check(&args.source, &fetcher, &rules, args.timeout)
-            .await
-            .map_err(anyhow::Error::from),
+        Ok(fetcher) => check(
+            &args.source,
+            args.against.as_deref(),
+            &fetcher,
+            &rules,
+            args.timeout,
+        )
+        .await
+        .map_err(anyhow::Error::from),
         Err(err) => Err(err),
     };
     match result {
@@ -281,6 +351,48 @@ async fn run_check(args: CheckArgs) -> ExitCode {
             eprintln!("invalid map: {}\n{err:#}", args.source);
             ExitCode::from(1)
         }
+    }
+}
+
+async fn run_diff(args: DiffArgs) -> ExitCode {
+    let unusable = |err: anyhow::Error| {
+        eprintln!("error: {err:#}");
+        ExitCode::from(2)
+    };
+    let fetcher = match args.fetch.fetcher() {
+        Ok(fetcher) => fetcher,
+        Err(err) => return unusable(err),
+    };
+    let (old, new) = tokio::join!(
+        cli::load(&args.old, &fetcher, args.timeout),
+        cli::load(&args.new, &fetcher, args.timeout)
+    );
+    let (old, new) = match (old, new) {
+        (Ok(old), Ok(new)) => (old, new),
+        (Err(err), _) | (_, Err(err)) => return unusable(err.into()),
+    };
+    let parsed = match cli::check::parse_last_good(&old) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            return unusable(anyhow::anyhow!(
+                "the old map {} is not a valid map: {err}",
+                args.old
+            ));
+        }
+    };
+    let rules = args.rules.rules();
+    let report = cli::diff::report((&args.old, &old, &parsed), (&args.new, &new), &rules);
+    match args.output {
+        Output::Text => print!("{}", cli::diff::text(&report, &rules)),
+        Output::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(err) => return unusable(err.into()),
+        },
+    }
+    if report.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

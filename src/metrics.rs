@@ -1,6 +1,10 @@
 //! Prometheus metrics, served on `/metrics`. Names are prefixed `costmap_`.
 
+use std::collections::HashSet;
 use std::fmt::Write;
+use std::sync::Mutex;
+
+use crate::api::ConsumerState;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -67,6 +71,13 @@ pub struct ConsumerLabels {
     pub state: String,
 }
 
+/// Labels of `costmap_guard_refusals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    /// shrink, min_priced, max_unpriced or max_repriced.
+    pub guard: String,
+}
+
 /// Labels of the map endpoint's counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -104,6 +115,10 @@ pub struct Metrics {
     pub map_bytes: Counter,
     /// 1 while this replica holds the Lease and reconciles.
     pub leader: Gauge,
+    /// Maps refused by each guard.
+    pub guard_refusals: Family<GuardLabels, Counter>,
+    /// The ModelCostMapSyncs that have per-map series, so those of deleted ones can go.
+    known_maps: Mutex<HashSet<MapLabels>>,
 }
 
 impl Default for Metrics {
@@ -171,6 +186,12 @@ impl Default for Metrics {
             "1 while this replica holds the Lease and reconciles",
             leader.clone(),
         );
+        let guard_refusals = Family::<GuardLabels, Counter>::default();
+        registry.register(
+            "guard_refusals",
+            "Maps refused by a guard (shrink, min_priced, max_unpriced, max_repriced)",
+            guard_refusals.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -183,6 +204,8 @@ impl Default for Metrics {
             map_requests,
             map_bytes,
             leader,
+            guard_refusals,
+            known_maps: Mutex::default(),
         }
     }
 }
@@ -202,6 +225,7 @@ impl Metrics {
 
     /// Records what a ModelCostMapSync holds after a successful sync at `unix_seconds`.
     pub fn record_map(&self, map: &MapLabels, models: i64, unix_seconds: i64) {
+        self.know(map);
         self.models.get_or_create(map).set(models);
         self.last_success.get_or_create(map).set(unix_seconds);
     }
@@ -209,6 +233,7 @@ impl Metrics {
     /// Sets the proxies per state of a ModelCostMapSync. Give every state, zeros included,
     /// so that a state that empties drops to 0 rather than keeping its last value.
     pub fn record_consumers(&self, map: &MapLabels, per_state: &[(&str, i64)]) {
+        self.know(map);
         for (state, count) in per_state {
             let labels = ConsumerLabels {
                 namespace: map.namespace.clone(),
@@ -217,6 +242,39 @@ impl Metrics {
             };
             self.consumers.get_or_create(&labels).set(*count);
         }
+    }
+
+    /// Drops the per-map series of every ModelCostMapSync but `live`; returns how many
+    /// objects' series went.
+    pub fn forget_maps_except(&self, live: &HashSet<MapLabels>) -> usize {
+        let mut known = crate::locks::lock(&self.known_maps);
+        let gone: Vec<MapLabels> = known.difference(live).cloned().collect();
+        for map in &gone {
+            self.models.remove(map);
+            self.last_success.remove(map);
+            for state in ConsumerState::ALL {
+                self.consumers.remove(&ConsumerLabels {
+                    namespace: map.namespace.clone(),
+                    name: map.name.clone(),
+                    state: state.as_str().to_owned(),
+                });
+            }
+            known.remove(map);
+        }
+        gone.len()
+    }
+
+    fn know(&self, map: &MapLabels) {
+        crate::locks::lock(&self.known_maps).insert(map.clone());
+    }
+
+    /// Counts a map refused by `guard` (its metric name).
+    pub fn count_guard_refusal(&self, guard: &str) {
+        self.guard_refusals
+            .get_or_create(&GuardLabels {
+                guard: guard.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one answer of the map endpoint.
@@ -254,6 +312,7 @@ mod tests {
         metrics.record_consumers(&map, &[("Current", 2), ("Stale", 0)]);
         metrics.count_map_request(200, true, 176_000);
         metrics.leader.set(1);
+        metrics.count_guard_refusal("max_repriced");
         let text = metrics.encode();
         assert!(
             text.contains("costmap_syncs_total{result=\"not_modified\"} 2"),
@@ -270,9 +329,35 @@ mod tests {
             "costmap_map_response_bytes_total 176000",
             "costmap_fetched_bytes_total 0",
             "costmap_leader 1",
+            "costmap_guard_refusals_total{guard=\"max_repriced\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
         assert_eq!(metrics.syncs_with(SyncResult::Updated), 0);
+    }
+
+    #[test]
+    fn the_series_of_deleted_objects_go() {
+        let metrics = Metrics::default();
+        let kept = MapLabels {
+            namespace: "llm".into(),
+            name: "kept".into(),
+        };
+        let gone = MapLabels {
+            namespace: "llm".into(),
+            name: "gone".into(),
+        };
+        for map in [&kept, &gone] {
+            metrics.record_map(map, 10, 1);
+            metrics.record_consumers(map, &[("Current", 1), ("Stale", 0), ("Unreachable", 0)]);
+        }
+        assert_eq!(
+            metrics.forget_maps_except(&HashSet::from([kept.clone()])),
+            1
+        );
+        let text = metrics.encode();
+        assert!(text.contains("name=\"kept\""), "{text}");
+        assert!(!text.contains("name=\"gone\""), "{text}");
+        assert_eq!(metrics.forget_maps_except(&HashSet::from([kept])), 0);
     }
 }

@@ -17,8 +17,10 @@ use serde::de::DeserializeOwned;
 
 /// First wait after a failed watch; it doubles, with jitter, up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest wait between two tries of a failing watch.
-const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// Longest wait between two tries of a failing watch: also the longest a change can go
+/// unseen once the API server is back (kube's default, 30 s, made a restarted API server
+/// cost proxies half a minute).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Watches `api` forever: each error is yielded, then, after a backoff, a new watcher starts
 /// with a full list (`Init` .. `InitDone`). The backoff starts again once a list completes.
@@ -89,4 +91,29 @@ fn delays() -> backon::ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// The same backoff for kube's own watches (the controller's triggers).
+pub struct Backoff {
+    delays: backon::ExponentialBackoff,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { delays: delays() }
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.delays.next()
+    }
+}
+
+impl kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        self.delays = delays();
+    }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use costmap_operator::api::Reason;
 use std::net::TcpListener;
 
 use axum::http::{StatusCode, header};
@@ -206,7 +207,7 @@ async fn a_verifying_agent_serves_only_maps_the_status_names() {
         serde_json::json!({}),
     )
     .await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     let dir = tempfile::tempdir().unwrap();
     let mut volume = ConfigMapVolume::new(dir.path());
     volume.write(&refs(&files(&first)));

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::process::OperatorProcess;
+use costmap_operator::api::Reason;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,6 @@ use common::{Answer, DEADLINE, Source, control_plane, eventually, small_map};
 use costmap_operator::api::DEFAULT_KEY;
 use costmap_operator::digest::{git_blob_id, sha256_digest};
 use serde_json::json;
-use testenv::TiedChild;
 
 const BIN: &str = env!("CARGO_BIN_EXE_costmap-operator");
 
@@ -304,94 +305,6 @@ async fn check_of_a_url_fetches_with_the_operators_client() {
     );
 }
 
-/// A `costmap-operator run` process, with its log in a file.
-struct Running {
-    child: TiedChild,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Running {
-    fn start(namespace: &str) -> Running {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("operator.log");
-        let port = testenv::free_port().unwrap();
-        let out = File::create(&log).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "run",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--namespace",
-            namespace,
-        ])
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .env("POD_NAMESPACE", namespace)
-        .env("POD_NAME", "binary-test")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out);
-        let child = testenv::spawn_tied(cmd).expect("start costmap-operator run");
-        Running {
-            child,
-            log,
-            _dir: dir,
-            base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn log(&self) -> String {
-        read_lossy(&self.log)
-    }
-
-    /// Fails the test, with the log, if the process has exited.
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!(
-                "costmap-operator run exited early ({status}):\n{}",
-                self.log()
-            );
-        }
-    }
-
-    /// GET `path`: status and body, or None if nothing answered.
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
-    }
-
-    /// Waits until `path` answers 200 and returns the body; fails early if the process dies.
-    async fn wait_ok(&mut self, path: &str) -> String {
-        let start = Instant::now();
-        loop {
-            self.assert_alive();
-            if let Some((200, body)) = self.get(path).await {
-                return body;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {path} to answer 200:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// The value of an unlabelled counter in Prometheus text.
 fn counter(metrics: &str, name: &str) -> Option<f64> {
     metrics
@@ -406,7 +319,13 @@ async fn run_serves_health_syncs_and_stops_gracefully_on_sigterm() {
     let ns = common::namespace(&client, "binary-run").await;
     let map = small_map(60, &[]);
     let source = Source::start(Answer::Map(map.clone())).await;
-    let mut operator = Running::start(&ns);
+    let mut operator = OperatorProcess::start_logging(
+        &control_plane().kubeconfig,
+        &ns,
+        "binary-test",
+        &["--namespace", &ns],
+        "info",
+    );
 
     assert_eq!(operator.wait_ok("/readyz").await, "ready");
     assert_eq!(operator.get("/healthz").await.map(|r| r.0), Some(200));
@@ -420,7 +339,7 @@ async fn run_serves_health_syncs_and_stops_gracefully_on_sigterm() {
         json!({"source": {"url": source.url, "timeout": "5s"}}),
     )
     .await;
-    let sync = common::wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    let sync = common::wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     operator.assert_alive();
     let artifact = sync.status.unwrap().artifact.expect("artifact");
     assert_eq!(artifact.digest, sha256_digest(&map));
@@ -441,11 +360,11 @@ async fn run_serves_health_syncs_and_stops_gracefully_on_sigterm() {
     .await;
     assert!(metrics.contains("# TYPE costmap_syncs"), "{metrics}");
 
-    let pid = operator.child.id().to_string();
+    let pid = operator.pid().to_string();
     let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(kill.success(), "kill -TERM {pid}");
     let status = eventually("costmap-operator to exit after SIGTERM", || {
-        let exited = operator.child.try_wait().unwrap();
+        let exited = operator.try_wait();
         async move { exited }
     })
     .await;
@@ -453,7 +372,7 @@ async fn run_serves_health_syncs_and_stops_gracefully_on_sigterm() {
         status.code(),
         Some(0),
         "graceful shutdown exits 0 ({status}):\n{}",
-        operator.log()
+        operator.log_text()
     );
     assert!(
         operator.get("/healthz").await.is_none(),

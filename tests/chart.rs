@@ -5,6 +5,7 @@
 
 mod common;
 
+use costmap_operator::api::{EventReason, Reason};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -328,7 +329,7 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     )
     .await;
 
-    let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    let sync = wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     let digest = sync
         .status
         .as_ref()
@@ -361,7 +362,7 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
         (annotations.get("costmap.dev/digest") == Some(&digest)).then_some(())
     })
     .await;
-    wait_event(&client, &ns, "MapSynced", "first sync").await;
+    wait_event(&client, &ns, EventReason::MapSynced.as_str(), "first sync").await;
     let lease = Api::<Lease>::namespaced(client.clone(), RELEASE_NAMESPACE)
         .get("costmap-operator")
         .await
@@ -375,11 +376,11 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
         .delete("litellm", &DeleteParams::default())
         .await
         .unwrap();
-    wait_event(&client, &ns, "Recreated", "was deleted").await;
+    wait_event(&client, &ns, EventReason::Recreated.as_str(), "was deleted").await;
     source.set(Answer::Map(small_map(60, &["day0-model"])));
     request_sync(&client, &ns, "litellm", "rbac").await;
     wait_handled(&client, &ns, "litellm", "rbac").await;
-    wait_event(&client, &ns, "MapUpdated", "day0-model").await;
+    wait_event(&client, &ns, EventReason::MapUpdated.as_str(), "day0-model").await;
     let log = operator.log_text();
     assert!(
         !log.to_lowercase().contains("forbidden"),

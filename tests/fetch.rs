@@ -1,6 +1,8 @@
 //! The fetch stage against a real HTTP source: an axum server on loopback,
 //! started inside each test. Nothing in reqwest is mocked.
 
+mod common;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use costmap_operator::fetch::{FetchError, FetchOutcome, FetchPolicy, FetchRequest, Fetcher};
+use costmap_operator::sync::fetch::{FetchError, FetchOutcome, FetchPolicy, FetchRequest, Fetcher};
 
 /// A request as the server saw it.
 #[derive(Clone, Debug)]
@@ -59,9 +61,7 @@ async fn serve(app: Router) -> Server {
             next.run(req).await
         }
     }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = common::serve_loopback(app);
     Server { addr, seen }
 }
 
@@ -98,7 +98,7 @@ fn body_of(outcome: FetchOutcome) -> (Bytes, Option<String>) {
 const MAP: &str = r#"{"gpt-4o": {"input_cost_per_token": 2.5e-06}}"#;
 
 #[tokio::test]
-async fn etag_then_not_modified() {
+async fn a_second_fetch_with_the_etag_gets_304_and_no_body() {
     let app = Router::new().route(
         "/map.json",
         get(|headers: HeaderMap| async move {
@@ -138,7 +138,7 @@ async fn etag_then_not_modified() {
 }
 
 #[tokio::test]
-async fn last_modified_then_not_modified() {
+async fn a_second_fetch_with_last_modified_gets_304() {
     const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
     let app = Router::new().route(
         "/map.json",
@@ -188,7 +188,7 @@ async fn not_modified_without_a_validator_is_an_error() {
 }
 
 #[tokio::test]
-async fn timeout_per_attempt() {
+async fn each_attempt_has_its_own_timeout() {
     let app = Router::new().route(
         "/slow",
         get(|| async {
@@ -227,7 +227,7 @@ async fn timeout_per_attempt() {
 }
 
 #[tokio::test]
-async fn timeout_covers_a_slow_body() {
+async fn the_timeout_covers_a_body_that_trickles() {
     // Headers arrive at once, the body trickles: the timeout must still hold.
     let app = Router::new().route(
         "/trickle",
@@ -278,7 +278,7 @@ fn flaky(n: usize, first: impl Fn() -> Response + Clone + Send + Sync + 'static)
 }
 
 #[tokio::test]
-async fn retry_after_seconds_is_honoured() {
+async fn a_retry_after_in_seconds_is_waited_for() {
     let server = serve(flaky(1, || {
         (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response()
     }))
@@ -296,7 +296,7 @@ async fn retry_after_seconds_is_honoured() {
 }
 
 #[tokio::test]
-async fn retry_after_http_date_is_honoured() {
+async fn a_retry_after_as_an_http_date_is_waited_for() {
     let server = serve(flaky(1, || {
         // HTTP dates have one-second resolution: +2 s means a wait of 1-2 s.
         let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
@@ -335,7 +335,7 @@ async fn a_retry_after_longer_than_the_backoff_ends_the_fetch_and_is_reported() 
 }
 
 #[tokio::test]
-async fn service_unavailable_three_times_then_ok() {
+async fn a_source_unavailable_three_times_then_answering_is_fetched() {
     let server = serve(flaky(3, || StatusCode::SERVICE_UNAVAILABLE.into_response())).await;
     let (body, _) = body_of(
         fetch_url(&fetcher(fast_policy()), &server.url("/map.json"))
@@ -347,7 +347,7 @@ async fn service_unavailable_three_times_then_ok() {
 }
 
 #[tokio::test]
-async fn server_error_forever_gives_up_after_max_attempts() {
+async fn a_source_failing_forever_is_given_up_after_max_attempts() {
     let server = serve(Router::new().route(
         "/map.json",
         get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
@@ -375,7 +375,7 @@ async fn server_error_forever_gives_up_after_max_attempts() {
 }
 
 #[tokio::test]
-async fn request_timeout_status_is_retried() {
+async fn a_408_is_retried() {
     let server = serve(flaky(1, || StatusCode::REQUEST_TIMEOUT.into_response())).await;
     body_of(
         fetch_url(&fetcher(fast_policy()), &server.url("/map.json"))
@@ -386,7 +386,7 @@ async fn request_timeout_status_is_retried() {
 }
 
 #[tokio::test]
-async fn not_found_is_not_retried() {
+async fn a_404_is_not_retried() {
     let server = serve(Router::new()).await;
     let err = fetch_url(&fetcher(fast_policy()), &server.url("/missing.json"))
         .await
@@ -425,7 +425,7 @@ fn redirect_chain() -> Router {
 }
 
 #[tokio::test]
-async fn redirects_followed_up_to_the_limit() {
+async fn redirects_are_followed_up_to_the_limit() {
     let server = serve(redirect_chain()).await;
     let f = fetcher(FetchPolicy {
         max_redirects: 3,
@@ -446,7 +446,7 @@ async fn redirects_followed_up_to_the_limit() {
 }
 
 #[tokio::test]
-async fn redirect_to_metadata_address_is_refused() {
+async fn a_redirect_to_a_metadata_address_is_refused() {
     let app = Router::new().route(
         "/map.json",
         get(|| async {
@@ -474,7 +474,7 @@ async fn redirect_to_metadata_address_is_refused() {
 }
 
 #[tokio::test]
-async fn redirect_to_another_scheme_is_refused() {
+async fn a_redirect_to_another_scheme_is_refused() {
     let app = Router::new().route(
         "/map.json",
         get(|| async {
@@ -493,7 +493,7 @@ async fn redirect_to_another_scheme_is_refused() {
 }
 
 #[tokio::test]
-async fn metadata_ip_literals_refused_without_a_request() {
+async fn metadata_addresses_are_refused_without_a_request() {
     let f = fetcher(fast_policy());
     for url in [
         "http://169.254.169.254/latest/meta-data/",
@@ -524,7 +524,7 @@ async fn metadata_ip_literals_refused_without_a_request() {
 }
 
 #[tokio::test]
-async fn allow_list_lifts_the_refusal() {
+async fn an_allow_listed_cidr_lifts_the_refusal() {
     // The allow-list must take the address out of the policy's hands: the
     // fetch then fails on the network, not as ForbiddenAddress. IPv6
     // link-local is used because connecting to it without a scope id fails
@@ -551,7 +551,7 @@ async fn allow_list_lifts_the_refusal() {
 }
 
 #[tokio::test]
-async fn oversized_body_with_content_length() {
+async fn a_body_over_the_cap_is_refused_by_its_content_length() {
     let big = vec![b' '; 2 * 1024 * 1024];
     let app = Router::new().route("/big", get(move || async move { big.clone() }));
     let server = serve(app).await;
@@ -579,7 +579,7 @@ async fn oversized_body_with_content_length() {
 }
 
 #[tokio::test]
-async fn oversized_streamed_body_without_content_length() {
+async fn a_streamed_body_over_the_cap_is_cut_off() {
     // 64 KiB chunks forever: only the running count can stop this one.
     let app = Router::new().route(
         "/endless",
@@ -604,7 +604,7 @@ async fn oversized_streamed_body_without_content_length() {
 }
 
 #[tokio::test]
-async fn body_exactly_at_the_cap_is_accepted() {
+async fn a_body_exactly_at_the_cap_is_accepted() {
     let exact = vec![b' '; 1024];
     let app = Router::new().route("/exact", get(move || async move { exact.clone() }));
     let server = serve(app).await;
@@ -629,7 +629,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn gzip_body_is_decoded() {
+async fn a_gzip_body_is_decoded() {
     let compressed = gzip(MAP.as_bytes());
     let app = Router::new().route(
         "/map.json",
@@ -653,7 +653,7 @@ async fn gzip_body_is_decoded() {
 }
 
 #[tokio::test]
-async fn gzip_bomb_is_cut_off() {
+async fn a_gzip_bomb_is_cut_off_at_the_cap() {
     // 100 MiB of zeros, ~100 KiB on the wire, compressed one chunk at a time
     // so the test itself never holds 100 MiB either.
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -810,7 +810,7 @@ async fn secret_headers_stay_on_the_configured_origin() {
 }
 
 #[tokio::test]
-async fn invalid_secret_header_value_is_not_echoed() {
+async fn an_invalid_secret_header_value_is_not_echoed() {
     let headers = vec![(
         "X-Api-Key".to_owned(),
         format!("{SECRET}\r\nX-Evil: 1").into_bytes(),
@@ -877,7 +877,7 @@ async fn userinfo_and_query_are_stripped_from_errors() {
 }
 
 #[tokio::test]
-async fn non_http_schemes_are_rejected() {
+async fn non_http_schemes_are_refused() {
     let f = fetcher(fast_policy());
     for url in [
         "file:///etc/passwd",

@@ -4,6 +4,7 @@
 
 mod common;
 
+use costmap_operator::api::Reason;
 use std::time::{Duration, Instant};
 
 use common::process::OperatorProcess;
@@ -57,7 +58,7 @@ async fn the_follower_takes_over_a_killed_leader_and_handles_the_next_sync_reque
         ),
     ];
     create_litellm_sync(&client, &ns, &source.url).await;
-    let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    let sync = wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     let first = sync.status.unwrap().artifact.unwrap().digest;
 
     let leader_pod = eventually("a leader", || holder(&client, &ns)).await;

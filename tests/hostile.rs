@@ -8,6 +8,7 @@
 
 mod common;
 
+use costmap_operator::api::Reason;
 use std::io::Write;
 
 use base64::Engine as _;
@@ -15,7 +16,7 @@ use common::hostile::{Behavior, HostileSource};
 use common::process::OperatorProcess;
 use common::proxy::StandIn;
 use common::*;
-use costmap_operator::validate::ModelMap;
+use costmap_operator::sync::validate::ModelMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -90,49 +91,49 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 "html",
                 b"<!DOCTYPE html><html><body>rate limited</body></html>".to_vec(),
             ),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "looks like HTML",
         ),
         row(
             "truncated",
             body("truncated", base_map()[..base_map().len() / 2].to_vec()),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "truncated",
         ),
         row(
             "empty",
             body("empty", Vec::new()),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "the body is empty",
         ),
         row(
             "array",
             body("array", b"[]".to_vec()),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "not a JSON object of models",
         ),
         row(
             "empty-object",
             body("empty-object", b"{}".to_vec()),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "0 models, fewer than minModels 50",
         ),
         row(
             "null",
             body("null", b"null".to_vec()),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "not a JSON object of models",
         ),
         row(
             "tiny",
             body("tiny", small_map(10, &[]).to_vec()),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "10 models, fewer than minModels 50",
         ),
         row(
             "big-shrink",
             body("big-shrink", small_map(100, &[]).to_vec()),
-            "ShrinkGuard",
+            Reason::ShrinkGuard.as_str(),
             "drops 200 of the last good map's 300 models",
         ),
         row(
@@ -143,7 +144,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     m["model-7"]["input_cost_per_token"] = json!(-1e-6);
                 }),
             ),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "costs are finite non-negative numbers",
         ),
         row(
@@ -154,13 +155,13 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     m["model-7"]["input_cost_per_token"] = json!("0.000001");
                 }),
             ),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "costs are finite non-negative numbers",
         ),
         row(
             "nan-cost",
             body("nan-cost", base_with_raw("input_cost_per_token", "NaN")),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "not a JSON object of models",
         ),
         row(
@@ -169,13 +170,13 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 "infinite-cost",
                 base_with_raw("input_cost_per_token", "Infinity"),
             ),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "not a JSON object of models",
         ),
         row(
             "huge-cost",
             body("huge-cost", base_with_raw("input_cost_per_token", "1e400")),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "number out of range",
         ),
         row(
@@ -186,7 +187,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     m["model-7"]["max_tokens"] = json!(-4096);
                 }),
             ),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "token counts are non-negative numbers",
         ),
         row(
@@ -195,7 +196,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 "deep-nesting",
                 format!("{{\"m\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
             ),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "recursion limit",
         ),
         row(
@@ -211,7 +212,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 )
                 .into_bytes(),
             ),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "more than 100000 top-level keys",
         ),
         row(
@@ -223,7 +224,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     sent: b"{".to_vec(),
                 },
             ),
-            "TooLarge",
+            Reason::TooLarge.as_str(),
             "larger than the limit",
         ),
         row(
@@ -234,7 +235,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     body: vec![b' '; cap + 1],
                 },
             ),
-            "TooLarge",
+            Reason::TooLarge.as_str(),
             "larger than the limit",
         ),
         row(
@@ -247,7 +248,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     body: gzip(&vec![b' '; 4 * cap]),
                 },
             ),
-            "TooLarge",
+            Reason::TooLarge.as_str(),
             "larger than the limit",
         ),
         row(
@@ -260,7 +261,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     body: b"this is not gzip at all".to_vec(),
                 },
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "reading the response body",
         ),
         row(
@@ -273,7 +274,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     }
                 }),
             ),
-            "TooLarge",
+            Reason::TooLarge.as_str(),
             "more than the 1048576 bytes a ConfigMap holds",
         ),
         row(
@@ -285,19 +286,19 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     every: std::time::Duration::from_millis(100),
                 },
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "did not complete within 1s",
         ),
         row(
             "hang",
             with("hang", Behavior::Hang),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "did not complete within 1s",
         ),
         row(
             "reset",
             with("reset", Behavior::Reset),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "could not fetch",
         ),
         row(
@@ -309,7 +310,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     sent: base_map()[..100].to_vec(),
                 },
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "reading the response body",
         ),
         row(
@@ -318,7 +319,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 "not-http",
                 Behavior::Raw(b"SSH-2.0-OpenSSH_9.6\r\n".to_vec()),
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "could not fetch",
         ),
         row(
@@ -333,25 +334,25 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     body: base_map(),
                 },
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "could not fetch",
         ),
         row(
             "not-found",
             with("not-found", Behavior::status(404, &[])),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "answered HTTP 404",
         ),
         row(
             "unauthorized",
             with("unauthorized", Behavior::status(401, &[])),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "answered HTTP 401",
         ),
         row(
             "server-error",
             with("server-error", Behavior::status(500, &[])),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "answered HTTP 500",
         ),
         row(
@@ -360,7 +361,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 "rate-limited",
                 Behavior::status(429, &[("Retry-After", "1")]),
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "answered HTTP 429",
         ),
         row(
@@ -369,7 +370,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 "redirect-loop",
                 Behavior::status(302, &[("Location", "/redirect-loop")]),
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "redirected more than 5 times",
         ),
         row(
@@ -381,7 +382,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                     &[("Location", "http://169.254.169.254/latest/meta-data/")],
                 ),
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "refusing to connect to 169.254.169.254",
         ),
         row(
@@ -390,19 +391,19 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 "redirect-to-file",
                 Behavior::status(302, &[("Location", "file:///etc/passwd")]),
             ),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "sent a redirect that cannot be followed",
         ),
         row(
             "metadata-v4",
             "http://169.254.169.254/latest/meta-data/".into(),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "refusing to connect to 169.254.169.254",
         ),
         row(
             "metadata-v4-mapped-v6",
             "http://[::ffff:169.254.169.254]/latest/meta-data/".into(),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "refusing to connect to ::ffff:169.254.169.254",
         ),
         row(
@@ -413,13 +414,13 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 map[at + 1] = 0xff;
                 map
             }),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "not a JSON object of models",
         ),
         row(
             "bom",
             body("bom", [b"\xEF\xBB\xBF".as_slice(), &base_map()].concat()),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "not a JSON object of models",
         ),
         row(
@@ -429,7 +430,7 @@ fn rows(source: &HostileSource) -> Vec<Row> {
                 text.replacen("{", "{\n  \"model-1\": {\"input_cost_per_token\": 0},", 1)
                     .into_bytes()
             }),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "top-level keys appear more than once: \"model-1\"",
         ),
     ]
@@ -480,7 +481,7 @@ impl Table {
             json!({"source": {"url": self.source.url, "timeout": "1s"}, "interval": "1h"});
         merge(&mut full, spec);
         create_sync(&self.client, &self.ns, "litellm", full).await;
-        wait_ready(&self.client, &self.ns, "litellm", "True", "Synced").await;
+        wait_ready(&self.client, &self.ns, "litellm", "True", Reason::Synced).await;
     }
 
     /// Points the source URL at each row's source and checks what the operator says.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use costmap_operator::api::Reason;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,7 +89,7 @@ fn assert_day0_price(priced: &serde_json::Value, git_blob_id: &str) {
 async fn the_litellm_library_prices_a_day0_model_from_the_operator_and_from_the_agent() {
     let real = real_map("1.110.2");
     let s = Scenario::new("library", Answer::Map(real.clone()), json!({})).await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     let map_url = s.map_url();
 
     // Before the launch the model has no price.
@@ -189,19 +190,17 @@ impl RealProxy {
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
         self.process = Some(testenv::spawn_tied(cmd).expect("starting litellm"));
-        let started = Instant::now();
         let http = reqwest::Client::new();
-        loop {
-            if self.source(&http).await.is_some() {
-                return;
-            }
-            assert!(
-                started.elapsed() < PROXY_START,
-                "litellm did not answer within {PROXY_START:?}; its log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let log = self.log.clone();
+        let explain = move || {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            format!("its log:\n{log}")
+        };
+        let this = &*self;
+        eventually_explained("litellm to answer", PROXY_START, explain, || async {
+            this.source(&http).await
+        })
+        .await;
     }
 
     async fn source(&self, http: &reqwest::Client) -> Option<serde_json::Value> {
@@ -251,7 +250,7 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
     );
     let logs = tempfile::tempdir().unwrap();
     create_litellm_sync(&client, &ns, &source.url).await;
-    let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    let sync = wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     let first = sync.status.unwrap().artifact.unwrap();
     let map_url = format!("{}/maps/{ns}/litellm/{DEFAULT_KEY}", operator.url);
     let mut proxy = RealProxy::start(&map_url, &master_key, logs.path()).await;

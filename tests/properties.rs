@@ -8,8 +8,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use costmap_operator::diff::diff;
-use costmap_operator::validate::{ModelMap, Rules, validate};
+use costmap_operator::sync::diff::diff;
+use costmap_operator::sync::validate::{ModelMap, Rules, guards, validate};
 use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -70,7 +70,9 @@ fn work_of(bytes: &[u8]) -> (u64, u64) {
     };
     let before = ALLOCATED.with(Cell::get);
     if let Ok(map) = ModelMap::parse(bytes) {
-        let _ = validate(&map, &rules, Some(&map));
+        let _ = validate(&map, &rules);
+        let report = guards::price_report(&map, Some(&map));
+        let _ = guards::refusals(&map, Some(&map), &report, &rules);
         assert!(diff(&map, &map).is_empty(), "a map differs from itself");
     }
     let after = ALLOCATED.with(Cell::get);

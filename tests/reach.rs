@@ -4,6 +4,7 @@
 
 mod common;
 
+use costmap_operator::api::{ConditionType, ConsumersReason, EventReason, Reason};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 
@@ -11,9 +12,9 @@ use axum::http::{StatusCode, header};
 use common::proxy::StandIn;
 use common::*;
 use costmap_operator::api::{ConsumerState, ConsumerStatus, DEFAULT_KEY, ModelCostMapSync};
-use costmap_operator::map_cache::MapCache;
+use costmap_operator::http::map_cache::MapCache;
+use costmap_operator::http::server::{self, ServerState};
 use costmap_operator::metrics::Metrics;
-use costmap_operator::server::{self, ServerState};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -106,11 +107,11 @@ fn is_current(rows: &[ConsumerStatus], url: &str, blob: &str) -> bool {
 
 fn condition(
     sync: &ModelCostMapSync,
-    type_: &str,
+    type_: ConditionType,
 ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     sync.status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_.as_str()))
         .cloned()
         .unwrap_or_else(|| panic!("no {type_} condition in {:?}", sync.status))
 }
@@ -119,7 +120,7 @@ fn condition(
 async fn the_map_endpoint_serves_the_exact_bytes_with_stored_gzip_etag_and_304() {
     let real = real_map("1.110.2");
     let s = Scenario::new("serve", Answer::Map(real.clone()), json!({})).await;
-    let sync = s.wait_ready("True", "Synced").await;
+    let sync = s.wait_ready("True", Reason::Synced).await;
     let (client, ns, source) = (&s.client, &s.ns, &s.source);
     let digest = sync.status.unwrap().artifact.unwrap().digest;
     let stored_gz = config_maps(client, ns)
@@ -288,10 +289,10 @@ async fn proxies_by_url_are_reloaded_with_the_admin_key_and_verified() {
             && message.contains("restartWorkloads"),
         "{message}"
     );
-    let summary = condition(&sync, "ConsumersCurrent");
+    let summary = condition(&sync, ConditionType::ConsumersCurrent);
     assert_eq!(
         (summary.status.as_str(), summary.reason.as_str()),
-        ("False", "Stale")
+        ("False", ConsumersReason::Stale.as_str())
     );
     assert!(
         summary.message.contains("1 of 2 proxies"),
@@ -332,10 +333,10 @@ async fn proxies_by_url_are_reloaded_with_the_admin_key_and_verified() {
         is_current(rows, &with_db.url, blob) && is_current(rows, &no_db.url, blob)
     })
     .await;
-    let summary = condition(&sync, "ConsumersCurrent");
+    let summary = condition(&sync, ConditionType::ConsumersCurrent);
     assert_eq!(
         (summary.status.as_str(), summary.reason.as_str()),
-        ("True", "AllCurrent")
+        ("True", ConsumersReason::AllCurrent.as_str())
     );
     assert_eq!(
         with_db.reloads(),
@@ -462,7 +463,7 @@ async fn a_service_is_fanned_out_to_every_ready_pod_and_new_pods_are_verified() 
     let row = row(&sync.status.as_ref().unwrap().consumers, &third.url).unwrap();
     assert_eq!(row.pod.as_deref(), Some("litellm-c"));
     assert_eq!(
-        condition(&sync, "ConsumersCurrent").message,
+        condition(&sync, ConditionType::ConsumersCurrent).message,
         format!(
             "3 of 3 proxies serve map {}",
             sync.status
@@ -522,7 +523,7 @@ async fn restart_workloads_rolls_each_kind_once_per_new_map() {
         }),
     )
     .await;
-    let sync = wait_ready(&client, &ns, "litellm", "True", "Synced").await;
+    let sync = wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     let digest = sync.status.unwrap().artifact.unwrap().digest;
 
     // (digest annotation, generation) of each workload's pod template.
@@ -565,14 +566,14 @@ async fn restart_workloads_rolls_each_kind_once_per_new_map() {
     wait_event(
         &client,
         &ns,
-        "WorkloadRestarted",
+        EventReason::WorkloadRestarted.as_str(),
         "restarted Deployment litellm, StatefulSet litellm-sts, DaemonSet litellm-ds for map sha256:",
     )
     .await;
     wait_event(
         &client,
         &ns,
-        "RestartFailed",
+        EventReason::RestartFailed.as_str(),
         "Deployment missing not found",
     )
     .await;
@@ -617,18 +618,13 @@ async fn scripted(
         let (status, body) = answers[n.min(answers.len() - 1)];
         async move { (status, body) }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/reload/model_cost_map",
-        listener.local_addr().unwrap()
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{}/reload/model_cost_map", serve_loopback(app));
     (url, count)
 }
 
 #[tokio::test]
 async fn reloads_retry_what_can_pass_and_stop_at_final_answers() {
-    use costmap_operator::consumers::{ProxyClient, ProxyClientConfig, ReloadOutcome};
+    use costmap_operator::litellm::{ProxyClient, ProxyClientConfig, ReloadOutcome};
     use std::sync::atomic::Ordering;
     let client = ProxyClient::new(ProxyClientConfig {
         attempts: 3,

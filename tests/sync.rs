@@ -8,9 +8,10 @@ use axum::http::StatusCode;
 use common::hostile::{Behavior, HostileSource};
 use common::*;
 use costmap_operator::api::DEFAULT_KEY;
+use costmap_operator::api::{EventReason, Reason};
 use costmap_operator::digest::{git_blob_id, sha256_digest};
-use costmap_operator::fetch::FetchPolicy;
 use costmap_operator::metrics::SyncResult;
+use costmap_operator::sync::fetch::FetchPolicy;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -19,7 +20,7 @@ use serde_json::json;
 async fn first_sync_of_the_real_map_writes_a_gzipped_configmap_with_status_and_annotations() {
     let real = real_map("1.110.2");
     let s = Scenario::new("first", Answer::Map(real.clone()), json!({})).await;
-    let sync = s.wait_ready("True", "Synced").await;
+    let sync = s.wait_ready("True", Reason::Synced).await;
 
     let cm = s.config_map().await;
     assert_eq!(
@@ -71,7 +72,13 @@ async fn first_sync_of_the_real_map_writes_a_gzipped_configmap_with_status_and_a
         status.last_change.is_none(),
         "nothing to compare a first sync with"
     );
-    wait_event(&s.client, &s.ns, "MapSynced", "first sync: 4876 models").await;
+    wait_event(
+        &s.client,
+        &s.ns,
+        EventReason::MapSynced.as_str(),
+        "first sync: 4876 models",
+    )
+    .await;
     s.operator.stop().await;
 }
 
@@ -79,7 +86,7 @@ async fn first_sync_of_the_real_map_writes_a_gzipped_configmap_with_status_and_a
 async fn unchanged_source_writes_nothing_and_a_304_costs_no_parse() {
     let map = small_map(60, &[]);
     let s = Scenario::new("unchanged", Answer::Map(map.clone()), json!({})).await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     let cm_version = s.config_map().await.resource_version();
 
     let after_304 = s.sync_now("1").await;
@@ -112,7 +119,7 @@ async fn unchanged_source_writes_nothing_and_a_304_costs_no_parse() {
     let ready = ready_condition(&after_200).unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
-        ("True", "Synced")
+        ("True", Reason::Synced.as_str())
     );
     assert_eq!(
         ready.last_transition_time,
@@ -125,7 +132,7 @@ async fn unchanged_source_writes_nothing_and_a_304_costs_no_parse() {
 #[tokio::test]
 async fn a_new_real_map_reports_added_removed_and_changed_models_and_an_event() {
     let s = Scenario::new("change", Answer::Map(real_map("1.108.0")), json!({})).await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
 
     let newer = real_map("1.110.2");
     s.source.set(Answer::Map(newer.clone()));
@@ -149,7 +156,7 @@ async fn a_new_real_map_reports_added_removed_and_changed_models_and_an_event() 
     let note = wait_event(
         &s.client,
         &s.ns,
-        "MapUpdated",
+        EventReason::MapUpdated.as_str(),
         "688 added, 52 removed, 3434 changed",
     )
     .await;
@@ -164,7 +171,7 @@ async fn a_new_real_map_reports_added_removed_and_changed_models_and_an_event() 
 async fn broken_sources_leave_the_last_good_map_and_say_why() {
     let good = small_map(60, &[]);
     let s = Scenario::new("broken", Answer::Map(good.clone()), json!({})).await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     let cm_version = s.config_map().await.resource_version();
 
     let shrunk_names: Vec<String> = (0..25)
@@ -179,31 +186,31 @@ async fn broken_sources_leave_the_last_good_map_and_say_why() {
                 StatusCode::OK,
                 Bytes::from("<!DOCTYPE html><html>Rate limited</html>"),
             ),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "looks like HTML",
         ),
         (
             "truncated",
             Answer::Plain(good.slice(..good.len() / 2)),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "truncated",
         ),
         (
             "too-few",
             Answer::Plain(small_map(10, &[])),
-            "InvalidMap",
+            Reason::InvalidMap.as_str(),
             "10 models, fewer than minModels 50",
         ),
         (
             "shrunk",
             Answer::Plain(small_map(0, &shrunk)),
-            "ShrinkGuard",
+            Reason::ShrinkGuard.as_str(),
             "drops 35 of the last good map's 60 models",
         ),
         (
             "server-error",
             Answer::Status(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from("oops")),
-            "FetchFailed",
+            Reason::FetchFailed.as_str(),
             "500",
         ),
     ];
@@ -248,7 +255,7 @@ async fn broken_sources_leave_the_last_good_map_and_say_why() {
 
     s.source.set(Answer::Map(good));
     s.sync_now("fixed").await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     s.operator.stop().await;
 }
 
@@ -263,7 +270,7 @@ async fn a_map_over_the_size_cap_is_too_large() {
     };
     let operator = Operator::start_with(&client, &ns, policy);
     create_litellm_sync(&client, &ns, &source.url).await;
-    let sync = wait_ready(&client, &ns, "litellm", "False", "TooLarge").await;
+    let sync = wait_ready(&client, &ns, "litellm", "False", Reason::TooLarge).await;
     assert!(ready_condition(&sync).unwrap().message.contains("1024"));
     assert!(
         config_maps(&client, &ns)
@@ -284,7 +291,7 @@ async fn suspend_stops_scheduled_and_requested_syncs() {
         json!({"suspend": true}),
     )
     .await;
-    let sync = s.wait_ready("False", "Suspended").await;
+    let sync = s.wait_ready("False", Reason::Suspended).await;
     assert!(
         ready_condition(&sync)
             .unwrap()
@@ -312,7 +319,7 @@ async fn suspend_stops_scheduled_and_requested_syncs() {
         .patch("litellm", &PatchParams::default(), &Patch::Merge(&resume))
         .await
         .unwrap();
-    let sync = s.wait_ready("True", "Synced").await;
+    let sync = s.wait_ready("True", Reason::Synced).await;
     assert_eq!(
         sync.status.unwrap().last_handled_sync_request.as_deref(),
         Some("while-suspended")
@@ -325,7 +332,7 @@ async fn suspend_stops_scheduled_and_requested_syncs() {
 async fn a_deleted_configmap_is_recreated_and_a_hand_edited_one_restored_without_fetching() {
     let map = small_map(60, &[]);
     let s = Scenario::new("restore", Answer::Map(map.clone()), json!({})).await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     let original = s.config_map().await;
     assert_eq!(
         original.data.as_ref().unwrap()[DEFAULT_KEY].as_bytes(),
@@ -367,15 +374,15 @@ async fn a_deleted_configmap_is_recreated_and_a_hand_edited_one_restored_without
         sha256_digest(&map)
     );
     assert_eq!(s.source.statuses(), [200], "restoring needs no fetch");
-    wait_event(&s.client, &s.ns, "Recreated", "deleted").await;
-    wait_event(&s.client, &s.ns, "Restored", "edited").await;
+    wait_event(&s.client, &s.ns, EventReason::Recreated.as_str(), "deleted").await;
+    wait_event(&s.client, &s.ns, EventReason::Restored.as_str(), "edited").await;
     s.operator.stop().await;
 }
 
 #[tokio::test]
 async fn an_operator_restart_rewrites_nothing() {
     let s = Scenario::new("restart", Answer::Map(small_map(60, &[])), json!({})).await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     let written = written_versions(&s.client, &s.ns, "litellm").await;
     let Scenario {
         client,
@@ -412,7 +419,7 @@ async fn headers_from_the_secret_reach_the_source_and_nowhere_else() {
     let operator = Operator::start(&client, &ns);
     let spec = json!({"source": {"url": source.url, "headersSecretRef": {"name": "mirror-auth"}}});
     create_sync(&client, &ns, "litellm", spec).await;
-    let sync = wait_ready(&client, &ns, "litellm", "False", "FetchFailed").await;
+    let sync = wait_ready(&client, &ns, "litellm", "False", Reason::FetchFailed).await;
     let sent = source.served()[0]
         .headers
         .get("authorization")
@@ -423,7 +430,7 @@ async fn headers_from_the_secret_reach_the_source_and_nowhere_else() {
     let status = serde_json::to_string(&sync.status).unwrap();
     assert!(status.contains("403"), "{status}");
     assert!(!status.contains("hunter2"), "{status}");
-    wait_event(&client, &ns, "FetchFailed", "403").await;
+    wait_event(&client, &ns, Reason::FetchFailed.as_str(), "403").await;
     let all_events = format!("{:?}", events(&client, &ns).await);
     assert!(!all_events.contains("hunter2"), "{all_events}");
     operator.stop().await;
@@ -432,7 +439,7 @@ async fn headers_from_the_secret_reach_the_source_and_nowhere_else() {
 #[tokio::test]
 async fn a_sync_runs_when_next_sync_time_passes_or_the_spec_changes() {
     let s = Scenario::new("schedule", Answer::Map(small_map(60, &[])), json!({})).await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     assert_eq!(s.source.statuses(), [200]);
 
     // Pretend an hour went by: the schedule lives in status, so moving nextSyncTime into the
@@ -484,10 +491,10 @@ async fn a_sync_runs_when_next_sync_time_passes_or_the_spec_changes() {
 #[tokio::test]
 async fn raising_max_removed_percent_lets_a_real_shrink_through() {
     let s = Scenario::new("shrink", Answer::Map(small_map(200, &[])), json!({})).await;
-    s.wait_ready("True", "Synced").await;
+    s.wait_ready("True", Reason::Synced).await;
     s.source.set(Answer::Map(small_map(60, &[])));
     s.sync_now("shrink").await;
-    let refused = s.wait_ready("False", "ShrinkGuard").await;
+    let refused = s.wait_ready("False", Reason::ShrinkGuard).await;
     assert!(
         ready_condition(&refused)
             .unwrap()
@@ -499,7 +506,7 @@ async fn raising_max_removed_percent_lets_a_real_shrink_through() {
         .patch("litellm", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let sync = s.wait_ready("True", "Synced").await;
+    let sync = s.wait_ready("True", Reason::Synced).await;
     let status = sync.status.unwrap();
     assert_eq!(status.artifact.unwrap().models, 60);
     assert_eq!(status.last_change.unwrap().removed, 140);
@@ -530,7 +537,7 @@ async fn hung_sources_do_not_hold_up_a_healthy_object() {
         json!({"source": {"url": healthy.url}}),
     )
     .await;
-    wait_ready(&client, &ns, "healthy", "True", "Synced").await;
+    wait_ready(&client, &ns, "healthy", "True", Reason::Synced).await;
     assert_eq!(hung.open(), 2, "the hung fetches are still hanging");
     // The operator is dropped with the test: stopping it would wait for the hung fetches.
 }
@@ -544,7 +551,7 @@ async fn a_long_retry_after_defers_the_next_attempt_and_status_says_until_when()
     let limited = HostileSource::start(Behavior::status(429, &[("Retry-After", "3600")])).await;
     let operator = Operator::start(&client, &ns);
     create_litellm_sync(&client, &ns, &limited.url).await;
-    let sync = wait_ready(&client, &ns, "litellm", "False", "FetchFailed").await;
+    let sync = wait_ready(&client, &ns, "litellm", "False", Reason::FetchFailed).await;
     let message = ready_condition(&sync).unwrap().message;
     assert!(
         message.contains("the source asked to wait 1h (Retry-After), so the next attempt is at"),
@@ -561,5 +568,85 @@ async fn a_long_retry_after_defers_the_next_attempt_and_status_says_until_when()
         "the next attempt waits the hour: {wait:?}"
     );
     assert_eq!(limited.requests(), 1, "not retried within the fetch");
+    operator.stop().await;
+}
+
+/// kube does not reconcile a deleted object, so the operator forgets it on its own: its
+/// per-map metric series go within seconds.
+#[tokio::test]
+async fn a_deleted_object_leaves_no_metric_series_behind() {
+    let s = Scenario::new("forget", Answer::Map(small_map(60, &[])), json!({})).await;
+    s.wait_ready("True", Reason::Synced).await;
+    let series = format!(
+        "costmap_map_models{{namespace=\"{}\",name=\"litellm\"}} 60",
+        s.ns
+    );
+    assert!(s.operator.metrics.encode().contains(&series));
+    syncs(&s.client, &s.ns)
+        .delete("litellm", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the deleted object's series to go", || async {
+        let text = s.operator.metrics.encode();
+        (!text.contains(&format!("namespace=\"{}\"", s.ns))).then_some(())
+    })
+    .await;
+    s.operator.stop().await;
+}
+
+/// An object the API server should have refused (here: stored while the CRD had no rule
+/// on the interval) is Ready=False InvalidSpec, fetches nothing, and syncs once the spec is
+/// fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_spec_the_crd_let_through_waits_for_a_fix() {
+    let plane = tokio::task::block_in_place(control_plane_with_crds);
+    // The rule on spec.interval is dropped, as in a CRD from before it existed.
+    let crd = plane
+        .kubectl(&["get", "crd", "modelcostmapsyncs.costmap.dev", "-o", "json"])
+        .unwrap();
+    let mut crd: serde_json::Value = serde_json::from_str(&crd).unwrap();
+    let interval = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["interval"];
+    interval
+        .as_object_mut()
+        .unwrap()
+        .remove("x-kubernetes-validations");
+    plane
+        .kubectl_with_input(&["replace", "-f", "-"], &crd.to_string())
+        .unwrap();
+    let client = client_of(&plane).await;
+    let ns = namespace(&client, "invalid-spec").await;
+    let source = Source::start(Answer::Map(small_map(60, &[]))).await;
+    let operator = Operator::start(&client, &ns);
+    let spec = json!({"source": {"url": source.url}, "interval": "30s"});
+    eventually("the API server to take the object", || async {
+        let sync: costmap_operator::api::ModelCostMapSync = serde_json::from_value(json!({
+            "apiVersion": "costmap.dev/v1alpha1", "kind": "ModelCostMapSync",
+            "metadata": {"name": "litellm", "namespace": ns}, "spec": spec,
+        }))
+        .unwrap();
+        syncs(&client, &ns)
+            .create(&Default::default(), &sync)
+            .await
+            .ok()
+    })
+    .await;
+    let refused = wait_ready(&client, &ns, "litellm", "False", Reason::InvalidSpec).await;
+    let ready = ready_condition(&refused).unwrap();
+    assert_eq!(
+        ready.message,
+        "spec.interval is invalid: must be at least 1m"
+    );
+    assert!(
+        refused.status.unwrap().next_sync_time.is_none(),
+        "nothing is scheduled"
+    );
+    assert_eq!(source.received(), 0, "nothing was fetched");
+    let fixed = json!({"spec": {"interval": "1h"}});
+    syncs(&client, &ns)
+        .patch("litellm", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .unwrap();
+    wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     operator.stop().await;
 }

@@ -5,6 +5,7 @@
 //! guards still apply; it returns the time from the end of the fault to convergence, for
 //! `cargo bench --bench faults`.
 
+use costmap_operator::api::{ConditionType, EventReason, Reason};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -247,7 +248,14 @@ impl FaultBed {
         let shrunk = small_map(80, &[]);
         self.source.set(Answer::Map(shrunk.clone()));
         self.request_sync("after-the-fault-a-shrunk-map").await;
-        let refused = wait_ready(&self.client, &self.ns, "litellm", "False", "ShrinkGuard").await;
+        let refused = wait_ready(
+            &self.client,
+            &self.ns,
+            "litellm",
+            "False",
+            Reason::ShrinkGuard,
+        )
+        .await;
         let message = ready_condition(&refused).unwrap().message;
         assert!(message.contains("of the last good map's"), "{message}");
         let cm = self.config_map().await.expect("the ConfigMap");
@@ -391,7 +399,7 @@ pub async fn operator_killed_before_the_fetch_ends() -> Duration {
         .await;
     let took = started.elapsed();
     assert_eq!(bed.writes_of(&map_b()), 1, "the new map was written once");
-    let first = event_notes(&bed, "MapSynced").await;
+    let first = event_notes(&bed, EventReason::MapSynced.as_str()).await;
     assert_eq!(first.len(), 1, "one first sync only: {first:?}");
     bed.assert_guards_apply(&map_b()).await;
     took
@@ -467,7 +475,14 @@ pub async fn operator_killed_after_the_configmap_write() -> Duration {
     let shrunk = small_map(80, &[]);
     bed.source.set(Answer::Map(shrunk.clone()));
     bed.request_sync("the-shrunk-map").await;
-    let refused = wait_ready(&bed.client, &bed.ns, "litellm", "False", "ShrinkGuard").await;
+    let refused = wait_ready(
+        &bed.client,
+        &bed.ns,
+        "litellm",
+        "False",
+        Reason::ShrinkGuard,
+    )
+    .await;
     let message = ready_condition(&refused).unwrap().message;
     assert!(
         message.contains("drops 121 of the last good map's 201"),
@@ -480,11 +495,13 @@ pub async fn operator_killed_after_the_configmap_write() -> Duration {
     assert_eq!(bed.writes_of(&map_b()), 1, "the new map was written once");
     assert_eq!(bed.writes_of(&shrunk), 0);
     assert_eq!(
-        event_notes(&bed, "MapSynced").await.len(),
+        event_notes(&bed, EventReason::MapSynced.as_str())
+            .await
+            .len(),
         1,
         "one first sync only"
     );
-    let updates = event_notes(&bed, "MapUpdated").await;
+    let updates = event_notes(&bed, EventReason::MapUpdated.as_str()).await;
     assert!(
         updates
             .iter()
@@ -597,7 +614,14 @@ pub async fn configmap_tampered_while_the_source_fails() -> Duration {
     ));
     let before = bed.source.received();
     bed.start_operator();
-    let failing = wait_ready(&bed.client, &bed.ns, "litellm", "False", "FetchFailed").await;
+    let failing = wait_ready(
+        &bed.client,
+        &bed.ns,
+        "litellm",
+        "False",
+        Reason::FetchFailed,
+    )
+    .await;
     let message = ready_condition(&failing).unwrap().message;
     assert!(
         message.contains("does not hold the last good map") && message.contains("is not served"),
@@ -647,7 +671,7 @@ pub async fn source_failing_then_hanging() -> Duration {
     // A success ends the backoff.
     bed.source.set(Answer::Map(map_a()));
     bed.request_sync("answered").await;
-    wait_ready(&bed.client, &bed.ns, "litellm", "True", "Synced").await;
+    wait_ready(&bed.client, &bed.ns, "litellm", "True", Reason::Synced).await;
 
     bed.source.set(Answer::Delayed(
         Duration::from_secs(3600),
@@ -690,7 +714,10 @@ async fn retried_attempts(bed: &FaultBed, count: usize) -> Vec<Attempt> {
         Duration::from_secs(60),
         || async {
             let status = bed.status().await;
-            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+            let ready = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ConditionType::Ready.as_str())?;
             let attempt = Attempt {
                 started_at: status.last_attempt_time?.0.as_second(),
                 next_at: status.next_sync_time?.0.as_second(),

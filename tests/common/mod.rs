@@ -10,6 +10,7 @@ pub mod kubelet;
 pub mod process;
 pub mod proxy;
 
+use costmap_operator::api::{ConditionType, Reason};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,13 +24,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use costmap_operator::api::{ModelCostMapSync, SYNC_REQUESTED_AT_ANNOTATION};
-use costmap_operator::consumers::{ProxyClient, ProxyClientConfig};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::digest::sha256_digest;
-use costmap_operator::fetch::{FetchPolicy, Fetcher};
-use costmap_operator::map_cache::MapCache;
+use costmap_operator::http::map_cache::MapCache;
+use costmap_operator::http::server::{self, ServerState};
+use costmap_operator::litellm::{ProxyClient, ProxyClientConfig};
 use costmap_operator::metrics::Metrics;
-use costmap_operator::server::{self, ServerState};
+use costmap_operator::sync::fetch::{FetchPolicy, Fetcher};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -135,7 +136,7 @@ impl Operator {
             .expect("proxy client"),
             maps: maps.clone(),
             concurrent_syncs: 2,
-            retry_backoff: costmap_operator::schedule::DEFAULT_RETRY_BACKOFF,
+            retry_backoff: costmap_operator::sync::schedule::DEFAULT_RETRY_BACKOFF,
         };
         let max_bytes = fetcher.policy().max_body_bytes;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -226,9 +227,7 @@ impl Source {
         let app = Router::new()
             .route("/model_prices_and_context_window.json", get(serve_map))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve_loopback(app);
         Source {
             url: format!("http://{addr}/model_prices_and_context_window.json"),
             state,
@@ -399,7 +398,21 @@ where
 }
 
 /// [`eventually`] with a deadline of its own.
-pub async fn eventually_within<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+pub async fn eventually_within<T, F, Fut>(what: &str, deadline: Duration, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_explained(what, deadline, String::new, probe).await
+}
+
+/// [`eventually_within`] whose failure also says `explain()` (a log, say).
+pub async fn eventually_explained<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    explain: impl Fn() -> String,
+    mut probe: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -409,9 +422,31 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out waiting for {what}\n{}",
+            explain()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Serves `app` on `listener` (a loopback port, or an address in a test host) for as long
+/// as the test runs; returns the address. Every stand-in server of the tests starts here.
+pub fn serve(listener: std::net::TcpListener, app: Router) -> SocketAddr {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// [`serve`] on a fresh loopback port.
+pub fn serve_loopback(app: Router) -> SocketAddr {
+    serve(
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+        app,
+    )
 }
 
 /// Waits until the object's Ready condition has `status` and `reason`, and returns it.
@@ -420,7 +455,7 @@ pub async fn wait_ready(
     namespace: &str,
     name: &str,
     status: &str,
-    reason: &str,
+    reason: Reason,
 ) -> ModelCostMapSync {
     let api = syncs(client, namespace);
     eventually(
@@ -430,7 +465,7 @@ pub async fn wait_ready(
             async move {
                 let sync = api.get(name).await.ok()?;
                 let ready = ready_condition(&sync)?;
-                (ready.status == status && ready.reason == reason).then_some(sync)
+                (ready.status == status && ready.reason == reason.as_str()).then_some(sync)
             }
         },
     )
@@ -467,7 +502,7 @@ pub fn ready_condition(
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
         .cloned()
 }
 
@@ -568,7 +603,7 @@ impl Scenario {
     pub async fn wait_ready(
         &self,
         status: &str,
-        reason: &str,
+        reason: Reason,
     ) -> costmap_operator::api::ModelCostMapSync {
         wait_ready(&self.client, &self.ns, "litellm", status, reason).await
     }

@@ -89,6 +89,43 @@ impl OperatorProcess {
         self.process.id()
     }
 
+    /// `Some(status)` once it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.try_wait().expect("checking on the operator")
+    }
+
+    /// Fails the test, with the log, if the process has exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.try_wait() {
+            panic!(
+                "costmap-operator run exited early ({status}):\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    /// GET `path` of its HTTP server: status and body, or None if nothing answered.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        get(&self.url, path).await
+    }
+
+    /// Waits until `path` answers 200 and returns the body; fails, with the log, if the
+    /// process dies first.
+    pub async fn wait_ok(&mut self, path: &str) -> String {
+        let what = format!("{path} to answer 200");
+        let (url, log) = (self.url.clone(), self.log.clone());
+        let explain = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let this = std::cell::RefCell::new(self);
+        super::eventually_explained(&what, super::DEADLINE, explain, || async {
+            this.borrow_mut().assert_alive();
+            match get(&url, path).await {
+                Some((200, body)) => Some(body),
+                _ => None,
+            }
+        })
+        .await
+    }
+
     /// SIGKILLs it: no goodbye, no Lease release.
     pub fn kill(&mut self) {
         self.process.kill();
@@ -115,4 +152,19 @@ impl OperatorProcess {
                 (metric == name).then(|| value.parse().ok()).flatten()
             })
     }
+}
+
+/// GET `base` + `path`: status and body, or None if nothing answered.
+async fn get(base: &str, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .ok()?
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
 }

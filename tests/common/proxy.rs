@@ -58,7 +58,6 @@ impl StandIn {
         master_key: &str,
         database: bool,
     ) -> StandIn {
-        listener.set_nonblocking(true).expect("nonblocking");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(ProxyState {
             master_key: master_key.to_owned(),
@@ -69,9 +68,10 @@ impl StandIn {
             http: reqwest::Client::new(),
             hold_reloads: tokio::sync::watch::Sender::new(false),
         });
-        let app = Router::new().fallback(handle).with_state(state.clone());
-        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        super::serve(
+            listener,
+            Router::new().fallback(handle).with_state(state.clone()),
+        );
         let proxy = StandIn { url, state };
         proxy.restart().await;
         proxy

@@ -12,8 +12,6 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
-use crate::api::ConsumerState;
-
 /// LiteLLM's reload endpoint, below a proxy's base URL.
 pub const RELOAD_PATH: &str = "reload/model_cost_map";
 /// LiteLLM's "which map do you serve" endpoint, below a proxy's base URL.
@@ -140,7 +138,7 @@ impl ProxyClient {
     /// A client with these timeouts and retries.
     pub fn new(config: ProxyClientConfig) -> Result<ProxyClient, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .user_agent(crate::fetch::USER_AGENT)
+            .user_agent(crate::sync::fetch::USER_AGENT)
             // Proxies are in the cluster (or the pod): never send them, and the key, through
             // an egress proxy, nor the key after a redirect.
             .no_proxy()
@@ -162,17 +160,11 @@ impl ProxyClient {
     /// no-database answer or a refused key, which will not change.
     pub async fn reload(&self, reload_url: &str, admin_key: Option<&AdminKey>) -> ReloadOutcome {
         let attempt = || async {
-            let mut request = self
+            let request = self
                 .http
                 .post(reload_url)
                 .timeout(self.config.reload_timeout);
-            if let Some(AdminKey(value)) = admin_key {
-                request = request.header(AUTHORIZATION, value.clone());
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|err| Attempt::Retry(describe(&err)))?;
+            let response = send(request, admin_key).await?;
             let status = response.status();
             if status.is_success() {
                 return Ok(());
@@ -199,14 +191,8 @@ impl ProxyClient {
     ) -> Result<SourceInfo, String> {
         let url = endpoint(base_url, SOURCE_PATH);
         let attempt = || async {
-            let mut request = self.http.get(&url).timeout(self.config.source_timeout);
-            if let Some(AdminKey(value)) = admin_key {
-                request = request.header(AUTHORIZATION, value.clone());
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|err| Attempt::Retry(describe(&err)))?;
+            let request = self.http.get(&url).timeout(self.config.source_timeout);
+            let response = send(request, admin_key).await?;
             let status = response.status();
             if !status.is_success() {
                 let message = format!("GET /{SOURCE_PATH} answered HTTP {}", status.as_u16());
@@ -229,6 +215,20 @@ impl ProxyClient {
                 Attempt::Retry(message) | Attempt::Final(message) => message,
             })
     }
+}
+
+/// Sends `request` with the admin key (if any); a transport error is worth another try.
+async fn send<T>(
+    mut request: reqwest::RequestBuilder,
+    admin_key: Option<&AdminKey>,
+) -> Result<reqwest::Response, Attempt<T>> {
+    if let Some(AdminKey(value)) = admin_key {
+        request = request.header(AUTHORIZATION, value.clone());
+    }
+    request
+        .send()
+        .await
+        .map_err(|err| Attempt::Retry(describe(&err)))
 }
 
 /// At most `max` bytes of a response body: a proxy's error page is never read whole.
@@ -284,57 +284,9 @@ fn describe(err: &reqwest::Error) -> String {
     }
 }
 
-/// Whether a proxy reporting `reported` serves the map whose git blob id is `expected`.
-pub fn state_of(reported: Option<&str>, expected: &str) -> ConsumerState {
-    if reported == Some(expected) {
-        ConsumerState::Current
-    } else {
-        ConsumerState::Stale
-    }
-}
-
-/// Why a proxy that is not Current is not, for status.
-pub fn stale_message(reload: Option<&ReloadOutcome>) -> Option<String> {
-    match reload? {
-        ReloadOutcome::Reloaded => None,
-        other => Some(other.to_string()),
-    }
-}
-
-/// How long to wait before checking proxies that are not Current again: 10 s doubling to
-/// 5 min, so a stale proxy is not asked every second.
-pub fn recheck_after(checks_so_far: u32) -> Duration {
-    Duration::from_secs(10)
-        .saturating_mul(1 << checks_so_far.min(5))
-        .min(Duration::from_secs(300))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn current_only_when_the_revision_matches() {
-        assert_eq!(state_of(Some("abc"), "abc"), ConsumerState::Current);
-        assert_eq!(state_of(Some("old"), "abc"), ConsumerState::Stale);
-        assert_eq!(state_of(None, "abc"), ConsumerState::Stale);
-    }
-
-    #[test]
-    fn a_proxy_without_database_is_pointed_at_restart_workloads() {
-        let message = stale_message(Some(&ReloadOutcome::NoDatabase)).unwrap();
-        assert!(message.contains("restartWorkloads"), "{message}");
-        assert!(message.contains("500"), "{message}");
-        assert_eq!(stale_message(Some(&ReloadOutcome::Reloaded)), None);
-        assert_eq!(stale_message(None), None);
-    }
-
-    #[test]
-    fn rechecks_back_off_to_five_minutes() {
-        assert_eq!(recheck_after(0), Duration::from_secs(10));
-        assert_eq!(recheck_after(2), Duration::from_secs(40));
-        assert_eq!(recheck_after(20), Duration::from_secs(300));
-    }
 
     #[test]
     fn endpoints_join_without_double_slashes() {

@@ -1,14 +1,19 @@
 //! What a new map changes against the last good one: the models added (day-0 launches),
 //! removed, and changed.
 
-use crate::api::LastChange;
-use crate::validate::ModelMap;
+use crate::api::{LastChange, PriceChange};
+use crate::sync::validate::ModelMap;
+use crate::sync::validate::guards::{PriceMove, PriceReport};
 
 /// How many model names `status.lastChange` lists per direction.
 pub const LISTED_MODELS: usize = 20;
+/// How many price moves `status.lastChange` lists.
+pub const LISTED_MOVES: usize = 20;
+/// How many price moves an Event names.
+const EVENT_MOVES: usize = 3;
 
 /// The model-level difference between two maps. Names are sorted.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct MapChange {
     /// Models only in the new map.
     pub added: Vec<String>,
@@ -16,6 +21,12 @@ pub struct MapChange {
     pub removed: Vec<String>,
     /// Models in both whose entries differ.
     pub changed: usize,
+    /// Priced models of the old map with a cost number changed or gone.
+    pub repriced: usize,
+    /// Priced models of the old map that lost every price.
+    pub unpriced: usize,
+    /// The largest price moves (at most [`LISTED_MOVES`]), largest first.
+    pub price_moves: Vec<PriceMove>,
 }
 
 /// Compares two maps model by model. Entries are compared as parsed JSON, so a change in
@@ -38,6 +49,14 @@ pub fn diff(old: &ModelMap, new: &ModelMap) -> MapChange {
 }
 
 impl MapChange {
+    /// This change with the price moves of `report` (of the same two maps).
+    pub fn with_prices(mut self, report: &PriceReport) -> MapChange {
+        self.repriced = report.repriced.len();
+        self.unpriced = report.unpriced.len();
+        self.price_moves = report.moves.iter().take(LISTED_MOVES).cloned().collect();
+        self
+    }
+
     /// Whether any model was added, removed or changed.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed == 0
@@ -51,6 +70,18 @@ impl MapChange {
             changed: count(self.changed),
             added_models: self.added.iter().take(LISTED_MODELS).cloned().collect(),
             removed_models: self.removed.iter().take(LISTED_MODELS).cloned().collect(),
+            repriced: count(self.repriced),
+            unpriced: count(self.unpriced),
+            price_changes: self
+                .price_moves
+                .iter()
+                .map(|moved| PriceChange {
+                    model: moved.model.clone(),
+                    field: moved.field.clone(),
+                    from: moved.from,
+                    to: moved.to,
+                })
+                .collect(),
         }
     }
 
@@ -74,6 +105,20 @@ impl MapChange {
             if self.added.len() > max_names {
                 line.push_str(&format!(" and {} more", self.added.len() - max_names));
             }
+        }
+        if !self.price_moves.is_empty() {
+            let moves: Vec<String> = self
+                .price_moves
+                .iter()
+                .take(EVENT_MOVES)
+                .map(PriceMove::describe)
+                .collect();
+            line.push_str(&format!(
+                "; {} repriced, {} unpriced; largest price moves: {}",
+                self.repriced,
+                self.unpriced,
+                moves.join(", ")
+            ));
         }
         line
     }

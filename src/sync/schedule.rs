@@ -88,6 +88,9 @@ pub fn decide(inputs: &Inputs) -> Decision {
     }
 }
 
+/// The shortest `spec.interval` the CRD allows.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The default first wait after a failed sync ([`retry_after_failure`]'s `first`).
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 

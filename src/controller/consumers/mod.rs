@@ -2,15 +2,16 @@
 //! serve (`status.consumers`, condition `ConsumersCurrent`); workloads listed under
 //! `restartWorkloads` get the digest in their pod template, which rolls their pods.
 
+mod state;
+
 use std::fmt::Debug;
 use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -20,18 +21,20 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Error, Outcome, Reconciler, api_error_message, truncate};
+pub(super) use state::Mode;
+
+use super::Error;
+use super::reconcile::{Reconciler, api_error_message};
+use super::status::Notice;
 use crate::api::{
-    ConsumerState, ConsumerStatus, LitellmProxy, ModelCostMapSync, ModelCostMapSyncStatus,
-    SecretKeySelector, WorkloadKind,
+    ConditionType, ConsumerState, ConsumerStatus, EventReason, LitellmProxy, ModelCostMapSync,
+    ModelCostMapSyncStatus, SecretKeySelector, WorkloadKind,
 };
-use crate::conditions::{self, CONSUMERS_CURRENT};
-use crate::consumers::{
-    AdminKey, RELOAD_PATH, ReloadOutcome, SourceInfo, endpoint, recheck_after, stale_message,
-    state_of,
-};
-use crate::map_cache::MapKey;
-use crate::schedule::SyncCause;
+use crate::controller::conditions;
+use crate::http::map_cache::MapKey;
+use crate::litellm::{AdminKey, RELOAD_PATH, endpoint};
+use crate::sync::SecretError;
+use state::{Checked, recheck_after};
 
 /// The pod template annotation that rolls a workload when the map changes.
 pub const DIGEST_TEMPLATE_ANNOTATION: &str = "costmap.dev/digest";
@@ -40,34 +43,6 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// How long a new map may take to reach this replica's endpoint (through its ConfigMap
 /// watch) before the proxies are told to reload anyway.
 const SERVED_WAIT: Duration = Duration::from_secs(10);
-/// Longest status message about consumers.
-const MAX_MESSAGE: usize = 1000;
-
-/// What to do with the proxies in this reconcile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
-    /// A new map: reload every proxy, then check.
-    ReloadAll,
-    /// Ask each proxy; reload those that do not serve the map, and ask them again. For a
-    /// sync request with the map unchanged, and for rechecks of proxies left behind.
-    ReloadStale,
-    /// Only ask which map they serve.
-    Verify,
-    /// Leave the proxies alone (the sync failed: nothing new to tell).
-    Skip,
-}
-
-impl Mode {
-    /// The mode after a sync attempt.
-    pub(super) fn after(cause: SyncCause, outcome: &Outcome) -> Mode {
-        match outcome {
-            Outcome::Updated { .. } => Mode::ReloadAll,
-            Outcome::Failed { .. } => Mode::Skip,
-            _ if cause == SyncCause::Requested => Mode::ReloadStale,
-            _ => Mode::Verify,
-        }
-    }
-}
 
 /// Maps an EndpointSlice to the ModelCostMapSyncs whose proxies sit behind its Service.
 pub(super) struct SyncsByService {
@@ -105,7 +80,7 @@ impl SyncsByService {
 struct ProxyTarget {
     url: String,
     pod: Option<String>,
-    admin_key: Result<Option<AdminKey>, String>,
+    admin_key: Result<Option<AdminKey>, SecretError>,
 }
 
 impl Reconciler<'_> {
@@ -120,7 +95,7 @@ impl Reconciler<'_> {
         self.restart_workloads(&digest).await;
         if self.sync.spec.consumers.litellm_proxies.is_empty() {
             status.consumers.clear();
-            conditions::remove_condition(&mut status.conditions, CONSUMERS_CURRENT);
+            conditions::remove_condition(&mut status.conditions, ConditionType::ConsumersCurrent);
             return None;
         }
         if mode == Mode::Skip {
@@ -154,10 +129,15 @@ impl Reconciler<'_> {
             .all(|row| row.state == ConsumerState::Current);
         conditions::set_condition(
             &mut status.conditions,
-            consumers_condition(&status.consumers, &expected, self),
+            state::condition(
+                &status.consumers,
+                &expected,
+                self.sync.metadata.generation,
+                self.now,
+            ),
         );
         let mut checks_so_far = 0;
-        self.context.remember(&self.uid, |m| {
+        self.context.memory.update(&self.uid, |m| {
             m.consumer_checks = if mode == Mode::ReloadAll {
                 0
             } else {
@@ -212,7 +192,8 @@ impl Reconciler<'_> {
             };
             let checks = self
                 .context
-                .remembered(&self.uid, |m| m.consumer_checks)
+                .memory
+                .read(&self.uid, |m| m.consumer_checks)
                 .unwrap_or(0);
             let due = checked_at
                 + SignedDuration::try_from(recheck_after(checks)).unwrap_or(SignedDuration::MAX);
@@ -300,35 +281,28 @@ impl Reconciler<'_> {
     }
 
     /// The admin key from its Secret; the error names the Secret, never a value.
-    async fn admin_key(&self, selector: &SecretKeySelector) -> Result<Option<AdminKey>, String> {
-        let secrets: Api<Secret> =
-            Api::namespaced(self.context.client.clone(), &self.target.namespace);
-        let secret = secrets
-            .get_opt(&selector.name)
-            .await
-            .map_err(|err| {
-                format!(
-                    "reading Secret {}: {}",
-                    selector.name,
-                    api_error_message(&err)
-                )
-            })?
-            .ok_or_else(|| format!("admin key Secret {} not found", selector.name))?;
+    async fn admin_key(
+        &self,
+        selector: &SecretKeySelector,
+    ) -> Result<Option<AdminKey>, SecretError> {
+        let secret = self.secret(&selector.name, "admin key").await?;
         let value = secret
             .data
             .as_ref()
             .and_then(|data| data.get(&selector.key))
-            .ok_or_else(|| format!("Secret {} has no key {}", selector.name, selector.key))?;
-        let not_a_key = || {
-            format!(
-                "Secret {} key {} is not text that fits an HTTP header",
-                selector.name, selector.key
-            )
+            .ok_or_else(|| SecretError::MissingKey {
+                name: selector.name.clone(),
+                key: selector.key.clone(),
+            })?;
+        let not_a_key = || SecretError::NotAHeaderValue {
+            name: selector.name.clone(),
+            key: selector.key.clone(),
         };
         let text = std::str::from_utf8(&value.0).map_err(|_| not_a_key())?;
         AdminKey::new(text).map_err(|_| not_a_key())
     }
 
+    /// Asks, reloads and asks again one proxy as `mode` says ([`state`] decides).
     async fn check_proxy(
         &self,
         target: &ProxyTarget,
@@ -336,66 +310,44 @@ impl Reconciler<'_> {
         expected: &str,
         previous: Option<&ConsumerStatus>,
     ) -> ConsumerStatus {
-        let mut row = ConsumerStatus {
-            url: target.url.clone(),
-            pod: target.pod.clone(),
-            state: ConsumerState::Unreachable,
-            source_revision: None,
-            models: None,
-            checked_at: Time(self.now),
-            message: None,
-        };
         let admin_key = match &target.admin_key {
             Ok(key) => key.as_ref(),
-            Err(message) => {
-                row.message = Some(message.clone());
-                return row;
+            Err(err) => {
+                return state::unasked(
+                    &target.url,
+                    target.pod.as_deref(),
+                    self.now,
+                    err.to_string(),
+                );
             }
         };
-        // ReloadStale asks first: a proxy that already serves the map is left alone.
-        let mut answer = match mode {
-            Mode::ReloadStale | Mode::Verify => {
-                Some(self.context.proxies.source(&target.url, admin_key).await)
-            }
-            Mode::ReloadAll | Mode::Skip => None,
-        };
-        let serves_expected = |answer: &Option<Result<SourceInfo, String>>| matches!(answer, Some(Ok(info)) if info.source_revision.as_deref() == Some(expected));
-        let reload = match mode {
-            Mode::ReloadAll => true,
-            Mode::ReloadStale => !serves_expected(&answer),
-            Mode::Verify | Mode::Skip => false,
+        let proxies = &self.context.proxies;
+        let mut answer = match mode.asks_first() {
+            true => Some(proxies.source(&target.url, admin_key).await),
+            false => None,
         };
         let mut reloaded = None;
-        if reload {
-            let url = endpoint(&target.url, RELOAD_PATH);
-            let outcome = self.context.proxies.reload(&url, admin_key).await;
+        if mode.reloads(answer.as_ref(), expected) {
+            let outcome = proxies
+                .reload(&endpoint(&target.url, RELOAD_PATH), admin_key)
+                .await;
             info!(url = %target.url, %outcome, "asked the proxy to reload");
             reloaded = Some(outcome);
             answer = None;
         }
         let answer = match answer {
             Some(answer) => answer,
-            None => self.context.proxies.source(&target.url, admin_key).await,
+            None => proxies.source(&target.url, admin_key).await,
         };
-        match answer {
-            Ok(info) => {
-                row.state = state_of(info.source_revision.as_deref(), expected);
-                row.source_revision = info.source_revision;
-                row.models = info.model_count;
-                if row.state != ConsumerState::Current {
-                    // Keep the reason learnt at the last reload when this check did not reload.
-                    row.message = stale_message(reloaded.as_ref())
-                        .or_else(|| previous.and_then(|p| p.message.clone()))
-                        .or_else(|| Some("the proxy serves another map".to_owned()));
-                }
-            }
-            Err(message) => row.message = Some(message),
-        }
-        if reloaded == Some(ReloadOutcome::NoDatabase) && row.state == ConsumerState::Current {
-            // It loaded the map at start (or from a restart): nothing to report.
-            row.message = None;
-        }
-        row
+        state::row(Checked {
+            url: &target.url,
+            pod: target.pod.as_deref(),
+            now: self.now,
+            expected,
+            answer,
+            reloaded: reloaded.as_ref(),
+            previous,
+        })
     }
 
     /// Puts the map's digest in each listed workload's pod template; a workload that already
@@ -439,12 +391,20 @@ impl Reconciler<'_> {
         // series that keeps the first note.
         if !restarted.is_empty() {
             let note = format!("restarted {} for map {digest}", restarted.join(", "));
-            self.publish(EventType::Normal, "WorkloadRestarted", note)
-                .await;
+            self.publish(Notice {
+                type_: EventType::Normal,
+                reason: EventReason::WorkloadRestarted,
+                note,
+            })
+            .await;
         }
         if !failed.is_empty() {
-            self.publish(EventType::Warning, "RestartFailed", failed.join("; "))
-                .await;
+            self.publish(Notice {
+                type_: EventType::Warning,
+                reason: EventReason::RestartFailed,
+                note: failed.join("; "),
+            })
+            .await;
         }
     }
 
@@ -481,76 +441,4 @@ impl Reconciler<'_> {
             .map_err(|err| format!("patching {kind} {name}: {}", api_error_message(&err)))?;
         Ok(true)
     }
-}
-
-/// The ConsumersCurrent condition summing up the rows.
-fn consumers_condition(
-    rows: &[ConsumerStatus],
-    expected: &str,
-    reconciler: &Reconciler<'_>,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    let behind: Vec<&ConsumerStatus> = rows
-        .iter()
-        .filter(|r| r.state != ConsumerState::Current)
-        .collect();
-    let generation = reconciler.sync.metadata.generation;
-    if rows.is_empty() {
-        let message = "no proxy found: no ready endpoints behind the Service".to_owned();
-        return conditions::condition(
-            CONSUMERS_CURRENT,
-            false,
-            "NoProxies",
-            message,
-            generation,
-            reconciler.now,
-        );
-    }
-    if behind.is_empty() {
-        let message = format!(
-            "{} of {} proxies serve map {expected}",
-            rows.len(),
-            rows.len()
-        );
-        return conditions::condition(
-            CONSUMERS_CURRENT,
-            true,
-            "AllCurrent",
-            message,
-            generation,
-            reconciler.now,
-        );
-    }
-    let reason = if behind.iter().any(|r| r.state == ConsumerState::Stale) {
-        "Stale"
-    } else {
-        "Unreachable"
-    };
-    let details: Vec<String> = behind
-        .iter()
-        .map(|row| {
-            let who = row
-                .pod
-                .as_deref()
-                .map_or(row.url.clone(), |pod| format!("{} ({pod})", row.url));
-            format!(
-                "{who}: {:?}, {}",
-                row.state,
-                row.message.as_deref().unwrap_or("")
-            )
-        })
-        .collect();
-    let message = format!(
-        "{} of {} proxies do not serve map {expected}: {}",
-        behind.len(),
-        rows.len(),
-        details.join("; ")
-    );
-    conditions::condition(
-        CONSUMERS_CURRENT,
-        false,
-        reason,
-        truncate(message, MAX_MESSAGE),
-        generation,
-        reconciler.now,
-    )
 }

@@ -4,45 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-/// The condition every ModelCostMapSync carries.
-pub const READY: &str = "Ready";
-/// Whether every LiteLLM proxy listed under consumers serves the current map; present only
-/// when proxies are listed.
-pub const CONSUMERS_CURRENT: &str = "ConsumersCurrent";
-
-/// Why Ready is what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// The ConfigMap holds a validated map from the source (Ready=True).
-    Synced,
-    /// The source could not be fetched.
-    FetchFailed,
-    /// The fetched map failed validation.
-    InvalidMap,
-    /// The fetched map drops more models than maxRemovedPercent allows.
-    ShrinkGuard,
-    /// The map does not fit the ConfigMap, even gzipped.
-    TooLarge,
-    /// The ConfigMap (or a referenced Secret) could not be read or written.
-    WriteFailed,
-    /// Syncing is suspended; Ready keeps its status.
-    Suspended,
-}
-
-impl Reason {
-    /// The CamelCase reason string used in conditions, events and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Synced => "Synced",
-            Reason::FetchFailed => "FetchFailed",
-            Reason::InvalidMap => "InvalidMap",
-            Reason::ShrinkGuard => "ShrinkGuard",
-            Reason::TooLarge => "TooLarge",
-            Reason::WriteFailed => "WriteFailed",
-            Reason::Suspended => "Suspended",
-        }
-    }
-}
+use crate::api::{ConditionType, Reason};
 
 /// Sets `new` in `conditions`, replacing the condition of the same type. When the status is
 /// unchanged, the old `lastTransitionTime` is kept: it says when the status last flipped.
@@ -66,12 +28,19 @@ pub fn ready(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
-    condition(READY, status, reason.as_str(), message, generation, now)
+    condition(
+        ConditionType::Ready,
+        status,
+        reason.as_str(),
+        message,
+        generation,
+        now,
+    )
 }
 
 /// A condition of any type.
 pub fn condition(
-    type_: &str,
+    type_: ConditionType,
     status: bool,
     reason: &str,
     message: String,
@@ -79,7 +48,7 @@ pub fn condition(
     now: Timestamp,
 ) -> Condition {
     Condition {
-        type_: type_.to_owned(),
+        type_: type_.as_str().to_owned(),
         status: if status { "True" } else { "False" }.to_owned(),
         reason: reason.to_owned(),
         message,
@@ -89,15 +58,15 @@ pub fn condition(
 }
 
 /// Removes the condition of a type, if present.
-pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
-    conditions.retain(|c| c.type_ != type_);
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: ConditionType) {
+    conditions.retain(|c| c.type_ != type_.as_str());
 }
 
 /// The Ready condition's status, if present.
 pub fn is_ready(conditions: &[Condition]) -> Option<bool> {
     conditions
         .iter()
-        .find(|c| c.type_ == READY)
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
         .map(|c| c.status == "True")
 }
 
@@ -118,7 +87,7 @@ mod tests {
         );
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].last_transition_time, Time(at(100)));
-        assert_eq!(conditions[0].reason, "Suspended");
+        assert_eq!(conditions[0].reason, Reason::Suspended.as_str());
         assert_eq!(conditions[0].message, "b");
         assert_eq!(conditions[0].observed_generation, Some(2));
     }
@@ -137,7 +106,7 @@ mod tests {
     #[test]
     fn other_condition_types_are_left_alone() {
         let mut other = ready(true, Reason::Synced, "x".into(), None, at(1));
-        other.type_ = "ConsumersCurrent".into();
+        other.type_ = ConditionType::ConsumersCurrent.as_str().into();
         let mut conditions = vec![other.clone()];
         set_condition(
             &mut conditions,

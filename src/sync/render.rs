@@ -4,7 +4,7 @@
 //! nothing: it reads the map back, checks it against the digest in status and carries on.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -105,15 +105,10 @@ pub enum GunzipError {
 /// Decompresses `gz`, stopping as soon as it yields more than `max_bytes`: whatever stored
 /// it (a ConfigMap edited by hand, a mounted file) could hold anything.
 pub fn gunzip_bounded(gz: &[u8], max_bytes: u64) -> Result<Vec<u8>, GunzipError> {
-    let mut plain = Vec::new();
-    GzDecoder::new(gz)
-        .take(max_bytes.saturating_add(1))
-        .read_to_end(&mut plain)
-        .map_err(GunzipError::Corrupt)?;
-    if plain.len() as u64 > max_bytes {
-        return Err(GunzipError::TooLarge { max_bytes });
-    }
-    Ok(plain)
+    crate::bounded::read_at_most(GzDecoder::new(gz), max_bytes).map_err(|err| match err {
+        crate::bounded::BoundedError::TooLarge { max_bytes } => GunzipError::TooLarge { max_bytes },
+        crate::bounded::BoundedError::Io(err) => GunzipError::Corrupt(err),
+    })
 }
 
 impl StoredMap {
@@ -278,6 +273,20 @@ fn desired_keys(desired: &ConfigMap) -> Vec<String> {
         .collect()
 }
 
+/// A controller reference to the ModelCostMapSync `name`, for tests.
+#[cfg(test)]
+pub(crate) fn owner(name: &str, uid: &str) -> OwnerReference {
+    use kube::Resource;
+    OwnerReference {
+        api_version: crate::api::ModelCostMapSync::api_version(&()).into_owned(),
+        kind: crate::api::ModelCostMapSync::kind(&()).into_owned(),
+        name: name.into(),
+        uid: uid.into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,14 +297,7 @@ mod tests {
             name: "litellm".into(),
             namespace: "llm".into(),
             key: "map.json".into(),
-            owner: OwnerReference {
-                api_version: "costmap.dev/v1alpha1".into(),
-                kind: "ModelCostMapSync".into(),
-                name: "litellm".into(),
-                uid: "uid-1".into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
+            owner: owner("litellm", "uid-1"),
         }
     }
 

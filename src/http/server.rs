@@ -11,9 +11,9 @@ use axum::response::Response;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::map_cache::{MapCache, MapKey};
+use crate::http::map_cache::{MapCache, MapKey};
+use crate::http::maps::respond;
 use crate::metrics::Metrics;
-use crate::serve::respond;
 
 /// State shared by the handlers.
 #[derive(Clone, Default)]

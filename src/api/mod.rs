@@ -5,6 +5,13 @@
 
 use std::time::Duration;
 
+mod duration;
+mod reasons;
+
+use duration::parse_duration;
+
+pub use reasons::{ConditionType, ConsumersReason, EventReason, Reason};
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -13,6 +20,9 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "costmap.dev";
 /// Set this annotation to any new value to ask for one sync now ("sync now").
 pub const SYNC_REQUESTED_AT_ANNOTATION: &str = "costmap.dev/sync-requested-at";
+/// Set this annotation to the digest of a map a guard refused, to accept that one map on
+/// purpose at the next sync (the structure rules still apply).
+pub const ACCEPT_DIGEST_ANNOTATION: &str = "costmap.dev/accept-digest";
 /// Where LiteLLM itself fetches the map from.
 pub const DEFAULT_SOURCE_URL: &str =
     "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json";
@@ -245,6 +255,29 @@ pub struct Validation {
     #[serde(default = "default_max_removed_percent")]
     #[schemars(range(min = 0, max = 100))]
     pub max_removed_percent: i32,
+
+    /// MinPricedPercent refuses a map in which fewer than this share (0-100) of the models
+    /// are priced (some cost field above 0; alias_of rows do not count), on the first sync
+    /// too. Real maps price 91-95% of their models; a map with every price zeroed or every
+    /// entry emptied prices none. Defaults to 50.
+    #[serde(default = "default_min_priced_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_priced_percent: i32,
+
+    /// MaxUnpricedPercent refuses a map in which more than this share (0-100) of the last
+    /// good map's priced models lose every price. In real releases (litellm 1.60 to 1.110)
+    /// no priced model ever lost its prices. Defaults to 1.
+    #[serde(default = "default_max_unpriced_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_unpriced_percent: i32,
+
+    /// MaxRepricedPercent refuses a map in which more than this share (0-100) of the last
+    /// good map's priced models change or lose a cost number (a new cost field does not
+    /// count). Between consecutive real releases at most 8.5% did, 13.4% from 1.80 straight
+    /// to 1.108; every price multiplied by 1e6 (a unit error) is 100%. Defaults to 25.
+    #[serde(default = "default_max_repriced_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_repriced_percent: i32,
 }
 
 impl Default for Validation {
@@ -252,6 +285,27 @@ impl Default for Validation {
         Validation {
             min_models: default_min_models(),
             max_removed_percent: default_max_removed_percent(),
+            min_priced_percent: default_min_priced_percent(),
+            max_unpriced_percent: default_max_unpriced_percent(),
+            max_repriced_percent: default_max_repriced_percent(),
+        }
+    }
+}
+
+impl Validation {
+    /// The rules these settings make (the CRD keeps the numbers in range; out of range
+    /// they are clamped to the strictest reading).
+    pub fn rules(&self) -> crate::sync::validate::Rules {
+        let percent = |value: i32| u32::try_from(value).unwrap_or(0).min(100);
+        crate::sync::validate::Rules {
+            min_models: usize::try_from(self.min_models).unwrap_or(1).max(1),
+            max_removed_percent: percent(self.max_removed_percent),
+            // Out of range, the strictest reading: every map must be priced.
+            min_priced_percent: u32::try_from(self.min_priced_percent)
+                .unwrap_or(100)
+                .min(100),
+            max_unpriced_percent: percent(self.max_unpriced_percent),
+            max_repriced_percent: percent(self.max_repriced_percent),
         }
     }
 }
@@ -266,7 +320,8 @@ pub struct ModelCostMapSyncStatus {
 
     /// Conditions: Ready is always present. Ready=True (reason Synced) means the target
     /// ConfigMap holds a validated map from the source. Ready=False says why the last
-    /// attempt failed (FetchFailed, InvalidMap, ShrinkGuard, TooLarge, WriteFailed); the
+    /// attempt failed (FetchFailed, InvalidMap, ShrinkGuard, PriceGuard, TooLarge,
+    /// WriteFailed, InvalidSpec); the
     /// ConfigMap then still holds the last good map. Reason Suspended while suspend is true.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -295,6 +350,11 @@ pub struct ModelCostMapSyncStatus {
     /// map has another digest (edited by hand, say) is not served, and is put back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
+
+    /// LastAcceptedDigest is the digest of the last map accepted by the annotation
+    /// costmap.dev/accept-digest although a guard refused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accepted_digest: Option<String>,
 
     /// PendingArtifact is a validated map being written to the target ConfigMap: recorded
     /// just before the write and cleared once artifact names it, so that an operator
@@ -408,6 +468,33 @@ pub struct LastChange {
     /// RemovedModels lists the first 20 removed models, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_models: Vec<String>,
+    /// Repriced is how many of the last good map's priced models changed or lost a cost
+    /// number.
+    #[serde(default)]
+    pub repriced: i32,
+    /// Unpriced is how many of the last good map's priced models lost every price.
+    #[serde(default)]
+    pub unpriced: i32,
+    /// PriceChanges lists the 20 largest price moves, largest first (a price that appears,
+    /// vanishes, or moves to or from 0 counts as the largest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub price_changes: Vec<PriceChange>,
+}
+
+/// One price that moved.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PriceChange {
+    /// Model is the model's name.
+    pub model: String,
+    /// Field is the cost field, a.b[2].c for nested ones.
+    pub field: String,
+    /// From is the price in the last good map; absent when the field is new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<f64>,
+    /// To is the price in the new map; absent when the field is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<f64>,
 }
 
 fn default_interval() -> String {
@@ -419,16 +506,38 @@ fn default_timeout() -> String {
 fn default_source_url() -> String {
     DEFAULT_SOURCE_URL.to_owned()
 }
+/// Default of `spec.validation.minModels`: LiteLLM's own floor.
+pub const DEFAULT_MIN_MODELS: i32 = 50;
+/// Default of `spec.validation.maxRemovedPercent`: LiteLLM refuses maps below half its
+/// bundled copy.
+pub const DEFAULT_MAX_REMOVED_PERCENT: i32 = 50;
+
+/// Default of `spec.validation.minPricedPercent`.
+pub const DEFAULT_MIN_PRICED_PERCENT: i32 = 50;
+/// Default of `spec.validation.maxUnpricedPercent`.
+pub const DEFAULT_MAX_UNPRICED_PERCENT: i32 = 1;
+/// Default of `spec.validation.maxRepricedPercent`.
+pub const DEFAULT_MAX_REPRICED_PERCENT: i32 = 25;
+
+fn default_min_priced_percent() -> i32 {
+    DEFAULT_MIN_PRICED_PERCENT
+}
+fn default_max_unpriced_percent() -> i32 {
+    DEFAULT_MAX_UNPRICED_PERCENT
+}
+fn default_max_repriced_percent() -> i32 {
+    DEFAULT_MAX_REPRICED_PERCENT
+}
 fn default_min_models() -> i32 {
-    50
+    DEFAULT_MIN_MODELS
 }
 fn default_max_removed_percent() -> i32 {
-    50
+    DEFAULT_MAX_REMOVED_PERCENT
 }
 
 /// A spec field that the API server should have refused, met anyway (for example an object
 /// created before the CRD's validation existed).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("spec.{field} is invalid: {reason}")]
 pub struct SpecError {
     /// JSON path below spec.
@@ -472,6 +581,15 @@ impl ModelCostMapSync {
             .unwrap_or_default()
     }
 
+    /// The value of the accept-digest annotation, if set.
+    pub fn accept_digest(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(ACCEPT_DIGEST_ANNOTATION)
+            .map(String::as_str)
+    }
+
     /// The value of the sync-request annotation, if set.
     pub fn sync_request(&self) -> Option<&str> {
         self.metadata
@@ -480,38 +598,6 @@ impl ModelCostMapSync {
             .get(SYNC_REQUESTED_AT_ANNOTATION)
             .map(String::as_str)
     }
-}
-
-fn parse_duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
-    // humantime also reads units Go (and so the CRD's pattern and CEL) does not know, like
-    // "1d" or "2 min"; keep to the Go subset so the operator and the API server agree.
-    let parsed = is_go_duration(text)
-        .then(|| humantime::parse_duration(text).ok())
-        .flatten();
-    parsed.ok_or_else(|| SpecError {
-        field,
-        reason: format!("{text:?} is not a duration like 30s, 5m or 1h30m"),
-    })
-}
-
-/// Whether `text` matches [`DURATION_PATTERN`]: one or more `<digits><ms|s|m|h>`.
-fn is_go_duration(text: &str) -> bool {
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return false;
-        }
-        rest = &rest[digits..];
-        let unit = ["ms", "s", "m", "h"]
-            .into_iter()
-            .find(|unit| rest.starts_with(unit));
-        match unit {
-            Some(unit) => rest = &rest[unit.len()..],
-            None => return false,
-        }
-    }
-    !text.is_empty()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use crate::digest::sha256_digest;
-use crate::render::{GunzipError, StoredMap, gunzip_bounded};
+use crate::sync::render::{GunzipError, StoredMap, gunzip_bounded};
 
 /// Clients may keep a copy but must revalidate it (cheap, thanks to the ETag): the map
 /// changes whenever upstream changes.
@@ -71,16 +71,14 @@ impl ServedMap {
         &self.gz
     }
 
-    /// The plain bytes.
-    pub fn plain(&self) -> Bytes {
-        self.plain
-            .get_or_init(|| {
-                // The gzip was verified against the digest when this map was built.
-                gunzip_bounded(&self.gz, self.size)
-                    .map(Bytes::from)
-                    .unwrap_or_default()
-            })
-            .clone()
+    /// The plain bytes, decompressed on first use (the gzip was checked when this map was
+    /// built, so this fails only if memory was corrupted or the size was wrong).
+    pub fn plain(&self) -> Result<Bytes, GunzipError> {
+        if let Some(plain) = self.plain.get() {
+            return Ok(plain.clone());
+        }
+        let plain = Bytes::from(gunzip_bounded(&self.gz, self.size)?);
+        Ok(self.plain.get_or_init(|| plain).clone())
     }
 
     fn etag(&self) -> String {
@@ -121,7 +119,16 @@ pub fn respond(map: Option<&ServedMap>, method: &Method, request: &HeaderMap) ->
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         map.gz.clone()
     } else {
-        map.plain()
+        match map.plain() {
+            Ok(plain) => plain,
+            // Never an empty 200: a proxy would take it for a map and refuse it, or worse.
+            Err(err) => {
+                tracing::error!(digest = %map.digest, %err, "a served map's gzip cannot be read");
+                let message =
+                    "the stored map cannot be read; try again with Accept-Encoding: gzip\n";
+                return (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
+            }
+        }
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let body = if method == Method::HEAD {
@@ -207,6 +214,25 @@ mod tests {
         assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
         assert_eq!(plain.headers()[header::CACHE_CONTROL], "no-cache");
         assert_eq!(body(plain).await.as_ref(), br#"{"a": {"mode": "chat"}}"#);
+    }
+
+    #[tokio::test]
+    async fn a_gzip_that_cannot_be_read_is_a_500_never_an_empty_200() {
+        let broken =
+            ServedMap::from_checked_gzip(Bytes::from_static(b"not gzip"), "sha256:x".into(), 10);
+        let plain = respond(Some(&broken), &Method::GET, &request(&[]));
+        assert_eq!(plain.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!body(plain).await.is_empty());
+        let gz = respond(
+            Some(&broken),
+            &Method::GET,
+            &request(&[("accept-encoding", "gzip")]),
+        );
+        assert_eq!(
+            gz.status(),
+            StatusCode::OK,
+            "the stored bytes are sent as they are"
+        );
     }
 
     #[tokio::test]

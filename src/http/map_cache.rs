@@ -23,9 +23,9 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::api::ModelCostMapSync;
-use crate::render::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::http::maps::ServedMap;
 use crate::scope;
-use crate::serve::ServedMap;
+use crate::sync::render::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::watch;
 
 /// Which map: `/maps/{namespace}/{name}/{key}`, where name is the ModelCostMapSync's.
@@ -384,8 +384,8 @@ fn vouched(sync: &ModelCostMapSync) -> Option<Vouched> {
 mod tests {
     use super::*;
     use crate::api::{Artifact, ModelCostMapSyncStatus};
-    use crate::render::{MapIdentity, StoredMap, TargetRef, render_config_map};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+    use crate::sync::render::{MapIdentity, StoredMap, TargetRef, render_config_map};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
     const MAX: u64 = 1 << 20;
@@ -396,14 +396,7 @@ mod tests {
             name: name.into(),
             namespace: "llm".into(),
             key: "map.json".into(),
-            owner: OwnerReference {
-                api_version: "costmap.dev/v1alpha1".into(),
-                kind: "ModelCostMapSync".into(),
-                name: owner.into(),
-                uid: format!("uid-{owner}"),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
+            owner: crate::sync::render::owner(owner, &format!("uid-{owner}")),
         };
         let identity = MapIdentity {
             digest: map.digest(),
@@ -490,7 +483,12 @@ mod tests {
         cache.on_sync_event("", Ok(Event::InitDone));
         assert!(cache.is_watching());
         assert_eq!(
-            cache.get(&key("litellm")).unwrap().plain().as_ref(),
+            cache
+                .get(&key("litellm"))
+                .unwrap()
+                .plain()
+                .unwrap()
+                .as_ref(),
             b"{\"a\": {}}"
         );
         assert!(

@@ -1,0 +1,170 @@
+//! The words status and Events use: condition types, the reasons of each condition, and the
+//! reasons of Events. Tests and dashboards match on them, so they are defined here once and
+//! never written as bare strings elsewhere.
+
+use std::fmt;
+
+/// The types of the conditions in `status.conditions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionType {
+    /// Whether the target ConfigMap holds a validated map from the source. Always present.
+    Ready,
+    /// Whether every LiteLLM proxy listed under `spec.consumers` serves the current map.
+    /// Present only while proxies are listed.
+    ConsumersCurrent,
+}
+
+/// Why `Ready` is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// True: the ConfigMap holds a validated map from the source.
+    Synced,
+    /// False: the source could not be fetched (or its headers Secret not read).
+    FetchFailed,
+    /// False: the fetched map breaks a structure rule.
+    InvalidMap,
+    /// False: the fetched map drops more models than `maxRemovedPercent` allows.
+    ShrinkGuard,
+    /// False: the fetched map's prices are broken (`minPricedPercent`,
+    /// `maxUnpricedPercent` or `maxRepricedPercent`).
+    PriceGuard,
+    /// False: the map does not fit: over `--max-map-bytes`, or its gzip over a ConfigMap.
+    TooLarge,
+    /// False: the ConfigMap or status could not be written.
+    WriteFailed,
+    /// False: a spec field the API server should have refused (an object stored before the
+    /// CRD's validation existed); nothing is tried until the spec changes.
+    InvalidSpec,
+    /// Unchanged: syncing is suspended (`spec.suspend`); Ready keeps its status.
+    Suspended,
+}
+
+/// Why `ConsumersCurrent` is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumersReason {
+    /// True: every proxy serves the current map.
+    AllCurrent,
+    /// False: some proxy serves another map.
+    Stale,
+    /// False: some proxy could not be asked.
+    Unreachable,
+    /// False: a Service has no ready endpoint.
+    NoProxies,
+}
+
+/// The reasons of the Events recorded on a ModelCostMapSync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventReason {
+    /// The first map written: the cluster held none.
+    MapSynced,
+    /// A new map written (naming the new models), or a write a restart interrupted, done.
+    MapUpdated,
+    /// A map a guard refused was accepted by the annotation `costmap.dev/accept-digest`.
+    MapAccepted,
+    /// The ConfigMap was edited by hand and the last good map put back.
+    Restored,
+    /// The ConfigMap was deleted and written again.
+    Recreated,
+    /// Workloads under `restartWorkloads` got the new digest in their pod template.
+    WorkloadRestarted,
+    /// A workload under `restartWorkloads` could not be restarted.
+    RestartFailed,
+    /// A sync failed: the Event's reason is the Ready reason.
+    SyncFailed(Reason),
+}
+
+impl ConditionType {
+    /// The name, as status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::ConsumersCurrent => "ConsumersCurrent",
+        }
+    }
+}
+
+impl Reason {
+    /// The name, as status, Events and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Synced => "Synced",
+            Reason::FetchFailed => "FetchFailed",
+            Reason::InvalidMap => "InvalidMap",
+            Reason::ShrinkGuard => "ShrinkGuard",
+            Reason::PriceGuard => "PriceGuard",
+            Reason::TooLarge => "TooLarge",
+            Reason::WriteFailed => "WriteFailed",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::Suspended => "Suspended",
+        }
+    }
+}
+
+impl ConsumersReason {
+    /// The name, as status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumersReason::AllCurrent => "AllCurrent",
+            ConsumersReason::Stale => "Stale",
+            ConsumersReason::Unreachable => "Unreachable",
+            ConsumersReason::NoProxies => "NoProxies",
+        }
+    }
+}
+
+impl EventReason {
+    /// The name, as Events spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventReason::MapSynced => "MapSynced",
+            EventReason::MapUpdated => "MapUpdated",
+            EventReason::MapAccepted => "MapAccepted",
+            EventReason::Restored => "Restored",
+            EventReason::Recreated => "Recreated",
+            EventReason::WorkloadRestarted => "WorkloadRestarted",
+            EventReason::RestartFailed => "RestartFailed",
+            EventReason::SyncFailed(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for ConsumersReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for EventReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_variant_names() {
+        assert_eq!(ConditionType::ConsumersCurrent.as_str(), "ConsumersCurrent");
+        assert_eq!(Reason::ShrinkGuard.to_string(), "ShrinkGuard");
+        assert_eq!(ConsumersReason::NoProxies.as_str(), "NoProxies");
+        assert_eq!(
+            EventReason::SyncFailed(Reason::FetchFailed).as_str(),
+            "FetchFailed"
+        );
+        assert_eq!(EventReason::WorkloadRestarted.as_str(), "WorkloadRestarted");
+    }
+}

@@ -1,0 +1,122 @@
+//! `costmap-operator check`: the operator's fetch and validation, run once on a file or URL
+//! (and, with `--against`, its guards against a last good map).
+
+use std::fmt;
+use std::time::Duration;
+
+use super::{LoadError, load};
+use crate::digest::{git_blob_id, sha256_digest};
+use crate::sync::SyncError;
+use crate::sync::fetch::Fetcher;
+use crate::sync::validate::{ModelMap, Rules};
+
+/// What `check` reports about a valid map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Models (top-level keys minus reserved keys).
+    pub models: usize,
+    /// `sha256:<hex>` of the bytes.
+    pub digest: String,
+    /// Git blob id (LiteLLM's `source_revision`).
+    pub git_blob_id: String,
+    /// Bytes, uncompressed.
+    pub size: usize,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "models:      {}", self.models)?;
+        writeln!(f, "digest:      {}", self.digest)?;
+        writeln!(f, "git blob id: {}", self.git_blob_id)?;
+        write!(f, "size:        {} bytes", self.size)
+    }
+}
+
+/// Why a map failed the check.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The map (or the last good map) could not be had.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The last good map given with `--against` is not a valid map itself.
+    #[error("the last good map {path} is not a valid map: {error}")]
+    LastGood {
+        /// Where it came from.
+        path: String,
+        /// Why.
+        error: SyncError,
+    },
+    /// The map is refused.
+    #[error(transparent)]
+    Invalid(#[from] SyncError),
+}
+
+/// Reads `source` (an http(s) URL, else a file path) with the operator's limits and
+/// validates it with `rules`, as a first sync would; with `against`, as a sync after that
+/// last good map would (the guards then compare the two).
+pub async fn check(
+    source: &str,
+    against: Option<&str>,
+    fetcher: &Fetcher,
+    rules: &Rules,
+    timeout: Duration,
+) -> Result<Summary, CheckError> {
+    let bytes = load(source, fetcher, timeout).await?;
+    let last_good = match against {
+        Some(path) => {
+            let last_good = load(path, fetcher, timeout).await?;
+            let parsed = parse_last_good(&last_good).map_err(|error| CheckError::LastGood {
+                path: path.to_owned(),
+                error,
+            })?;
+            Some(parsed)
+        }
+        None => None,
+    };
+    summarize(&bytes, rules, last_good.as_ref())
+}
+
+/// A last good map, which must pass the structure rules itself.
+pub fn parse_last_good(bytes: &[u8]) -> Result<ModelMap, SyncError> {
+    let map = ModelMap::parse(bytes)?;
+    crate::sync::validate::validate(
+        &map,
+        &Rules {
+            min_models: 1,
+            ..Rules::default()
+        },
+    )?;
+    Ok(map)
+}
+
+/// Validates bytes already read, as the operator would after `last_good` (a first sync
+/// without it).
+pub fn summarize(
+    bytes: &[u8],
+    rules: &Rules,
+    last_good: Option<&ModelMap>,
+) -> Result<Summary, CheckError> {
+    let accepted = crate::sync::accept(bytes, rules, last_good, None)?;
+    Ok(Summary {
+        models: accepted.models,
+        digest: sha256_digest(bytes),
+        git_blob_id: git_blob_id(bytes),
+        size: bytes.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::validate::tests::sample_map;
+
+    #[test]
+    fn summary_of_a_valid_map() {
+        let bytes = sample_map(60).to_string().into_bytes();
+        let summary = summarize(&bytes, &Rules::default(), None).unwrap();
+        assert_eq!(summary.models, 60);
+        assert_eq!(summary.size, bytes.len());
+        assert_eq!(summary.digest, sha256_digest(&bytes));
+        assert!(summary.to_string().contains("models:      60"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The commands beside the operator that judge maps as it would: [`check`] (one map) and
+//! [`diff`] (a new map against the last good one, for a mirror's CI).
+
+pub mod check;
+pub mod diff;
+
+use std::time::Duration;
+
+use crate::bounded::{BoundedError, read_at_most};
+use crate::sync::fetch::{FetchError, FetchOutcome, FetchRequest, Fetcher};
+
+/// Why a map could not be had at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The URL could not be fetched.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The file could not be read.
+    #[error("reading {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The bytes of `source`: an http(s) URL, fetched with the operator's client and limits, or
+/// a file, read with the same size cap.
+pub async fn load(
+    source: &str,
+    fetcher: &Fetcher,
+    timeout: Duration,
+) -> Result<Vec<u8>, LoadError> {
+    // Anything with a scheme is a URL, so `ftp://...` or `file://...` is refused as a URL
+    // rather than looked up as a relative file path.
+    if source.contains("://") {
+        let request = FetchRequest {
+            url: source,
+            headers: &[],
+            timeout,
+            revision: None,
+        };
+        return Ok(match fetcher.fetch(&request).await? {
+            FetchOutcome::Fetched { body, .. } => body.to_vec(),
+            // No validator was sent, so a 304 is the server's error.
+            FetchOutcome::NotModified => Vec::new(),
+        });
+    }
+    read_file(source, fetcher.policy().max_body_bytes)
+}
+
+fn read_file(path: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
+    let read_error = |reason: String| LoadError::Read {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|err| read_error(err.to_string()))?;
+    read_at_most(file, max_bytes).map_err(|err| match err {
+        BoundedError::TooLarge { max_bytes } => {
+            read_error(format!("larger than the {max_bytes}-byte limit"))
+        }
+        BoundedError::Io(err) => read_error(err.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_over_the_limit_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.json");
+        std::fs::write(&path, vec![b' '; 2048]).unwrap();
+        let err = read_file(path.to_str().unwrap(), 1024).unwrap_err();
+        assert!(
+            err.to_string().contains("larger than the 1024-byte limit"),
+            "{err}"
+        );
+        let missing = read_file("/nonexistent/map.json", 1024).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("reading /nonexistent/map.json"),
+            "{missing}"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! One sync attempt: fetch, then (for new bytes) prepare and write, recording the map as
+//! pending before the ConfigMap write so that a restart in between loses nothing.
+
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Api;
+use kube::runtime::events::EventType;
+use tracing::info;
+
+use super::Error;
+use super::reconcile::{Reconciler, api_error_message};
+use super::status::{Notice, Outcome};
+use crate::api::{Artifact, EventReason};
+use crate::digest::{git_blob_id, sha256_digest};
+use crate::sync::fetch::{FetchOutcome, FetchRequest};
+use crate::sync::render::{StoredMap, read_stored_map, render_config_map};
+use crate::sync::validate::guards::shrink_guard_by_count;
+use crate::sync::{SecretError, SyncError, prepare};
+
+impl Reconciler<'_> {
+    /// Fetch, validate, diff, render, apply.
+    pub(super) async fn sync_once(
+        &self,
+        last_good: Option<&StoredMap>,
+        holds_last_good: bool,
+        config_map: Option<&ConfigMap>,
+    ) -> Outcome {
+        match self.try_sync(last_good, holds_last_good, config_map).await {
+            Ok(outcome) => outcome,
+            Err(error) => Outcome::Failed(error),
+        }
+    }
+
+    async fn try_sync(
+        &self,
+        last_good: Option<&StoredMap>,
+        holds_last_good: bool,
+        config_map: Option<&ConfigMap>,
+    ) -> Result<Outcome, SyncError> {
+        let headers = self.source_headers().await?;
+        // A validator only makes sense while the cluster holds the map it validates.
+        let revision = holds_last_good
+            .then(|| self.artifact().and_then(|a| a.revision.as_deref()))
+            .flatten();
+        let request = FetchRequest {
+            url: &self.sync.spec.source.url,
+            headers: &headers,
+            timeout: self.sync.spec.timeout()?,
+            revision,
+        };
+        let (body, revision) = match self.context.fetcher.fetch(&request).await? {
+            FetchOutcome::NotModified => return Ok(Outcome::NotModified),
+            FetchOutcome::Fetched { body, revision } => {
+                self.context.metrics.fetched_bytes.inc_by(body.len() as u64);
+                (body, revision)
+            }
+        };
+        if let Some(map) = last_good.filter(|map| map.bytes == body.as_ref()) {
+            if let Some(artifact) = self.artifact().filter(|_| !holds_last_good) {
+                self.write_map(map, artifact).await?;
+            }
+            return Ok(Outcome::Unchanged { revision });
+        }
+        if let Some(artifact) = self.artifact().filter(|_| last_good.is_none())
+            && sha256_digest(&body) == artifact.digest
+        {
+            return self.restore_from_source(body, revision, artifact).await;
+        }
+        let replaced = match last_good {
+            Some(_) => None,
+            None => self.unverified_predecessor(config_map),
+        };
+        self.accept_new_map(body.to_vec(), revision, last_good, replaced)
+            .await
+    }
+
+    /// The source sent the last good map again while the cluster had lost it (ConfigMap
+    /// deleted or edited, no copy in memory): puts it back.
+    async fn restore_from_source(
+        &self,
+        body: Bytes,
+        revision: Option<String>,
+        artifact: &Artifact,
+    ) -> Result<Outcome, SyncError> {
+        let compressed = tokio::task::spawn_blocking(move || StoredMap::from_bytes(body.to_vec()));
+        let map = compressed
+            .await
+            .map_err(|join_error| SyncError::Interrupted {
+                what: "compressing the map",
+                detail: join_error.to_string(),
+            })?;
+        self.write_map(&map, artifact).await?;
+        self.remember_last_good(&map);
+        info!(config_map = %self.target.name, "restored the last good map from the source");
+        self.publish(Notice {
+            type_: EventType::Normal,
+            reason: EventReason::Restored,
+            note: format!(
+                "ConfigMap {} did not hold the last good map {}; restored it from the source",
+                self.target.name, artifact.digest
+            ),
+        })
+        .await;
+        Ok(Outcome::Unchanged { revision })
+    }
+
+    /// With no last good map to compare a new one with: what the ConfigMap held instead,
+    /// for the Event (a sync is "first" only when the cluster holds no map at all).
+    fn unverified_predecessor(&self, config_map: Option<&ConfigMap>) -> Option<String> {
+        if let Some(artifact) = self.artifact() {
+            return Some(format!(
+                "the ConfigMap no longer held the last good map {} (deleted or edited while \
+                 no copy was held), so the new map was checked against its model count only",
+                artifact.digest
+            ));
+        }
+        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let held = read_stored_map(config_map?, &self.target.key, max_bytes)
+            .ok()
+            .flatten()?;
+        Some(format!(
+            "replaced map {} that this operator cannot vouch for (status did not name it)",
+            held.digest()
+        ))
+    }
+
+    /// Validates a new map and, when it passes, writes it.
+    async fn accept_new_map(
+        &self,
+        bytes: Vec<u8>,
+        revision: Option<String>,
+        last_good: Option<&StoredMap>,
+        replaced: Option<String>,
+    ) -> Result<Outcome, SyncError> {
+        let rules = self.sync.spec.validation.rules();
+        let last_good_bytes = last_good.map(|map| map.bytes.clone());
+        let accept_digest = self.sync.accept_digest().map(str::to_owned);
+        // Preparing holds the fetched body, the last good map and two parsed maps: tens of
+        // MiB. Bounding how many run at once bounds the operator's memory, however many
+        // objects come due together (at start-up, all of them). Fetches are not counted:
+        // a hanging source must not hold up the others.
+        let slot = self.context.sync_slots.acquire().await;
+        // Parsing, validating and compressing 3.5 MB takes a few hundred ms of CPU: keep it
+        // off the async workers that serve HTTP.
+        let prepared = tokio::task::spawn_blocking(move || {
+            let prepared = prepare(
+                bytes,
+                &rules,
+                last_good_bytes.as_deref(),
+                accept_digest.as_deref(),
+            );
+            crate::heap::release_freed_memory();
+            prepared
+        })
+        .await
+        .map_err(|join_error| SyncError::Interrupted {
+            what: "validation",
+            detail: join_error.to_string(),
+        })??;
+        drop(slot);
+        let artifact = Artifact {
+            digest: prepared.map.digest(),
+            git_blob_id: git_blob_id(&prepared.map.bytes),
+            revision,
+            size: i64::try_from(prepared.map.bytes.len()).unwrap_or(i64::MAX),
+            models: i32::try_from(prepared.accepted.models).unwrap_or(i32::MAX),
+            last_update_time: Time(self.now),
+        };
+        let mut overridden = prepared.accepted.overridden;
+        // The map's bytes are gone from the cluster: a count is all that is left to guard
+        // against.
+        if let Some(lost) = self.artifact().filter(|_| self.last_good_lost) {
+            let before = usize::try_from(lost.models).unwrap_or(0);
+            if let Err(refusal) = shrink_guard_by_count(prepared.accepted.models, before, &rules) {
+                let accept_digest = self.sync.accept_digest();
+                if accept_digest != Some(artifact.digest.as_str()) {
+                    return Err(SyncError::Refused {
+                        refusals: vec![refusal],
+                        digest: artifact.digest,
+                        accept_digest: accept_digest.map(str::to_owned),
+                    });
+                }
+                overridden.push(refusal);
+            }
+        }
+        self.record_pending(&artifact).await?;
+        self.write_map(&prepared.map, &artifact).await?;
+        self.remember_last_good(&prepared.map);
+        Ok(Outcome::Updated {
+            artifact,
+            change: prepared.accepted.change,
+            replaced,
+            overridden,
+        })
+    }
+
+    /// Records in status the map about to be written, before the ConfigMap write: an
+    /// operator restarted in between then finds a map it validated in the ConfigMap.
+    async fn record_pending(&self, artifact: &Artifact) -> Result<(), SyncError> {
+        let mut status = self.status.clone().unwrap_or_default();
+        status.pending_artifact = Some(artifact.clone());
+        self.write_status(status)
+            .await
+            .map_err(|err| SyncError::Write {
+                what: format!(
+                    "status (the new map, before ConfigMap {})",
+                    self.target.name
+                ),
+                message: match &err {
+                    Error::Kube(err) => api_error_message(err),
+                    other => other.to_string(),
+                },
+            })
+    }
+
+    /// Renders and applies the ConfigMap for `map`.
+    pub(super) async fn write_map(
+        &self,
+        map: &StoredMap,
+        artifact: &Artifact,
+    ) -> Result<(), SyncError> {
+        let desired = render_config_map(&self.target, map, &self.identity(artifact))?;
+        self.apply_config_map(&desired)
+            .await
+            .map(|_| ())
+            .map_err(|err| SyncError::Write {
+                what: format!("ConfigMap {}", self.target.name),
+                message: api_error_message(&err),
+            })
+    }
+
+    /// Request headers from `spec.source.headersSecretRef`. Errors name the Secret, never
+    /// its values.
+    async fn source_headers(&self) -> Result<Vec<(String, Vec<u8>)>, SyncError> {
+        let Some(secret_ref) = &self.sync.spec.source.headers_secret_ref else {
+            return Ok(Vec::new());
+        };
+        let secret = self
+            .secret(&secret_ref.name, "headers")
+            .await
+            .map_err(SyncError::Headers)?;
+        Ok(secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name, value.0))
+            .collect())
+    }
+
+    /// The Secret `name` in this object's namespace, read when needed (never listed or
+    /// watched), for `purpose` ("headers", "admin key").
+    pub(super) async fn secret(
+        &self,
+        name: &str,
+        purpose: &'static str,
+    ) -> Result<Secret, SecretError> {
+        let secrets: Api<Secret> =
+            Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        secrets
+            .get_opt(name)
+            .await
+            .map_err(|err| SecretError::Unreadable {
+                purpose,
+                name: name.to_owned(),
+                message: api_error_message(&err),
+            })?
+            .ok_or_else(|| SecretError::NotFound {
+                purpose,
+                name: name.to_owned(),
+            })
+    }
+}

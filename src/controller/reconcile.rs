@@ -1,0 +1,442 @@
+//! One reconcile of one object: read the cluster, decide, sync, write. The decisions are
+//! pure functions elsewhere ([`schedule::decide`], [`status::next_status`], the stages in
+//! [`crate::sync`]); this module does the reads and writes around them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::status::{self, Attempt, Notice, Outcome};
+use super::{Context, Error, FIELD_MANAGER, conditions, consumers};
+use crate::api::{Artifact, EventReason, ModelCostMapSync, ModelCostMapSyncStatus, SpecError};
+use crate::metrics::{MapLabels, SyncResult};
+use crate::sync::SyncError;
+use crate::sync::fetch::{sanitize_url, validate_source_url};
+use crate::sync::render::{
+    MapIdentity, StoredMap, TargetRef, gunzip_bounded, holds_rendered, read_stored_map,
+    render_config_map,
+};
+use crate::sync::schedule::{self, Decision, SyncCause};
+
+/// One reconcile of one object.
+pub(super) struct Reconciler<'a> {
+    pub(super) sync: &'a ModelCostMapSync,
+    /// The newer of the object's status and the one this operator last wrote.
+    pub(super) status: Option<ModelCostMapSyncStatus>,
+    pub(super) context: &'a Context,
+    pub(super) config_maps: Api<ConfigMap>,
+    pub(super) target: TargetRef,
+    pub(super) uid: String,
+    /// `spec.interval`, or why it cannot be used.
+    interval: Result<std::time::Duration, SpecError>,
+    pub(super) now: Timestamp,
+    /// Status names a last good map that neither memory nor the ConfigMap holds (the
+    /// ConfigMap was deleted or edited while nothing held a copy).
+    pub(super) last_good_lost: bool,
+}
+
+impl<'a> Reconciler<'a> {
+    pub(super) fn new(
+        sync: &'a ModelCostMapSync,
+        context: &'a Context,
+        namespace: String,
+    ) -> Result<Self, Error> {
+        let owner = sync.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
+        let uid = sync.uid().unwrap_or_default();
+        let written = context
+            .memory
+            .read(&uid, |m| m.written_status.clone())
+            .flatten();
+        Ok(Reconciler {
+            sync,
+            status: super::memory::newer_status(
+                sync.status.as_ref(),
+                sync.resource_version(),
+                written,
+            ),
+            context,
+            config_maps: Api::namespaced(context.client.clone(), &namespace),
+            target: TargetRef {
+                name: sync.config_map_name().to_owned(),
+                namespace,
+                key: sync.spec.key().to_owned(),
+                owner,
+            },
+            uid,
+            interval: sync.spec.interval(),
+            now: whole_seconds_now(),
+            last_good_lost: false,
+        })
+    }
+
+    pub(super) async fn reconcile(mut self) -> Result<Action, Error> {
+        if let Err(err) = &self.interval {
+            // Nothing to schedule with: say so once, and wait for the spec to change.
+            let outcome = Outcome::Failed(SyncError::Spec(err.clone()));
+            self.write_outcome(SyncCause::SpecChanged, outcome, Instant::now())
+                .await?;
+            return Ok(Action::await_change());
+        }
+        let config_map = self.config_maps.get_opt(&self.target.name).await?;
+        if let Some(action) = self.adopt_interrupted_write(config_map.as_ref()).await? {
+            return Ok(action);
+        }
+        let last_good = self.last_good(config_map.as_ref());
+        self.last_good_lost = self.artifact().is_some() && last_good.is_none();
+        let status = self.status.as_ref();
+        let decision = schedule::decide(&schedule::Inputs {
+            now: self.now,
+            generation: self.sync.metadata.generation,
+            suspended: self.sync.spec.suspend,
+            sync_request: self.sync.sync_request(),
+            status,
+            has_last_good: last_good.is_some(),
+            retrying: status.is_some_and(|s| conditions::is_ready(&s.conditions) == Some(false)),
+        });
+        match decision {
+            Decision::Suspended => {
+                let suspended = status::suspended(
+                    self.status.as_ref(),
+                    self.sync.metadata.generation,
+                    self.now,
+                );
+                self.write_status(suspended).await?;
+                Ok(Action::await_change())
+            }
+            Decision::Wait(remaining) => {
+                if let Some(last_good) = &last_good {
+                    self.restore_if_changed(config_map.as_ref(), last_good)
+                        .await?;
+                }
+                let recheck = self.recheck_consumers().await?;
+                Ok(Action::requeue(
+                    recheck.map_or(remaining, |r| r.min(remaining)),
+                ))
+            }
+            Decision::Sync(cause) => {
+                info!(?cause, "syncing");
+                let holds_last_good = match (&last_good, &config_map) {
+                    (Some(map), Some(cm)) => self
+                        .desired(map)
+                        .is_some_and(|desired| holds_rendered(cm, &desired)),
+                    _ => false,
+                };
+                let started = Instant::now();
+                let outcome = self
+                    .sync_once(last_good.as_deref(), holds_last_good, config_map.as_ref())
+                    .await;
+                self.write_outcome(cause, outcome, started).await
+            }
+        }
+    }
+
+    /// Finishes a content change that a restart interrupted between the ConfigMap write and
+    /// the status write: status names the map as pending, and the ConfigMap holds exactly
+    /// its bytes, so it was validated and written by this operator. It becomes the last good
+    /// map (the next map is guarded against it), and the proxies are told. Nothing is
+    /// fetched or written to the ConfigMap.
+    async fn adopt_interrupted_write(
+        &mut self,
+        config_map: Option<&ConfigMap>,
+    ) -> Result<Option<Action>, Error> {
+        let Some(pending) = self
+            .status
+            .as_ref()
+            .and_then(|status| status.pending_artifact.clone())
+        else {
+            return Ok(None);
+        };
+        if self.artifact().is_some_and(|a| a.digest == pending.digest) {
+            return Ok(None);
+        }
+        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let held = config_map
+            .and_then(|cm| {
+                read_stored_map(cm, &self.target.key, max_bytes)
+                    .ok()
+                    .flatten()
+            })
+            .filter(|held| held.digest() == pending.digest);
+        let Some(held) = held else {
+            // The write never happened: the ConfigMap still holds the artifact (or lost it,
+            // which the usual path handles); the pending record is dropped at the next write.
+            return Ok(None);
+        };
+        self.remember_last_good(&held);
+        info!(digest = %pending.digest, "adopted the map whose write a restart interrupted");
+        self.context.metrics.record_map(
+            &self.map_labels(),
+            i64::from(pending.models),
+            self.now.as_second(),
+        );
+        let (mut status, notice) = status::adopted(
+            &self.status.clone().unwrap_or_default(),
+            pending,
+            self.sync.metadata.generation,
+            self.now,
+            &self.target.name,
+        );
+        self.publish(notice).await;
+        // The proxies may not have been told before the restart.
+        self.reach_consumers(&mut status, consumers::Mode::ReloadStale)
+            .await;
+        self.write_status(status.clone()).await?;
+        self.status = Some(status);
+        Ok(Some(Action::requeue(std::time::Duration::ZERO)))
+    }
+
+    /// The last good map named by `status.artifact`, from memory or read back from the
+    /// ConfigMap. None when neither holds exactly those bytes.
+    fn last_good(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
+        let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
+        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let remembered = self
+            .context
+            .memory
+            .read(&self.uid, |m| m.last_good.clone())
+            .flatten()
+            .filter(|map| &map.digest == digest);
+        if let Some(map) = remembered {
+            // Checked against the digest when it was remembered.
+            let bytes = gunzip_bounded(&map.gz, max_bytes).ok()?;
+            return Some(Arc::new(StoredMap {
+                bytes,
+                gz: map.gz.to_vec(),
+            }));
+        }
+        let read = read_stored_map(config_map?, &self.target.key, max_bytes).ok()??;
+        if &read.digest() != digest {
+            return None;
+        }
+        self.remember_last_good(&read);
+        Some(Arc::new(read))
+    }
+
+    pub(super) fn remember_last_good(&self, map: &StoredMap) {
+        let remembered = super::memory::RememberedMap {
+            digest: map.digest(),
+            gz: bytes::Bytes::copy_from_slice(&map.gz),
+        };
+        self.context
+            .memory
+            .update(&self.uid, |m| m.last_good = Some(remembered));
+    }
+
+    pub(super) fn identity(&self, artifact: &Artifact) -> MapIdentity {
+        MapIdentity {
+            digest: artifact.digest.clone(),
+            git_blob_id: artifact.git_blob_id.clone(),
+            models: artifact.models,
+            source_url: redacted(&self.sync.spec.source.url),
+            updated_at: artifact.last_update_time.0.to_string(),
+        }
+    }
+
+    /// The ConfigMap as it should be for the last good map in status. None when there is
+    /// no artifact, or it no longer renders (it did when it was stored).
+    fn desired(&self, map: &StoredMap) -> Option<ConfigMap> {
+        render_config_map(&self.target, map, &self.identity(self.artifact()?)).ok()
+    }
+
+    pub(super) fn artifact(&self) -> Option<&Artifact> {
+        self.status.as_ref()?.artifact.as_ref()
+    }
+
+    /// Puts the last good map back when the ConfigMap was deleted or edited by hand. This
+    /// is not a sync: nothing is fetched.
+    async fn restore_if_changed(
+        &self,
+        actual: Option<&ConfigMap>,
+        last_good: &StoredMap,
+    ) -> Result<(), Error> {
+        let Some(desired) = self.desired(last_good) else {
+            return Ok(());
+        };
+        if actual.is_some_and(|actual| holds_rendered(actual, &desired)) {
+            return Ok(());
+        }
+        self.apply_config_map(&desired).await?;
+        // Distinct reasons, because Events with the same reason merge into one series that
+        // keeps the first note.
+        let (reason, what) = match actual {
+            Some(_) => (EventReason::Restored, "edited"),
+            None => (EventReason::Recreated, "deleted"),
+        };
+        info!(config_map = %self.target.name, what, "restored the ConfigMap");
+        self.publish(Notice {
+            type_: EventType::Normal,
+            reason,
+            note: format!(
+                "ConfigMap {} was {what}; restored the last good map",
+                self.target.name
+            ),
+        })
+        .await;
+        Ok(())
+    }
+
+    pub(super) async fn apply_config_map(
+        &self,
+        config_map: &ConfigMap,
+    ) -> Result<ConfigMap, kube::Error> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.config_maps
+            .patch(&self.target.name, &params, &Patch::Apply(config_map))
+            .await
+    }
+
+    /// Records an attempt in status (through [`status::next_status`]), the metrics and the
+    /// Events, then tells the consumers. Returns when to reconcile again.
+    async fn write_outcome(
+        &self,
+        cause: SyncCause,
+        outcome: Outcome,
+        started: Instant,
+    ) -> Result<Action, Error> {
+        let seconds = started.elapsed().as_secs_f64();
+        let metrics = &self.context.metrics;
+        let mode = consumers::Mode::after(cause, &outcome);
+        match &outcome {
+            Outcome::NotModified => metrics.count_sync(SyncResult::NotModified, seconds),
+            Outcome::Unchanged { .. } => metrics.count_sync(SyncResult::Unchanged, seconds),
+            Outcome::Updated { artifact, .. } => {
+                metrics.count_sync(SyncResult::Updated, seconds);
+                info!(cause = ?cause, digest = %artifact.digest, models = artifact.models, "map written");
+            }
+            Outcome::Failed(error) => {
+                metrics.count_sync(SyncResult::Failed, seconds);
+                if let SyncError::Refused { refusals, .. } = error {
+                    for refusal in refusals {
+                        metrics.count_guard_refusal(refusal.guard.as_str());
+                    }
+                }
+                warn!(reason = %error.reason(), error = %error, "sync failed; the ConfigMap keeps the last good map");
+            }
+        }
+        let failures_before = self
+            .context
+            .memory
+            .read(&self.uid, |m| m.consecutive_failures)
+            .unwrap_or(0);
+        let attempt = Attempt {
+            generation: self.sync.metadata.generation,
+            sync_request: self.sync.sync_request(),
+            started: self.now,
+            finished: whole_seconds_now(),
+            interval: *self.interval.as_ref().unwrap_or(&schedule::MIN_INTERVAL),
+            failures_before,
+            retry_backoff: self.context.retry_backoff,
+            last_good_lost: self.last_good_lost,
+            config_map: &self.target.name,
+        };
+        let mut next = status::next_status(self.status.as_ref(), outcome, &attempt);
+        self.context
+            .memory
+            .update(&self.uid, |m| m.consecutive_failures = next.failures);
+        for notice in std::mem::take(&mut next.events) {
+            self.publish(notice).await;
+        }
+        if let Some(artifact) = next.status.artifact.as_ref().filter(|_| next.failures == 0) {
+            let models = i64::from(artifact.models);
+            metrics.record_map(&self.map_labels(), models, self.now.as_second());
+        }
+        let recheck = self.reach_consumers(&mut next.status, mode).await;
+        self.write_status(next.status).await?;
+        Ok(match next.wait {
+            Some(wait) => Action::requeue(recheck.map_or(wait, |r| r.min(wait))),
+            None => Action::await_change(),
+        })
+    }
+
+    /// Server-side applies the whole status; skipped when nothing changed, so a reconcile
+    /// with nothing to do writes nothing.
+    pub(super) async fn write_status(&self, status: ModelCostMapSyncStatus) -> Result<(), Error> {
+        if self.sync.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let api: Api<ModelCostMapSync> =
+            Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        let patch = json!({
+            "apiVersion": ModelCostMapSync::api_version(&()),
+            "kind": ModelCostMapSync::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let written = api
+            .patch_status(&self.sync.name_any(), &params, &Patch::Apply(&patch))
+            .await?;
+        self.context.memory.record_write(
+            &self.uid,
+            status,
+            written.resource_version(),
+            self.sync.resource_version(),
+        );
+        Ok(())
+    }
+
+    /// This object, as metrics label it.
+    pub(super) fn map_labels(&self) -> MapLabels {
+        MapLabels {
+            namespace: self.target.namespace.clone(),
+            name: self.sync.name_any(),
+        }
+    }
+
+    /// Records an Event; a failure to record is logged, never fatal.
+    pub(super) async fn publish(&self, notice: Notice) {
+        let event = Event {
+            type_: notice.type_,
+            reason: notice.reason.as_str().to_owned(),
+            note: Some(truncate(notice.note, 1000)),
+            action: "Sync".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self
+            .context
+            .recorder
+            .publish(&event, &self.sync.object_ref(&()))
+            .await
+        {
+            warn!(error = %err, "could not record an Event");
+        }
+    }
+}
+
+/// Now, in whole seconds, as metav1.Time stores it: a status kept in memory must compare
+/// equal to the same status read back from the API server.
+pub(super) fn whole_seconds_now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
+}
+
+fn redacted(url: &str) -> String {
+    validate_source_url(url)
+        .map(|url| sanitize_url(&url))
+        .unwrap_or_else(|_| "<invalid URL>".to_owned())
+}
+
+/// The API server's message for an error, without the request it answered.
+pub(super) fn api_error_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub(super) fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

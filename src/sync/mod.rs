@@ -1,0 +1,91 @@
+//! The stages of one sync, pure functions with plain unit tests:
+//!
+//! - [`fetch`]: a bounded, conditional GET of the source (its [`fetch::address`] is the SSRF
+//!   guard);
+//! - [`validate`]: the structure rules every map must pass, and the [`validate::guards`]
+//!   that compare it with the last good map;
+//! - [`diff`]: what a new map changes;
+//! - [`render`]: the target ConfigMap, and the map read back from it;
+//! - [`schedule`]: when to fetch at all.
+
+pub mod diff;
+mod error;
+pub mod fetch;
+pub mod render;
+pub mod schedule;
+pub mod validate;
+
+pub use error::{SecretError, SyncError};
+
+use render::StoredMap;
+use validate::{ModelMap, Rules};
+
+/// What accepting a map found: enough to describe it, not the map itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// How many models it holds.
+    pub models: usize,
+    /// What it changes against the last good map; none on a first sync.
+    pub change: Option<diff::MapChange>,
+    /// The guards' refusals that the accept-digest annotation overrode; empty when every
+    /// guard accepted the map.
+    pub overridden: Vec<validate::guards::Refusal>,
+}
+
+/// Parses a map once and accepts it, or says why not: the structure rules, then the guards
+/// (against the last good map, when there is one), and what changed. A map the guards refuse
+/// is accepted all the same when its digest is `accept_digest` (the annotation). The
+/// operator (through [`prepare`]), `check` and the agent all accept maps here, so they agree
+/// on what a good map is.
+pub fn accept(
+    bytes: &[u8],
+    rules: &Rules,
+    last_good: Option<&ModelMap>,
+    accept_digest: Option<&str>,
+) -> Result<Accepted, SyncError> {
+    let map = ModelMap::parse(bytes)?;
+    validate::validate(&map, rules)?;
+    let report = validate::guards::price_report(&map, last_good);
+    let refusals = validate::guards::refusals(&map, last_good, &report, rules);
+    if !refusals.is_empty() {
+        let digest = crate::digest::sha256_digest(bytes);
+        if accept_digest != Some(digest.as_str()) {
+            return Err(SyncError::Refused {
+                refusals,
+                digest,
+                accept_digest: accept_digest.map(str::to_owned),
+            });
+        }
+    }
+    Ok(Accepted {
+        models: map.model_count(),
+        change: last_good.map(|old| diff::diff(old, &map).with_prices(&report)),
+        overridden: refusals,
+    })
+}
+
+/// A new map, accepted and ready to store: its bytes, their gzip, and what it changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedMap {
+    /// The exact bytes and their gzip.
+    pub map: StoredMap,
+    /// How it was accepted.
+    pub accepted: Accepted,
+}
+
+/// The CPU-heavy part of accepting a new map: [`accept`] against the last good map's
+/// bytes, then gzip. A last good map that no longer parses (an older operator's rules) is
+/// compared with nothing rather than refusing every new map.
+pub fn prepare(
+    bytes: Vec<u8>,
+    rules: &Rules,
+    last_good: Option<&[u8]>,
+    accept_digest: Option<&str>,
+) -> Result<PreparedMap, SyncError> {
+    let last_good = last_good.and_then(|bytes| ModelMap::parse(bytes).ok());
+    let accepted = accept(&bytes, rules, last_good.as_ref(), accept_digest)?;
+    Ok(PreparedMap {
+        map: StoredMap::from_bytes(bytes),
+        accepted,
+    })
+}

@@ -1,0 +1,274 @@
+//! Parsing a map, bounded and strict: a hostile source can make the parser neither crash
+//! (nesting deeper than serde_json's recursion limit is an error) nor use unbounded memory
+//! (at most [`MAX_TOP_LEVEL_KEYS`] keys), and a key that appears twice in one object is an
+//! error rather than a silent choice of one copy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::Value;
+
+use super::{EXAMPLES_PER_RULE, ModelMap, ValidationError, truncated};
+
+/// The most top-level keys a map may have. Real maps have about 5,000; this bounds the
+/// memory a hostile source can make the parser use.
+pub const MAX_TOP_LEVEL_KEYS: usize = 100_000;
+
+impl ModelMap {
+    /// Parses a map, bounded: nesting deeper than serde_json's recursion limit (128) and
+    /// more than [`MAX_TOP_LEVEL_KEYS`] keys are errors, never a crash. A key that appears
+    /// twice in one object is an error too: JSON readers disagree on which copy wins (Python's
+    /// `json`, and so LiteLLM, keeps the last), so such a map prices differently depending on
+    /// who reads it.
+    pub fn parse(bytes: &[u8]) -> Result<ModelMap, ValidationError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let parsed = TopLevel::deserialize(&mut deserializer).and_then(|top| {
+            deserializer.end()?;
+            Ok(top)
+        });
+        match parsed {
+            Ok(TopLevel { duplicates, .. }) if !duplicates.is_empty() => Err(
+                ValidationError::InvalidMap(describe_duplicates(&duplicates)),
+            ),
+            Ok(TopLevel { entries, .. }) => Ok(ModelMap { entries }),
+            Err(err) => Err(ValidationError::InvalidMap(describe_parse_error(
+                bytes, &err,
+            ))),
+        }
+    }
+}
+
+fn describe_parse_error(bytes: &[u8], err: &serde_json::Error) -> String {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => "the body is empty".to_owned(),
+        Some(b'<') => format!("the body is not JSON (it looks like HTML or XML): {err}"),
+        Some(_) if err.is_eof() => format!("the JSON is truncated: {err}"),
+        Some(_) => format!("not a JSON object of models: {err}"),
+    }
+}
+
+fn describe_duplicates(duplicates: &[String]) -> String {
+    let names: Vec<String> = duplicates
+        .iter()
+        .take(EXAMPLES_PER_RULE)
+        .map(|name| format!("{:?}", truncated(name)))
+        .collect();
+    let more = duplicates.len().saturating_sub(EXAMPLES_PER_RULE);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} top-level keys appear more than once: {}{more}; JSON readers disagree on which copy \
+         wins, so the map is refused",
+        duplicates.len(),
+        names.join(", ")
+    )
+}
+
+/// The top-level object, parsed with a cap on its number of keys; keys seen twice are
+/// collected (and the map refused) rather than one copy silently winning.
+struct TopLevel {
+    entries: BTreeMap<String, Value>,
+    duplicates: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON object mapping model names to entries")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<TopLevel, A::Error> {
+        let mut entries = BTreeMap::new();
+        let mut duplicates = Vec::new();
+        let mut seen = 0usize;
+        while let Some((key, StrictValue(value))) = access.next_entry::<String, StrictValue>()? {
+            seen += 1;
+            if seen > MAX_TOP_LEVEL_KEYS {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {MAX_TOP_LEVEL_KEYS} top-level keys"
+                )));
+            }
+            match entries.entry(key) {
+                std::collections::btree_map::Entry::Occupied(entry) => {
+                    duplicates.push(entry.key().clone());
+                }
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(value);
+                }
+            }
+        }
+        duplicates.sort();
+        duplicates.dedup();
+        Ok(TopLevel {
+            entries,
+            duplicates,
+        })
+    }
+}
+
+/// A JSON value in which no object has the same key twice; serde_json's own `Value` keeps
+/// the last copy silently.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(StrictValueVisitor)
+            .map(StrictValue)
+    }
+}
+
+struct StrictValueVisitor;
+
+impl<'de> Visitor<'de> for StrictValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        // JSON text has no NaN or infinities; serde_json refuses 1e400 before we get here.
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(access.size_hint().unwrap_or(0).min(1024));
+        while let Some(StrictValue(item)) = access.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some((key, StrictValue(value))) = access.next_entry::<String, StrictValue>()? {
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {:?} appears twice in one object",
+                    truncated(&key)
+                )));
+            }
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_truncated_and_non_object_bodies_say_what_they_are() {
+        for (body, expected) in [
+            (
+                "<!DOCTYPE html><html>rate limited</html>",
+                "looks like HTML",
+            ),
+            (r#"{"model-1": {"mode": "ch"#, "truncated"),
+            ("[1, 2, 3]", "not a JSON object"),
+            ("   ", "empty"),
+            (r#"{"a": {}} trailing"#, "not a JSON object"),
+        ] {
+            let err = ModelMap::parse(body.as_bytes()).unwrap_err();
+            assert!(matches!(err, ValidationError::InvalidMap(_)), "{body}");
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let depth = 100_000;
+        let body = format!("{{\"m\": {}{}}}", "[".repeat(depth), "]".repeat(depth));
+        let err = ModelMap::parse(body.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn too_many_top_level_keys_is_an_error() {
+        let body: String = (0..=MAX_TOP_LEVEL_KEYS)
+            .map(|i| format!("\"k{i}\":0"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let err = ModelMap::parse(format!("{{{body}}}").as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("top-level keys"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_top_level_keys_are_refused_naming_them() {
+        let body = br#"{"gpt-4o": {"input_cost_per_token": 2.5e-6}, "b": {}, "b": {},
+                        "gpt-4o": {"input_cost_per_token": 0}}"#;
+        let err = ModelMap::parse(body).unwrap_err();
+        assert!(matches!(err, ValidationError::InvalidMap(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "invalid map: 2 top-level keys appear more than once: \"b\", \"gpt-4o\"; JSON \
+             readers disagree on which copy wins, so the map is refused"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_inside_an_entry_are_refused() {
+        let body = br#"{"m": {"input_cost_per_token": 1e-6, "input_cost_per_token": 0}}"#;
+        let err = ModelMap::parse(body).unwrap_err().to_string();
+        assert!(
+            err.contains("the key \"input_cost_per_token\" appears twice in one object"),
+            "{err}"
+        );
+        let nested = br#"{"m": {"tiers": [{"a": 1, "a": 2}]}}"#;
+        assert!(ModelMap::parse(nested).is_err());
+        // The same key in different objects is fine.
+        ModelMap::parse(br#"{"m": {"a": {"x": 1}, "b": {"x": 1}}, "n": {"a": 1}}"#).unwrap();
+    }
+
+    #[test]
+    fn numbers_and_strings_parse_as_serde_json_reads_them() {
+        let body = br#"{"m": {"i": 4096, "f": 4096.0, "neg": -1, "big": 18446744073709551615,
+                        "s": "x\u00e9", "n": null, "t": true, "a": []}}"#;
+        let strict = ModelMap::parse(body).unwrap();
+        let plain: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(strict.model("m").unwrap(), &plain["m"]);
+        let err = ModelMap::parse(br#"{"m": {"c": 1e400}}"#).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+}
