@@ -170,6 +170,24 @@ async fn invalid_specs_are_refused_with_a_message_naming_field_and_problem() {
             "should be less than or equal to 100",
         ),
         refused(
+            "minPricedPercent 101",
+            json!({"validation": {"minPricedPercent": 101}}),
+            "spec.validation.minPricedPercent",
+            "should be less than or equal to 100",
+        ),
+        refused(
+            "maxUnpricedPercent -1",
+            json!({"validation": {"maxUnpricedPercent": -1}}),
+            "spec.validation.maxUnpricedPercent",
+            "should be greater than or equal to 0",
+        ),
+        refused(
+            "maxRepricedPercent 101",
+            json!({"validation": {"maxRepricedPercent": 101}}),
+            "spec.validation.maxRepricedPercent",
+            "should be less than or equal to 100",
+        ),
+        refused(
             "maxRemovedPercent -1",
             json!({"validation": {"maxRemovedPercent": -1}}),
             "spec.validation.maxRemovedPercent",
@@ -258,7 +276,8 @@ async fn an_empty_spec_is_accepted_and_defaulted_by_the_server() {
         "interval": "1h",
         "suspend": false,
         "target": {},
-        "validation": {"minModels": 50, "maxRemovedPercent": 50},
+        "validation": {"minModels": 50, "maxRemovedPercent": 50, "minPricedPercent": 50,
+                       "maxUnpricedPercent": 1, "maxRepricedPercent": 25},
     });
     assert_eq!(
         created.data["spec"], expected,
@@ -286,7 +305,8 @@ async fn an_empty_spec_is_accepted_and_defaulted_by_the_server() {
     );
     assert_eq!(
         spec["validation"],
-        json!({"minModels": 10, "maxRemovedPercent": 50})
+        json!({"minModels": 10, "maxRemovedPercent": 50, "minPricedPercent": 50,
+               "maxUnpricedPercent": 1, "maxRepricedPercent": 25})
     );
     assert_eq!(spec["interval"], "1h");
 
@@ -317,7 +337,8 @@ async fn a_full_valid_spec_is_stored_as_given() {
         "interval": "1h30m",
         "suspend": true,
         "target": {"configMapName": "litellm.cost-map", "key": "prices_v2.json"},
-        "validation": {"minModels": 1, "maxRemovedPercent": 0},
+        "validation": {"minModels": 1, "maxRemovedPercent": 0, "minPricedPercent": 0,
+                       "maxUnpricedPercent": 100, "maxRepricedPercent": 0},
     });
     create_raw(&client, &ns, "full", spec.clone())
         .await
@@ -393,6 +414,10 @@ async fn kubectl_explain_shows_the_doc_comments() {
     );
     assert!(explained.contains("At least 1m"), "{explained}");
     assert!(explained.contains("Defaults to 1h"), "{explained}");
+
+    let repriced = explain("mcms.spec.validation.maxRepricedPercent").expect("explain a guard");
+    assert!(repriced.contains("at most 8.5% did"), "{repriced}");
+    assert!(repriced.contains("Defaults to 25"), "{repriced}");
 
     let timeout = explain("mcms.spec.source.timeout").expect("explain by short name");
     assert!(timeout.contains("Between 1s and 10m"), "{timeout}");

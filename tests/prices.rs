@@ -51,8 +51,9 @@ fn every_real_transition_passes_every_guard_with_the_defaults() {
     let maps: Vec<Bytes> = versions.iter().map(|v| real_map(v)).collect();
     for (i, j) in [(0, 1), (1, 2), (0, 2)] {
         let old = ModelMap::parse(&maps[i]).unwrap();
-        let accepted = costmap_operator::sync::accept(&maps[j], &Rules::default(), Some(&old), None)
-            .unwrap_or_else(|err| panic!("{} -> {}: {err}", versions[i], versions[j]));
+        let accepted =
+            costmap_operator::sync::accept(&maps[j], &Rules::default(), Some(&old), None)
+                .unwrap_or_else(|err| panic!("{} -> {}: {err}", versions[i], versions[j]));
         assert!(accepted.overridden.is_empty());
         let new = ModelMap::parse(&maps[j]).unwrap();
         let report = price_report(&new, Some(&old));
@@ -87,13 +88,29 @@ async fn broken_prices_are_refused_and_one_map_can_be_accepted_on_purpose() {
     let emptied = each_entry(&good, serde_json::Map::clear);
     let times_a_million = reprice(&good, |_, price| price * 1e6);
     let input_zeroed = reprice(&good, |field, price| {
-        if field.starts_with("input") { 0.0 } else { price }
+        if field.starts_with("input") {
+            0.0
+        } else {
+            price
+        }
     });
     for (n, (what, map, says)) in [
         ("every price zeroed", &zeroed, "lost every price"),
-        ("every entry emptied", &emptied, "are priced, fewer than minPricedPercent 50%"),
-        ("every price x1e6", &times_a_million, "changed or lost a price, more than maxRepricedPercent 25%"),
-        ("every input price zeroed", &input_zeroed, "changed or lost a price"),
+        (
+            "every entry emptied",
+            &emptied,
+            "are priced, fewer than minPricedPercent 50%",
+        ),
+        (
+            "every price x1e6",
+            &times_a_million,
+            "changed or lost a price, more than maxRepricedPercent 25%",
+        ),
+        (
+            "every input price zeroed",
+            &input_zeroed,
+            "changed or lost a price",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -112,7 +129,11 @@ async fn broken_prices_are_refused_and_one_map_can_be_accepted_on_purpose() {
             message.contains(&format!("{ACCEPT_DIGEST_ANNOTATION}={digest}")),
             "{what}: {message}"
         );
-        assert_eq!(s.config_map().await.resource_version(), cm_version, "{what}");
+        assert_eq!(
+            s.config_map().await.resource_version(),
+            cm_version,
+            "{what}"
+        );
     }
     let metrics = s.operator.metrics.encode();
     assert!(
@@ -132,8 +153,14 @@ async fn broken_prices_are_refused_and_one_map_can_be_accepted_on_purpose() {
     let synced = s.wait_ready("True", Reason::Synced).await;
     let status = synced.status.unwrap();
     assert_eq!(status.artifact.unwrap().digest, accepted);
-    assert_eq!(status.last_accepted_digest.as_deref(), Some(accepted.as_str()));
-    assert_eq!(stored_bytes(&s.config_map().await, costmap_operator::api::DEFAULT_KEY), times_a_million.as_ref());
+    assert_eq!(
+        status.last_accepted_digest.as_deref(),
+        Some(accepted.as_str())
+    );
+    assert_eq!(
+        stored_bytes(&s.config_map().await, costmap_operator::api::DEFAULT_KEY),
+        times_a_million.as_ref()
+    );
     let note = wait_event(
         &s.client,
         &s.ns,
@@ -154,7 +181,9 @@ async fn broken_prices_are_refused_and_one_map_can_be_accepted_on_purpose() {
     let refused = s.wait_ready("False", Reason::PriceGuard).await;
     let message = ready_condition(&refused).unwrap().message;
     assert!(
-        message.contains(&format!("({ACCEPT_DIGEST_ANNOTATION} names {accepted}, not this map)")),
+        message.contains(&format!(
+            "({ACCEPT_DIGEST_ANNOTATION} names {accepted}, not this map)"
+        )),
         "{message}"
     );
     s.operator.stop().await;
@@ -166,16 +195,26 @@ async fn a_first_sync_of_a_map_with_every_price_zeroed_is_refused() {
     let s = Scenario::new("prices-first", Answer::Map(zeroed), json!({})).await;
     let refused = s.wait_ready("False", Reason::PriceGuard).await;
     let message = ready_condition(&refused).unwrap().message;
-    assert!(message.contains("only 0 of the map's 100 models (0%) are priced"), "{message}");
     assert!(
-        config_maps(&s.client, &s.ns).get_opt("litellm").await.unwrap().is_none(),
+        message.contains("only 0 of the map's 100 models (0%) are priced"),
+        "{message}"
+    );
+    assert!(
+        config_maps(&s.client, &s.ns)
+            .get_opt("litellm")
+            .await
+            .unwrap()
+            .is_none(),
         "nothing written"
     );
     s.operator.stop().await;
 }
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(BIN).args(args).output().expect("run the binary");
+    let output = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run the binary");
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -198,7 +237,10 @@ fn diff_and_check_against_say_what_the_guards_would_in_a_mirror_s_ci() {
     let (code, stdout, _) = run(&["diff", &old, &new]);
     assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("added:    688"), "{stdout}");
-    assert!(stdout.contains("verdict: the operator would accept"), "{stdout}");
+    assert!(
+        stdout.contains("verdict: the operator would accept"),
+        "{stdout}"
+    );
     assert!(stdout.contains("largest price moves:"), "{stdout}");
 
     let (code, stdout, _) = run(&["diff", &old, &zeroed, "--output", "json"]);
@@ -212,12 +254,25 @@ fn diff_and_check_against_say_what_the_guards_would_in_a_mirror_s_ci() {
         .filter(|check| check["accepts"] == false)
         .map(|check| check["check"].as_str().unwrap())
         .collect();
-    assert_eq!(refused, ["minPricedPercent", "maxUnpricedPercent", "maxRepricedPercent"]);
+    assert_eq!(
+        refused,
+        [
+            "minPricedPercent",
+            "maxUnpricedPercent",
+            "maxRepricedPercent"
+        ]
+    );
 
     // A looser threshold, given as a flag, lets a big repricing through.
-    let doubled = write("doubled.json", &reprice(&real_map("1.108.0"), |_, price| price * 2.0));
+    let doubled = write(
+        "doubled.json",
+        &reprice(&real_map("1.108.0"), |_, price| price * 2.0),
+    );
     assert_eq!(run(&["diff", &old, &doubled]).0, Some(1));
-    assert_eq!(run(&["diff", &old, &doubled, "--max-repriced-percent", "100"]).0, Some(0));
+    assert_eq!(
+        run(&["diff", &old, &doubled, "--max-repriced-percent", "100"]).0,
+        Some(0)
+    );
 
     let (code, _, stderr) = run(&["diff", &old, "/nonexistent/map.json"]);
     assert_eq!(code, Some(2), "{stderr}");
