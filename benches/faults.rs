@@ -4,7 +4,8 @@
 //! control plane, release operator; prints medians of several runs, asserts nothing the
 //! tests do not.
 //!
-//! `cargo bench --bench faults` (RUNS=N to change the number of runs, default 5)
+//! `cargo bench --bench faults` (RUNS=N to change the number of runs, default 5; ONLY=TEXT
+//! for the scenarios whose name contains TEXT)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,6 +24,10 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Duration>,
 {
+    // ONLY=apiserver (say) runs the scenarios whose name contains it.
+    if std::env::var("ONLY").is_ok_and(|only| !name.contains(only.as_str())) {
+        return;
+    }
     let mut seconds = Vec::new();
     for _ in 0..runs {
         seconds.push(scenario().await.as_secs_f64());
