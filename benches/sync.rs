@@ -1,7 +1,9 @@
 //! End-to-end sync of the real 3.5 MB map on loopback, with the release binary against the
 //! local control plane: time from a sync request to the status that records it, for a
 //! content change (1.108.0 <-> 1.110.2: fetch, parse, validate, diff, gzip, apply, status) and
-//! for an unchanged source (304), and the operator's peak RSS. Prints figures; asserts none.
+//! for an unchanged source (304), for an edit of an override ConfigMap (merged into the
+//! remembered fetched map, no fetch) until the endpoint serves it, and the operator's peak
+//! RSS. Prints figures; asserts none.
 //!
 //! `cargo bench --bench sync`
 
@@ -47,6 +49,8 @@ async fn main() {
         changed.push(timed_sync(&client, &ns, &format!("change-{run}")).await);
         unchanged.push(timed_sync(&client, &ns, &format!("same-{run}")).await);
     }
+    let edits = override_edits(&client, &ns, &operator).await;
+    let published = published_sizes(&client, &ns).await;
     let peak = rss_kib(pid, "VmHWM");
     let idle = rss_kib(pid, "VmRSS");
     operator.kill();
@@ -64,6 +68,13 @@ async fn main() {
         min(&unchanged),
         max(&unchanged)
     );
+    println!(
+        "  override ConfigMap edit -> served by the endpoint (no fetch): median {:>7.1} ms  (min {:.1}, max {:.1})",
+        median(&edits),
+        min(&edits),
+        max(&edits)
+    );
+    println!("  published map with the override: {published}");
     println!(
         "  operator RSS: {rss_after_first_sync} KiB after the first sync, {idle} KiB at the end, peak {peak} KiB"
     );
@@ -87,4 +98,89 @@ async fn timed_sync(client: &kube::Client, ns: &str, token: &str) -> f64 {
         .expect("sync handled in time")
         .expect("watch");
     started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The published map's size, and its gzip's in the ConfigMap.
+async fn published_sizes(client: &kube::Client, ns: &str) -> String {
+    let sync = syncs(client, ns)
+        .get("litellm")
+        .await
+        .expect("reading the object");
+    let config_map = config_maps(client, ns)
+        .get(sync.config_map_name())
+        .await
+        .expect("reading the ConfigMap");
+    let artifact = sync
+        .status
+        .and_then(|s| s.artifact)
+        .expect("a published map");
+    let gzip: usize = config_map
+        .binary_data
+        .unwrap_or_default()
+        .values()
+        .map(|bytes| bytes.0.len())
+        .sum();
+    format!(
+        "{} bytes, {} models, gzip {gzip} bytes ({:.1}% of a ConfigMap's 1 MiB)",
+        artifact.size,
+        artifact.models,
+        gzip as f64 * 100.0 / (1024.0 * 1024.0)
+    )
+}
+
+/// Names an override ConfigMap in the spec, then edits its price of gpt-4o RUNS times:
+/// the milliseconds from each edit until the endpoint serves the new price.
+async fn override_edits(client: &kube::Client, ns: &str, operator: &OperatorProcess) -> Vec<f64> {
+    let rates = |price: f64| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "negotiated-rates"},
+            "data": {"overrides.json": serde_json::json!({"gpt-4o": {"input_cost_per_token": price}}).to_string()},
+        })
+    };
+    let apply = kube::api::PatchParams::apply("bench").force();
+    let config_maps = config_maps(client, ns);
+    let edit = |price: f64| {
+        let config_maps = config_maps.clone();
+        let apply = apply.clone();
+        async move {
+            config_maps
+                .patch(
+                    "negotiated-rates",
+                    &apply,
+                    &kube::api::Patch::Apply(&rates(price)),
+                )
+                .await
+                .expect("writing the override ConfigMap");
+        }
+    };
+    edit(1e-6).await;
+    let refs = serde_json::json!({"spec": {"overrides": {"configMapRefs": [{"name": "negotiated-rates"}]}}});
+    syncs(client, ns)
+        .patch(
+            "litellm",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&refs),
+        )
+        .await
+        .expect("naming the override ConfigMap");
+    let path = format!("/maps/{ns}/litellm/{}", costmap_operator::api::DEFAULT_KEY);
+    let serves = |price: f64| {
+        let path = path.clone();
+        async move {
+            let (_, body) = operator.get(&path).await?;
+            let map: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (map["gpt-4o"]["input_cost_per_token"] == price).then_some(())
+        }
+    };
+    eventually("the first override served", || serves(1e-6)).await;
+    let mut times = Vec::new();
+    for run in 0..RUNS {
+        let price = 1e-6 + (run + 1) as f64 * 1e-8;
+        let started = Instant::now();
+        edit(price).await;
+        eventually("the edit served", || serves(price)).await;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times
 }

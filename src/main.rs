@@ -236,6 +236,14 @@ impl FetchArgs {
 }
 
 fn main() -> ExitCode {
+    // Installed as kubectl-costmap, the binary is a kubectl plugin.
+    let called_as = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|path| path.file_stem().map(|stem| stem.to_owned()));
+    if called_as.is_some_and(|stem| stem == cli::plugin::PLUGIN_NAME) {
+        return run_plugin(cli::plugin::Plugin::parse());
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => multi_thread(run(args)).and_then(|result| result),
@@ -250,6 +258,20 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
     };
     exit_code(result)
+}
+
+fn run_plugin(plugin: cli::plugin::Plugin) -> ExitCode {
+    match multi_thread(cli::plugin::run(plugin)) {
+        Ok(Ok(output)) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(err)) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+        Err(err) => exit_code(Err(err)),
+    }
 }
 
 /// Runs `future` on the operator's runtime: a worker thread per core.

@@ -17,11 +17,12 @@ const NAMESPACES: [&str; 4] = ["llm", "costmap-system", "argocd", "flux-system"]
 
 /// Files that must be there (relative to examples/), and folders that must hold at least
 /// two manifests.
-const EXPECTED_FILES: [&str; 4] = [
+const EXPECTED_FILES: [&str; 5] = [
     "basic.yaml",
     "air-gapped.yaml",
     "litellm-proxy.yaml",
     "litellm-agent-sidecar.yaml",
+    "overrides.yaml",
 ];
 const EXPECTED_FOLDERS: [&str; 2] = ["gitops/flux", "gitops/argocd"];
 
@@ -114,9 +115,9 @@ fn every_example_sync_spec_reads_as_written() {
             syncs.push(where_);
         }
     }
-    // basic, air-gapped, litellm-proxy, litellm-agent-sidecar, Flux and Argo CD.
+    // basic, air-gapped, litellm-proxy, litellm-agent-sidecar, overrides, Flux and Argo CD.
     assert!(
-        syncs.len() >= 6,
+        syncs.len() >= 7,
         "ModelCostMapSyncs found in examples/: {syncs:#?}"
     );
 }

@@ -1,7 +1,8 @@
 //! Proof with the real LiteLLM from PyPI (venvs under target/, see testenv::litellm_venv):
 //! the library prices a model added upstream today with the map from the operator's endpoint
 //! and from the agent; a real proxy (no database) reports our git blob id, is Stale after a
-//! new map until restarted, then Current; its admin key shows up in no log, Event or status.
+//! new map until restarted, then Current; its admin key shows up in no log, Event or status;
+//! and the library prices with our overrides over upstream's prices.
 
 mod common;
 
@@ -140,6 +141,48 @@ async fn the_litellm_library_prices_a_day0_model_from_the_operator_and_from_the_
     eventually("the agent serves the map", || agent.map()).await;
     let priced = price_with_litellm(&agent.map_url(), DAY0_MODEL).await;
     assert_day0_price(&priced, &artifact.git_blob_id);
+    s.operator.stop().await;
+}
+
+#[tokio::test]
+async fn the_litellm_library_prices_with_our_overrides_over_upstream() {
+    let real = real_map("1.110.2");
+    let upstream: serde_json::Value = serde_json::from_slice(&real).unwrap();
+    let list_price = upstream["gpt-4o"]["input_cost_per_token"].as_f64().unwrap();
+    let negotiated = list_price * 0.8;
+    let spec = json!({"overrides": {"models": {
+        "gpt-4o": {"input_cost_per_token": negotiated},
+        DAY0_MODEL: day0_entry(),
+    }}});
+    let s = Scenario::new("library-overrides", Answer::Map(real), spec).await;
+    let status = s.wait_ready("True", Reason::Synced).await.status.unwrap();
+    let artifact = status.artifact.unwrap();
+    assert_eq!(status.overrides.unwrap().added_models, [DAY0_MODEL]);
+
+    let priced = price_with_litellm(&s.map_url(), "gpt-4o").await;
+    assert_eq!(
+        priced["source"]["source_revision"], artifact.git_blob_id,
+        "{priced}"
+    );
+    let prompt = priced["prompt"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{priced}"));
+    assert!(
+        (prompt - 1000.0 * negotiated).abs() < 1e-12,
+        "{priced} (list {list_price})"
+    );
+    let completion = priced["completion"].as_f64().unwrap();
+    let list_completion = upstream["gpt-4o"]["output_cost_per_token"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (completion - 1000.0 * list_completion).abs() < 1e-12,
+        "upstream's: {priced}"
+    );
+    assert_day0_price(
+        &price_with_litellm(&s.map_url(), DAY0_MODEL).await,
+        &artifact.git_blob_id,
+    );
     s.operator.stop().await;
 }
 

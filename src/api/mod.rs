@@ -3,16 +3,21 @@
 //! Doc comments on these types become the CRD's descriptions, and so what `kubectl explain`
 //! prints: they are written for the people who write the YAML.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 mod duration;
 mod reasons;
+mod status;
 
 use duration::parse_duration;
 
 pub use reasons::{ConditionType, ConsumersReason, EventReason, Reason};
+pub use status::{
+    Artifact, ConsumerState, ConsumerStatus, HistoryEntry, LastChange, ModelCostMapSyncStatus,
+    OverridesStatus, PriceChange, SourceMap,
+};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +25,9 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "costmap.dev";
 /// Set this annotation to any new value to ask for one sync now ("sync now").
 pub const SYNC_REQUESTED_AT_ANNOTATION: &str = "costmap.dev/sync-requested-at";
+/// Set this annotation to the digest of the published map to roll back to the newest map in
+/// history with another digest, and refuse that digest from then on.
+pub const REJECT_DIGEST_ANNOTATION: &str = "costmap.dev/reject-digest";
 /// Set this annotation to the digest of a map a guard refused, to accept that one map on
 /// purpose at the next sync (the structure rules still apply).
 pub const ACCEPT_DIGEST_ANNOTATION: &str = "costmap.dev/accept-digest";
@@ -82,6 +90,77 @@ pub struct ModelCostMapSyncSpec {
     /// workloads are restarted.
     #[serde(default, skip_serializing_if = "Consumers::is_empty")]
     pub consumers: Consumers,
+
+    /// Overrides are your own prices and models, merged over each fetched map before it is
+    /// published: negotiated rates, regional or private deployments. They survive every
+    /// upstream update. Without overrides the published map is the fetched map, byte for
+    /// byte.
+    #[serde(default, skip_serializing_if = "Overrides::is_empty")]
+    pub overrides: Overrides,
+
+    /// History is how many published maps are kept, the current one included, in owned
+    /// ConfigMaps <target>-history-1 ... <target>-history-N (a ring: a new map overwrites the
+    /// oldest slot), for rolling back with costmap.dev/reject-digest. 0 to 10. Defaults to 3.
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 0, max = 10))]
+    pub history: i32,
+}
+
+/// Your prices over upstream's.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Overrides {
+    /// Models maps a model name to the fields to set in its entry: each field replaces
+    /// upstream's (null removes it), the other fields stay; a model upstream does not have
+    /// is added. The fields obey the map's rules (costs are non-negative numbers). Applied
+    /// after configMapRefs, so these win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "override_models_schema")]
+    pub models: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+
+    /// ConfigMapRefs name keys of ConfigMaps in this namespace, each holding a JSON object of
+    /// the same shape as models, applied in order (a later one wins field by field). Edits
+    /// to them are watched and republished within seconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub config_map_refs: Vec<ConfigMapKeyRef>,
+}
+
+impl Overrides {
+    /// Whether no override is configured.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty() && self.config_map_refs.is_empty()
+    }
+}
+
+/// A key of a ConfigMap in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253), regex(pattern = CONFIG_MAP_NAME_PATTERN))]
+    pub name: String,
+    /// Key in the ConfigMap. Defaults to overrides.json.
+    #[serde(default = "default_overrides_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = CONFIG_MAP_KEY_PATTERN))]
+    pub key: String,
+}
+
+fn default_overrides_key() -> String {
+    DEFAULT_OVERRIDES_KEY.to_owned()
+}
+
+/// Default of `spec.overrides.configMapRefs[].key`.
+pub const DEFAULT_OVERRIDES_KEY: &str = "overrides.json";
+
+/// Any fields per model: the shape of a model's entry is upstream's to extend.
+fn override_models_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true
+        }
+    })
 }
 
 /// Who gets each new map.
@@ -219,6 +298,12 @@ pub struct LocalObjectReference {
     pub name: String,
 }
 
+/// A ConfigMap's name: a DNS subdomain.
+const CONFIG_MAP_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A key of a ConfigMap's data.
+const CONFIG_MAP_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
 /// The ConfigMap that receives the map.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -226,17 +311,14 @@ pub struct Target {
     /// ConfigMapName is the name of the ConfigMap to write, in this object's namespace.
     /// Defaults to the name of this ModelCostMapSync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = CONFIG_MAP_NAME_PATTERN))]
     pub config_map_name: Option<String>,
 
     /// Key is the file name of the map in the ConfigMap. The gzipped map is always stored
     /// under binaryData "<key>.gz"; the plain map is also stored under data "<key>" when it
     /// is small enough to fit. Defaults to model_prices_and_context_window.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 250), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[schemars(length(min = 1, max = 250), regex(pattern = CONFIG_MAP_KEY_PATTERN))]
     pub key: Option<String>,
 }
 
@@ -310,192 +392,12 @@ impl Validation {
     }
 }
 
-/// What the operator observed and did.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelCostMapSyncStatus {
-    /// ObservedGeneration is the generation of the spec that the last sync attempt used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-
-    /// Conditions: Ready is always present. Ready=True (reason Synced) means the target
-    /// ConfigMap holds a validated map from the source. Ready=False says why the last
-    /// attempt failed (FetchFailed, InvalidMap, ShrinkGuard, PriceGuard, TooLarge,
-    /// WriteFailed, InvalidSpec); the
-    /// ConfigMap then still holds the last good map. Reason Suspended while suspend is true.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-
-    /// LastAttemptTime is when the source was last fetched, successfully or not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_attempt_time: Option<Time>,
-
-    /// LastSyncTime is when the last sync succeeded: new content written, or the source
-    /// confirmed unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sync_time: Option<Time>,
-
-    /// NextSyncTime is when the source will be checked next.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_sync_time: Option<Time>,
-
-    /// LastHandledSyncRequest is the last value of the costmap.dev/sync-requested-at
-    /// annotation that was acted on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_handled_sync_request: Option<String>,
-
-    /// Artifact describes the map the target ConfigMap holds now: the last good map. The
-    /// operator serves, restores and compares against exactly these bytes: a ConfigMap whose
-    /// map has another digest (edited by hand, say) is not served, and is put back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<Artifact>,
-
-    /// LastAcceptedDigest is the digest of the last map accepted by the annotation
-    /// costmap.dev/accept-digest although a guard refused it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_accepted_digest: Option<String>,
-
-    /// PendingArtifact is a validated map being written to the target ConfigMap: recorded
-    /// just before the write and cleared once artifact names it, so that an operator
-    /// restarted in between finds the ConfigMap holding a map it validated (and guards the
-    /// next map against it) instead of one it cannot vouch for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_artifact: Option<Artifact>,
-
-    /// LastChange is what the last content change added, removed and changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_change: Option<LastChange>,
-
-    /// Consumers says, per LiteLLM proxy (per pod for a Service), whether it serves the map
-    /// in artifact.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub consumers: Vec<ConsumerStatus>,
+fn default_history() -> i32 {
+    DEFAULT_HISTORY
 }
 
-/// What one LiteLLM proxy serves.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ConsumerStatus {
-    /// URL the proxy was reached at.
-    pub url: String,
-    /// Pod behind that URL, for proxies found through a Service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// State: Current (serves artifact.gitBlobId), Stale (serves another map) or Unreachable.
-    pub state: ConsumerState,
-    /// SourceRevision is the git blob id the proxy reports for the map it loaded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_revision: Option<String>,
-    /// Models is the model count the proxy reports.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub models: Option<i64>,
-    /// CheckedAt is when the proxy was last asked.
-    pub checked_at: Time,
-    /// Message says why the proxy is not Current (for example a reload it refused).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// Whether a proxy serves the current map.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConsumerState {
-    /// It serves artifact.gitBlobId.
-    Current,
-    /// It serves another map.
-    Stale,
-    /// It could not be asked.
-    Unreachable,
-}
-
-impl ConsumerState {
-    /// Every state.
-    pub const ALL: [ConsumerState; 3] = [
-        ConsumerState::Current,
-        ConsumerState::Stale,
-        ConsumerState::Unreachable,
-    ];
-
-    /// The name, as in status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConsumerState::Current => "Current",
-            ConsumerState::Stale => "Stale",
-            ConsumerState::Unreachable => "Unreachable",
-        }
-    }
-}
-
-/// The map held by the target ConfigMap.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Artifact {
-    /// Digest is "sha256:<hex>" of the exact bytes fetched (never re-serialized).
-    pub digest: String,
-
-    /// GitBlobId is the git blob id of those bytes: what a LiteLLM proxy reports as
-    /// source_revision on GET /model/cost_map/source once it has loaded this map.
-    pub git_blob_id: String,
-
-    /// Revision is the source's ETag, or its Last-Modified date when it sends no ETag.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-
-    /// Size of the map in bytes, uncompressed.
-    pub size: i64,
-
-    /// Models is the number of models in the map (top-level keys other than sample_spec
-    /// and fallback_generalizations).
-    pub models: i32,
-
-    /// LastUpdateTime is when the content last changed.
-    pub last_update_time: Time,
-}
-
-/// What one content change did to the set of models.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct LastChange {
-    /// Added is how many models are new.
-    pub added: i32,
-    /// Removed is how many models are gone.
-    pub removed: i32,
-    /// Changed is how many models kept their name but changed their entry.
-    pub changed: i32,
-    /// AddedModels lists the first 20 added models, sorted.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub added_models: Vec<String>,
-    /// RemovedModels lists the first 20 removed models, sorted.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed_models: Vec<String>,
-    /// Repriced is how many of the last good map's priced models changed or lost a cost
-    /// number.
-    #[serde(default)]
-    pub repriced: i32,
-    /// Unpriced is how many of the last good map's priced models lost every price.
-    #[serde(default)]
-    pub unpriced: i32,
-    /// PriceChanges lists the 20 largest price moves, largest first (a price that appears,
-    /// vanishes, or moves to or from 0 counts as the largest).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub price_changes: Vec<PriceChange>,
-}
-
-/// One price that moved.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PriceChange {
-    /// Model is the model's name.
-    pub model: String,
-    /// Field is the cost field, a.b[2].c for nested ones.
-    pub field: String,
-    /// From is the price in the last good map; absent when the field is new.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<f64>,
-    /// To is the price in the new map; absent when the field is gone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<f64>,
-}
+/// Default of `spec.history`.
+pub const DEFAULT_HISTORY: i32 = 3;
 
 fn default_interval() -> String {
     "1h".to_owned()
@@ -579,6 +481,15 @@ impl ModelCostMapSync {
             .as_deref()
             .or(self.metadata.name.as_deref())
             .unwrap_or_default()
+    }
+
+    /// The value of the reject-digest annotation, if set.
+    pub fn reject_digest(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(REJECT_DIGEST_ANNOTATION)
+            .map(String::as_str)
     }
 
     /// The value of the accept-digest annotation, if set.

@@ -32,6 +32,12 @@ pub enum Reason {
     TooLarge,
     /// False: the ConfigMap or status could not be written.
     WriteFailed,
+    /// False: the source serves a map refused by `costmap.dev/reject-digest`; the map
+    /// restored from history stays published.
+    Rejected,
+    /// False: an override cannot be applied (a referenced ConfigMap missing, not JSON, or
+    /// an entry that breaks the map's rules); the last good map stays published.
+    InvalidOverride,
     /// False: a spec field the API server should have refused (an object stored before the
     /// CRD's validation existed); nothing is tried until the spec changes.
     InvalidSpec,
@@ -61,6 +67,9 @@ pub enum EventReason {
     MapUpdated,
     /// A map a guard refused was accepted by the annotation `costmap.dev/accept-digest`.
     MapAccepted,
+    /// The published map was rejected by `costmap.dev/reject-digest`, and an earlier one
+    /// restored from history.
+    MapRejected,
     /// The ConfigMap was edited by hand and the last good map put back.
     Restored,
     /// The ConfigMap was deleted and written again.
@@ -94,6 +103,8 @@ impl Reason {
             Reason::PriceGuard => "PriceGuard",
             Reason::TooLarge => "TooLarge",
             Reason::WriteFailed => "WriteFailed",
+            Reason::Rejected => "Rejected",
+            Reason::InvalidOverride => "InvalidOverride",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::Suspended => "Suspended",
         }
@@ -119,6 +130,7 @@ impl EventReason {
             EventReason::MapSynced => "MapSynced",
             EventReason::MapUpdated => "MapUpdated",
             EventReason::MapAccepted => "MapAccepted",
+            EventReason::MapRejected => "MapRejected",
             EventReason::Restored => "Restored",
             EventReason::Recreated => "Recreated",
             EventReason::WorkloadRestarted => "WorkloadRestarted",

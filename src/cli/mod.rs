@@ -1,8 +1,9 @@
-//! The commands beside the operator that judge maps as it would: [`check`] (one map) and
-//! [`diff`] (a new map against the last good one, for a mirror's CI).
+//! The commands beside the operator: [`check`] (one map) and [`diff`] (a new map against the
+//! last good one, for a mirror's CI) judge maps as it would; [`plugin`] is `kubectl costmap`.
 
 pub mod check;
 pub mod diff;
+pub mod plugin;
 
 use std::time::Duration;
 

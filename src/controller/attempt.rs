@@ -12,21 +12,58 @@ use super::Error;
 use super::reconcile::{Reconciler, api_error_message};
 use super::status::{Notice, Outcome};
 use crate::api::{Artifact, EventReason};
+use crate::api::{OverridesStatus, SourceMap};
 use crate::digest::{git_blob_id, sha256_digest};
 use crate::sync::fetch::{FetchOutcome, FetchRequest};
+use crate::sync::overrides::{Overrides, Published, apply};
 use crate::sync::render::{StoredMap, read_stored_map, render_config_map};
 use crate::sync::validate::guards::shrink_guard_by_count;
 use crate::sync::{SecretError, SyncError, prepare};
+
+/// A map the source sent (with the overrides merged in), to accept or refuse.
+struct NewMap {
+    /// The bytes to publish.
+    bytes: Vec<u8>,
+    /// The source's revision.
+    revision: Option<String>,
+    /// The last good map to guard against, with today's overrides.
+    compare_with: Option<Vec<u8>>,
+    /// When there was no last good map: what the ConfigMap held instead.
+    replaced: Option<String>,
+    source: Option<SourceMap>,
+    overrides: Option<OverridesStatus>,
+}
+
+/// `status.overrides` for `published`; none without overrides.
+fn overrides_status(overrides: &Overrides, published: &Published) -> Option<OverridesStatus> {
+    if overrides.is_empty() {
+        return None;
+    }
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let applied = &published.applied;
+    Some(OverridesStatus {
+        applied: count(applied.applied),
+        added: count(applied.added_count),
+        added_models: applied.added.clone(),
+        shadowing: applied.shadowing.clone(),
+        unchanged: applied.unchanged.clone(),
+        digest: overrides.digest(),
+    })
+}
 
 impl Reconciler<'_> {
     /// Fetch, validate, diff, render, apply.
     pub(super) async fn sync_once(
         &self,
+        overrides: Result<Overrides, SyncError>,
         last_good: Option<&StoredMap>,
         holds_last_good: bool,
         config_map: Option<&ConfigMap>,
     ) -> Outcome {
-        match self.try_sync(last_good, holds_last_good, config_map).await {
+        match self
+            .try_sync(overrides, last_good, holds_last_good, config_map)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(error) => Outcome::Failed(error),
         }
@@ -34,45 +71,131 @@ impl Reconciler<'_> {
 
     async fn try_sync(
         &self,
+        overrides: Result<Overrides, SyncError>,
         last_good: Option<&StoredMap>,
         holds_last_good: bool,
         config_map: Option<&ConfigMap>,
     ) -> Result<Outcome, SyncError> {
+        // Overrides first: a broken one fails the sync before anything is fetched.
+        let overrides = overrides?;
+        let overrides_changed = self.overrides_changed(&overrides);
+        let Some((fetched, revision)) = self.fetched(holds_last_good, overrides_changed).await?
+        else {
+            return Ok(Outcome::NotModified);
+        };
+        if !overrides.is_empty() {
+            self.remember_source(&fetched);
+        }
+        let published = apply(&fetched, &overrides);
+        let source = Some(SourceMap {
+            digest: sha256_digest(&fetched),
+            git_blob_id: git_blob_id(&fetched),
+            revision: revision.clone(),
+            models: self.source_models(&fetched, &published),
+        });
+        let overrides_status = overrides_status(&overrides, &published);
+        let bytes = published.bytes;
+        let digest = sha256_digest(&bytes);
+        // Accepting a rejected digest on purpose is the way back from a rejection.
+        let rejected = self.status.as_ref().map(|s| s.rejected_digests.as_slice());
+        if rejected.is_some_and(|rejected| rejected.contains(&digest))
+            && self.sync.accept_digest() != Some(digest.as_str())
+        {
+            return Err(SyncError::Rejected { digest });
+        }
+        if let Some(map) = last_good.filter(|map| map.bytes == bytes) {
+            if let Some(artifact) = self.artifact().filter(|_| !holds_last_good) {
+                self.write_map(map, artifact).await?;
+            }
+            return Ok(Outcome::Unchanged {
+                revision,
+                source,
+                overrides: overrides_status,
+            });
+        }
+        if let Some(artifact) = self.artifact().filter(|_| last_good.is_none())
+            && digest == artifact.digest
+        {
+            let unchanged = Outcome::Unchanged {
+                revision,
+                source,
+                overrides: overrides_status,
+            };
+            return self
+                .restore_from_source(Bytes::from(bytes), artifact, unchanged)
+                .await;
+        }
+        let replaced = match last_good {
+            Some(_) => None,
+            None => self.unverified_predecessor(config_map),
+        };
+        // The guards compare published maps, the last good one with today's overrides: an
+        // override change is never upstream repricing.
+        let compare_with = last_good.map(|map| apply(&map.bytes, &overrides).bytes);
+        let new = NewMap {
+            bytes,
+            revision,
+            compare_with,
+            replaced,
+            source,
+            overrides: overrides_status,
+        };
+        self.accept_new_map(new).await
+    }
+
+    /// The fetched bytes and their revision; None when the source says they did not change
+    /// and the overrides did not either. When only the overrides changed, the bytes fetched
+    /// last are used again (no fetch), or fetched in full if they are not at hand.
+    async fn fetched(
+        &self,
+        holds_last_good: bool,
+        overrides_changed: bool,
+    ) -> Result<Option<(Bytes, Option<String>)>, SyncError> {
+        let remembered = self.remembered_source();
+        if overrides_changed && let Some(bytes) = remembered.clone() {
+            let revision = self
+                .status
+                .as_ref()
+                .and_then(|s| s.source.as_ref()?.revision.clone());
+            return Ok(Some((bytes, revision)));
+        }
         let headers = self.source_headers().await?;
-        // A validator only makes sense while the cluster holds the map it validates.
+        // A validator only makes sense while the cluster holds the map it validates, and
+        // while a 304 leaves nothing to do.
         let revision = holds_last_good
             .then(|| self.artifact().and_then(|a| a.revision.as_deref()))
-            .flatten();
+            .flatten()
+            .filter(|_| !overrides_changed);
         let request = FetchRequest {
             url: &self.sync.spec.source.url,
             headers: &headers,
             timeout: self.sync.spec.timeout()?,
             revision,
         };
-        let (body, revision) = match self.context.fetcher.fetch(&request).await? {
-            FetchOutcome::NotModified => return Ok(Outcome::NotModified),
+        match self.context.fetcher.fetch(&request).await? {
+            FetchOutcome::NotModified => Ok(None),
             FetchOutcome::Fetched { body, revision } => {
                 self.context.metrics.fetched_bytes.inc_by(body.len() as u64);
-                (body, revision)
+                Ok(Some((body, revision)))
             }
-        };
-        if let Some(map) = last_good.filter(|map| map.bytes == body.as_ref()) {
-            if let Some(artifact) = self.artifact().filter(|_| !holds_last_good) {
-                self.write_map(map, artifact).await?;
-            }
-            return Ok(Outcome::Unchanged { revision });
         }
-        if let Some(artifact) = self.artifact().filter(|_| last_good.is_none())
-            && sha256_digest(&body) == artifact.digest
-        {
-            return self.restore_from_source(body, revision, artifact).await;
-        }
-        let replaced = match last_good {
-            Some(_) => None,
-            None => self.unverified_predecessor(config_map),
+    }
+
+    /// The fetched map's model count: the published map's, when there are no overrides.
+    fn source_models(&self, fetched: &[u8], published: &Published) -> i32 {
+        let models = if published.applied == Default::default() {
+            None
+        } else {
+            crate::sync::validate::ModelMap::parse(fetched)
+                .ok()
+                .map(|map| map.model_count())
         };
-        self.accept_new_map(body.to_vec(), revision, last_good, replaced)
-            .await
+        let models = models.or_else(|| {
+            crate::sync::validate::ModelMap::parse(&published.bytes)
+                .ok()
+                .map(|map| map.model_count())
+        });
+        i32::try_from(models.unwrap_or(0)).unwrap_or(i32::MAX)
     }
 
     /// The source sent the last good map again while the cluster had lost it (ConfigMap
@@ -80,8 +203,8 @@ impl Reconciler<'_> {
     async fn restore_from_source(
         &self,
         body: Bytes,
-        revision: Option<String>,
         artifact: &Artifact,
+        unchanged: Outcome,
     ) -> Result<Outcome, SyncError> {
         let compressed = tokio::task::spawn_blocking(move || StoredMap::from_bytes(body.to_vec()));
         let map = compressed
@@ -102,7 +225,7 @@ impl Reconciler<'_> {
             ),
         })
         .await;
-        Ok(Outcome::Unchanged { revision })
+        Ok(unchanged)
     }
 
     /// With no last good map to compare a new one with: what the ConfigMap held instead,
@@ -125,17 +248,18 @@ impl Reconciler<'_> {
         ))
     }
 
-    /// Validates a new map and, when it passes, writes it.
-    async fn accept_new_map(
-        &self,
-        bytes: Vec<u8>,
-        revision: Option<String>,
-        last_good: Option<&StoredMap>,
-        replaced: Option<String>,
-    ) -> Result<Outcome, SyncError> {
+    /// Validates a new map and, when it passes, writes it (and keeps it in history).
+    async fn accept_new_map(&self, new: NewMap) -> Result<Outcome, SyncError> {
         let rules = self.sync.spec.validation.rules();
-        let last_good_bytes = last_good.map(|map| map.bytes.clone());
         let accept_digest = self.sync.accept_digest().map(str::to_owned);
+        let NewMap {
+            bytes,
+            revision,
+            compare_with,
+            replaced,
+            source,
+            overrides,
+        } = new;
         // Preparing holds the fetched body, the last good map and two parsed maps: tens of
         // MiB. Bounding how many run at once bounds the operator's memory, however many
         // objects come due together (at start-up, all of them). Fetches are not counted:
@@ -147,7 +271,7 @@ impl Reconciler<'_> {
             let prepared = prepare(
                 bytes,
                 &rules,
-                last_good_bytes.as_deref(),
+                compare_with.as_deref(),
                 accept_digest.as_deref(),
             );
             crate::heap::release_freed_memory();
@@ -172,6 +296,7 @@ impl Reconciler<'_> {
         // against.
         if let Some(lost) = self.artifact().filter(|_| self.last_good_lost) {
             let before = usize::try_from(lost.models).unwrap_or(0);
+            let rules = self.sync.spec.validation.rules();
             if let Err(refusal) = shrink_guard_by_count(prepared.accepted.models, before, &rules) {
                 let accept_digest = self.sync.accept_digest();
                 if accept_digest != Some(artifact.digest.as_str()) {
@@ -187,11 +312,15 @@ impl Reconciler<'_> {
         self.record_pending(&artifact).await?;
         self.write_map(&prepared.map, &artifact).await?;
         self.remember_last_good(&prepared.map);
+        let history = self.keep_in_history(&prepared.map, &artifact).await;
         Ok(Outcome::Updated {
             artifact,
             change: prepared.accepted.change,
             replaced,
             overridden,
+            source,
+            overrides,
+            history,
         })
     }
 

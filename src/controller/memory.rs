@@ -30,6 +30,11 @@ pub(super) struct Memory {
     pub(super) written_status: Option<WrittenStatus>,
     /// Consumer checks since the map last changed, for the recheck backoff.
     pub(super) consumer_checks: u32,
+    /// The fetched map (before overrides), gzipped, when overrides make the published map:
+    /// an override change republishes from it without a fetch.
+    pub(super) source: Option<RememberedMap>,
+    /// What the last attempt read as its overrides (a digest), to tell an edit from a retry.
+    pub(super) override_inputs: Option<String>,
 }
 
 /// A status this operator wrote, the resourceVersion the write produced, and the versions

@@ -10,7 +10,9 @@
 mod attempt;
 pub mod conditions;
 mod consumers;
+mod history;
 mod memory;
+mod overrides;
 mod reconcile;
 mod status;
 
@@ -23,10 +25,11 @@ use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +61,9 @@ pub enum Error {
     /// The object has no namespace (it is namespaced, so the API server never sends this).
     #[error("object has no namespace")]
     NoNamespace,
+    /// A map from history could not be put back.
+    #[error("restoring from history: {0}")]
+    Restore(String),
 }
 
 /// What the reconciler needs, shared by every reconcile.
@@ -145,6 +151,14 @@ fn controller(client: &Client, scope: Option<&str>) -> Controller<ModelCostMapSy
     );
     // A proxy pod that appears behind a Service is checked as it appears.
     let syncs_by_service = consumers::SyncsByService::new(controller.store());
+    // An edit to a ConfigMap of overrides republishes within seconds. Only metadata is
+    // watched: every ConfigMap in scope, so their contents are not held.
+    let syncs_by_override = overrides::SyncsByOverride::new(controller.store());
+    let config_maps = watcher::watcher(
+        scope::api::<PartialObjectMeta<ConfigMap>>(client, scope),
+        watcher::Config::default(),
+    )
+    .touched_objects();
     controller
         .trigger_backoff(crate::watch::Backoff::default())
         .owns(scope::api::<ConfigMap>(client, scope), managed)
@@ -153,6 +167,25 @@ fn controller(client: &Client, scope: Option<&str>) -> Controller<ModelCostMapSy
             watcher::Config::default(),
             move |slice| syncs_by_service.of(&slice),
         )
+        .watches_stream(config_maps, move |config_map| {
+            syncs_by_override.of(&config_map)
+        })
+}
+
+/// The objects of `namespace` that `wants`: how a watched object (an EndpointSlice, a
+/// ConfigMap of overrides) finds the ModelCostMapSyncs to reconcile.
+fn syncs_in(
+    store: &Store<ModelCostMapSync>,
+    namespace: &str,
+    wants: impl Fn(&ModelCostMapSync) -> bool,
+) -> Vec<ObjectRef<ModelCostMapSync>> {
+    store
+        .state()
+        .iter()
+        .filter(|sync| sync.namespace().as_deref() == Some(namespace))
+        .filter(|sync| wants(sync))
+        .map(|sync| ObjectRef::from_obj(sync.as_ref()))
+        .collect()
 }
 
 async fn run_controller(

@@ -89,8 +89,17 @@ impl<'a> Reconciler<'a> {
         if let Some(action) = self.adopt_interrupted_write(config_map.as_ref()).await? {
             return Ok(action);
         }
-        let last_good = self.last_good(config_map.as_ref());
+        if let Some(action) = self.handle_reject().await? {
+            return Ok(action);
+        }
+        let last_good = self.last_good(config_map.as_ref()).await;
         self.last_good_lost = self.artifact().is_some() && last_good.is_none();
+        // A broken override counts as a change: the sync then says what is wrong with it.
+        let overrides = self.read_overrides().await;
+        let overrides_changed = match &overrides.overrides {
+            Ok(read) => self.overrides_changed(read),
+            Err(_) => true,
+        };
         let status = self.status.as_ref();
         let decision = schedule::decide(&schedule::Inputs {
             now: self.now,
@@ -100,6 +109,8 @@ impl<'a> Reconciler<'a> {
             status,
             has_last_good: last_good.is_some(),
             retrying: status.is_some_and(|s| conditions::is_ready(&s.conditions) == Some(false)),
+            overrides_changed,
+            overrides_edited: self.overrides_edited(&overrides),
         });
         match decision {
             Decision::Suspended => {
@@ -130,8 +141,14 @@ impl<'a> Reconciler<'a> {
                     _ => false,
                 };
                 let started = Instant::now();
+                self.record_override_inputs(&overrides);
                 let outcome = self
-                    .sync_once(last_good.as_deref(), holds_last_good, config_map.as_ref())
+                    .sync_once(
+                        overrides.overrides,
+                        last_good.as_deref(),
+                        holds_last_good,
+                        config_map.as_ref(),
+                    )
                     .await;
                 self.write_outcome(cause, outcome, started).await
             }
@@ -193,9 +210,25 @@ impl<'a> Reconciler<'a> {
         Ok(Some(Action::requeue(std::time::Duration::ZERO)))
     }
 
-    /// The last good map named by `status.artifact`, from memory or read back from the
-    /// ConfigMap. None when neither holds exactly those bytes.
-    fn last_good(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
+    /// The last good map named by `status.artifact`, from memory, read back from the
+    /// ConfigMap, or from the history ring. None when none holds exactly those bytes.
+    async fn last_good(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
+        if let Some(map) = self.last_good_at_hand(config_map) {
+            return Some(map);
+        }
+        let artifact = self.artifact()?;
+        let history = &self.status.as_ref()?.history;
+        let entry = history
+            .iter()
+            .find(|entry| entry.digest == artifact.digest)?;
+        let map = self.read_history(entry).await?;
+        info!(config_map = %entry.config_map, "found the last good map in history");
+        self.remember_last_good(&map);
+        Some(Arc::new(map))
+    }
+
+    /// [`Self::last_good`] from memory or the ConfigMap.
+    fn last_good_at_hand(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
         let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
         let max_bytes = self.context.fetcher.policy().max_body_bytes;
         let remembered = self

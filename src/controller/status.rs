@@ -8,7 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
-use crate::api::{ACCEPT_DIGEST_ANNOTATION, Artifact, EventReason, ModelCostMapSyncStatus, Reason};
+use crate::api::{
+    ACCEPT_DIGEST_ANNOTATION, Artifact, EventReason, HistoryEntry, ModelCostMapSyncStatus,
+    OverridesStatus, Reason, SourceMap,
+};
 use crate::controller::conditions;
 use crate::sync::SyncError;
 use crate::sync::diff::MapChange;
@@ -22,12 +25,21 @@ const EVENT_MODEL_NAMES: usize = 10;
 pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// How a sync attempt ended.
+// One lives for one attempt, moved once into `next_status`: boxing the large variant would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Outcome {
     /// The source answered 304 for the last good map's revision.
     NotModified,
-    /// The source re-sent the last good map's bytes.
-    Unchanged { revision: Option<String> },
+    /// The source re-sent the bytes of the last good map (with the same overrides).
+    Unchanged {
+        revision: Option<String>,
+        /// The fetched map.
+        source: Option<SourceMap>,
+        /// What the overrides did.
+        overrides: Option<OverridesStatus>,
+    },
     /// A new map was validated and written.
     Updated {
         artifact: Artifact,
@@ -37,6 +49,12 @@ pub(super) enum Outcome {
         replaced: Option<String>,
         /// The guards' refusals the accept-digest annotation overrode.
         overridden: Vec<Refusal>,
+        /// The fetched map.
+        source: Option<SourceMap>,
+        /// What the overrides did.
+        overrides: Option<OverridesStatus>,
+        /// The history ring after this map, newest first (None: unchanged).
+        history: Option<Vec<HistoryEntry>>,
     },
     /// The attempt failed; the ConfigMap keeps the last good map.
     Failed(SyncError),
@@ -101,11 +119,18 @@ pub(super) fn next_status(
     let (wait, failures) = match outcome {
         Outcome::NotModified | Outcome::Unchanged { .. } => {
             if let Outcome::Unchanged {
-                revision: Some(revision),
+                revision,
+                source,
+                overrides,
             } = outcome
-                && let Some(artifact) = status.artifact.as_mut()
             {
-                artifact.revision = Some(revision);
+                if let Some(artifact) = status.artifact.as_mut().filter(|_| revision.is_some()) {
+                    artifact.revision = revision;
+                }
+                if source.is_some() {
+                    status.source = source;
+                }
+                status.overrides = overrides;
             }
             status.last_sync_time = Some(Time(attempt.started));
             let message = synced_message(status.artifact.as_ref(), "unchanged");
@@ -117,7 +142,15 @@ pub(super) fn next_status(
             change,
             replaced,
             overridden,
+            source,
+            overrides,
+            history,
         } => {
+            status.source = source;
+            status.overrides = overrides;
+            if let Some(history) = history {
+                status.history = history;
+            }
             if !overridden.is_empty() {
                 let why: Vec<String> = overridden.iter().map(|r| r.message.clone()).collect();
                 events.push(Notice {
@@ -341,6 +374,9 @@ mod tests {
                 change: None,
                 replaced: None,
                 overridden: Vec::new(),
+                source: None,
+                overrides: None,
+                history: None,
             },
             &Attempt {
                 started: at(1000),
@@ -378,6 +414,9 @@ mod tests {
                 change: None,
                 replaced: None,
                 overridden: Vec::new(),
+                source: None,
+                overrides: None,
+                history: None,
             },
             &attempt(),
         );
@@ -421,6 +460,9 @@ mod tests {
                 change: Some(change),
                 replaced: None,
                 overridden: Vec::new(),
+                source: None,
+                overrides: None,
+                history: None,
             },
             &attempt(),
         );
@@ -446,6 +488,9 @@ mod tests {
                 change: None,
                 replaced: Some("replaced map sha256:x".into()),
                 overridden: Vec::new(),
+                source: None,
+                overrides: None,
+                history: None,
             },
             &attempt(),
         );
@@ -468,6 +513,8 @@ mod tests {
             Some(&before),
             Outcome::Unchanged {
                 revision: Some("\"etag-2\"".into()),
+                source: None,
+                overrides: None,
             },
             &attempt(),
         );
@@ -576,6 +623,9 @@ mod tests {
                     guard: Guard::MaxRepriced,
                     message: "100 of 100 repriced".into(),
                 }],
+                source: None,
+                overrides: None,
+                history: None,
             },
             &attempt(),
         );

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::api::ModelCostMapSync;
 use crate::http::maps::ServedMap;
 use crate::scope;
-use crate::sync::render::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::sync::render::{HISTORY_OF_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::watch;
 
 /// Which map: `/maps/{namespace}/{name}/{key}`, where name is the ModelCostMapSync's.
@@ -341,6 +341,10 @@ fn object_id<K: Resource>(object: &K) -> ObjectId {
 /// The maps a managed ConfigMap holds: each `<key>.gz` that decompresses within
 /// `max_bytes`, with the digest of its bytes as they are (the annotations are not trusted).
 fn stored_maps(cm: &ConfigMap, max_bytes: u64) -> Option<StoredMaps> {
+    // The history ring holds earlier maps for rollback; the endpoint serves the target's.
+    if cm.labels().contains_key(HISTORY_OF_LABEL) {
+        return None;
+    }
     let owner = cm.owner_references().iter().find(|owner| {
         owner.kind == ModelCostMapSync::kind(&()) && owner.controller == Some(true)
     })?;

@@ -35,6 +35,19 @@ pub enum SyncError {
         /// The accept-digest annotation's value, when it names another map.
         accept_digest: Option<String>,
     },
+    /// The overrides cannot be applied.
+    #[error(transparent)]
+    Override(#[from] crate::sync::overrides::OverrideError),
+    /// The map was rejected by `costmap.dev/reject-digest`.
+    #[error(
+        "the source serves map {digest}, which was rejected (costmap.dev/reject-digest); the \
+         map restored from history stays published until the source serves another (or \
+         costmap.dev/accept-digest names it)"
+    )]
+    Rejected {
+        /// The rejected map's digest.
+        digest: String,
+    },
     /// The ConfigMap could not be rendered.
     #[error(transparent)]
     Render(#[from] RenderError),
@@ -69,6 +82,8 @@ impl SyncError {
                 Some(Guard::Shrink) | None => Reason::ShrinkGuard,
                 Some(_) => Reason::PriceGuard,
             },
+            SyncError::Override(_) => Reason::InvalidOverride,
+            SyncError::Rejected { .. } => Reason::Rejected,
             SyncError::Render(RenderError::TooLarge { .. }) => Reason::TooLarge,
             SyncError::Render(RenderError::Unreadable(_)) => Reason::WriteFailed,
             SyncError::Write { .. } => Reason::WriteFailed,

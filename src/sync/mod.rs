@@ -4,6 +4,7 @@
 //!   guard);
 //! - [`validate`]: the structure rules every map must pass, and the [`validate::guards`]
 //!   that compare it with the last good map;
+//! - [`overrides`]: your prices merged over the fetched map, which makes the published map;
 //! - [`diff`]: what a new map changes;
 //! - [`render`]: the target ConfigMap, and the map read back from it;
 //! - [`schedule`]: when to fetch at all.
@@ -11,6 +12,7 @@
 pub mod diff;
 mod error;
 pub mod fetch;
+pub mod overrides;
 pub mod render;
 pub mod schedule;
 pub mod validate;

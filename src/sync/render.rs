@@ -19,6 +19,8 @@ use crate::digest::sha256_digest;
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY: &str = "costmap-operator";
+/// On the ConfigMaps of the history ring: the target ConfigMap they keep maps of.
+pub const HISTORY_OF_LABEL: &str = "costmap.dev/history-of";
 /// `sha256:<hex>` of the map's bytes.
 pub const DIGEST_ANNOTATION: &str = "costmap.dev/digest";
 /// Git blob id of the map's bytes (LiteLLM's `source_revision`).

@@ -25,6 +25,13 @@ pub struct Inputs<'a> {
     /// Whether the last attempt failed: `nextSyncTime` is then its retry, which every
     /// sync but a requested or a new spec's waits for.
     pub retrying: bool,
+    /// Whether the overrides (a referenced ConfigMap) say something else than when the map
+    /// was last published.
+    pub overrides_changed: bool,
+    /// Whether a person edited the overrides since the last attempt: worth a sync now even
+    /// while a failed one waits for its retry (a fix is seen at once; a fetch happens only
+    /// when the fetched map is not at hand).
+    pub overrides_edited: bool,
 }
 
 /// Why a sync runs now.
@@ -40,6 +47,9 @@ pub enum SyncCause {
     Due,
     /// The ConfigMap lost the last good map and nothing else holds it.
     TargetLost,
+    /// The overrides changed: the map is published again (without a fetch when the fetched
+    /// map is at hand).
+    OverridesChanged,
 }
 
 /// The decision.
@@ -81,6 +91,11 @@ pub fn decide(inputs: &Inputs) -> Decision {
         && (!inputs.retrying || remaining.is_none())
     {
         return Decision::Sync(SyncCause::TargetLost);
+    }
+    if inputs.overrides_changed
+        && (!inputs.retrying || remaining.is_none() || inputs.overrides_edited)
+    {
+        return Decision::Sync(SyncCause::OverridesChanged);
     }
     match remaining {
         Some(remaining) => Decision::Wait(remaining.unsigned_abs()),
@@ -144,6 +159,8 @@ mod tests {
             status: Some(status),
             has_last_good: true,
             retrying: false,
+            overrides_changed: false,
+            overrides_edited: false,
         }
     }
 
@@ -208,6 +225,29 @@ mod tests {
             ..failed_restore
         };
         assert_eq!(decide(&requested), Decision::Sync(SyncCause::Requested));
+    }
+
+    #[test]
+    fn changed_overrides_republish_at_once_unless_a_failure_waits_for_its_retry() {
+        let status = synced_status();
+        let changed = Inputs {
+            overrides_changed: true,
+            ..inputs(&status)
+        };
+        assert_eq!(
+            decide(&changed),
+            Decision::Sync(SyncCause::OverridesChanged)
+        );
+        let failing = Inputs {
+            retrying: true,
+            ..changed
+        };
+        assert_eq!(decide(&failing), Decision::Wait(Duration::from_secs(2600)));
+        let fixed = Inputs {
+            overrides_edited: true,
+            ..failing
+        };
+        assert_eq!(decide(&fixed), Decision::Sync(SyncCause::OverridesChanged));
     }
 
     #[test]

@@ -60,19 +60,13 @@ impl SyncsByService {
         else {
             return Vec::new();
         };
-        self.store
-            .state()
-            .iter()
-            .filter(|sync| sync.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|sync| {
-                sync.spec
-                    .consumers
-                    .litellm_proxies
-                    .iter()
-                    .any(|proxy| proxy.service.as_ref().is_some_and(|s| &s.name == service))
-            })
-            .map(|sync| ObjectRef::from_obj(sync.as_ref()))
-            .collect()
+        super::syncs_in(&self.store, &namespace, |sync| {
+            sync.spec
+                .consumers
+                .litellm_proxies
+                .iter()
+                .any(|proxy| proxy.service.as_ref().is_some_and(|s| &s.name == service))
+        })
     }
 }
 

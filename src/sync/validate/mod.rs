@@ -91,6 +91,11 @@ pub fn validate(map: &ModelMap, rules: &Rules) -> Result<(), ValidationError> {
             rules.min_models
         )));
     }
+    check_entries(map)
+}
+
+/// The entry rules alone: every model's entry (or an override of it) must keep them.
+pub(crate) fn check_entries(map: &ModelMap) -> Result<(), ValidationError> {
     let violations = entry_violations(map);
     if !violations.is_empty() {
         return Err(ValidationError::InvalidMap(describe_violations(
