@@ -91,7 +91,13 @@ async fn main() {
     )
     .await;
     measure(
-        "tampered, source failing, then answering",
+        "tampered, source failing, restored from history",
+        runs,
+        faults::configmap_tampered_while_the_source_fails_is_restored_from_history,
+    )
+    .await;
+    measure(
+        "tampered, source failing (history 0), then answering",
         runs,
         faults::configmap_tampered_while_the_source_fails,
     )

@@ -206,6 +206,36 @@ async fn invalid_specs_are_refused_with_a_message_naming_field_and_problem() {
             "should match '^[-._a-zA-Z0-9]+$'",
         ),
         refused(
+            "history over 10",
+            json!({"history": 11}),
+            "spec.history",
+            "should be less than or equal to 10",
+        ),
+        refused(
+            "negative history",
+            json!({"history": -1}),
+            "spec.history",
+            "should be greater than or equal to 0",
+        ),
+        refused(
+            "an override ConfigMap with a bad name",
+            json!({"overrides": {"configMapRefs": [{"name": "Team_Rates"}]}}),
+            "spec.overrides.configMapRefs[0].name",
+            "should match",
+        ),
+        refused(
+            "an override key with a slash",
+            json!({"overrides": {"configMapRefs": [{"name": "rates", "key": "a/b.json"}]}}),
+            "spec.overrides.configMapRefs[0].key",
+            "should match",
+        ),
+        refused(
+            "an override model that is not an object",
+            json!({"overrides": {"models": {"gpt-4o": 1e-6}}}),
+            "spec.overrides.models.gpt-4o",
+            "must be of type object",
+        ),
+        refused(
             "suspend as a string",
             json!({"suspend": "yes"}),
             "spec.suspend",
@@ -275,6 +305,7 @@ async fn an_empty_spec_is_accepted_and_defaulted_by_the_server() {
         "source": {"url": DEFAULT_SOURCE_URL, "timeout": "30s"},
         "interval": "1h",
         "suspend": false,
+        "history": 3,
         "target": {},
         "validation": {"minModels": 50, "maxRemovedPercent": 50, "minPricedPercent": 50,
                        "maxUnpricedPercent": 1, "maxRepricedPercent": 25},
@@ -339,6 +370,12 @@ async fn a_full_valid_spec_is_stored_as_given() {
         "target": {"configMapName": "litellm.cost-map", "key": "prices_v2.json"},
         "validation": {"minModels": 1, "maxRemovedPercent": 0, "minPricedPercent": 0,
                        "maxUnpricedPercent": 100, "maxRepricedPercent": 0},
+        "history": 10,
+        "overrides": {
+            "models": {"gpt-4o": {"input_cost_per_token": 2e-6, "output_cost_per_token": null,
+                                  "costmap_note": {"deal": "2026"}}},
+            "configMapRefs": [{"name": "team-rates", "key": "rates.json"}],
+        },
     });
     create_raw(&client, &ns, "full", spec.clone())
         .await
@@ -372,6 +409,9 @@ async fn boundary_values_are_accepted() {
         json!({"source": {"url": "http://127.0.0.1:8080/map.json"}}),
         json!({"validation": {"maxRemovedPercent": 100}}),
         json!({"target": {"configMapName": "a", "key": "A-Z_a.z-0"}}),
+        json!({"history": 0}),
+        json!({"history": 10}),
+        json!({"overrides": {"configMapRefs": [{"name": "a.b-c", "key": "A-Z_a.z-0"}]}}),
     ];
     for (i, spec) in cases.into_iter().enumerate() {
         let name = format!("ok-{i}");

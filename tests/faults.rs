@@ -55,6 +55,11 @@ async fn a_tampered_configmap_waits_for_the_source_with_backoff_and_is_never_ser
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_configmap_is_restored_from_history_while_the_source_fails() {
+    faults::configmap_tampered_while_the_source_fails_is_restored_from_history().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_or_hanging_source_is_retried_with_backoff_from_the_end_of_each_attempt() {
     faults::source_failing_then_hanging().await;
 }

@@ -264,6 +264,23 @@ impl FaultBed {
         assert_eq!(self.writes_of(&shrunk), 0);
     }
 
+    /// Waits until the endpoint and the ConfigMap hold map A again, asserting on the way
+    /// that the `tampered` bytes are never served.
+    pub async fn wait_restored(&self, tampered: &[u8], what: &str) {
+        eventually(what, || async {
+            let served = self.served().await;
+            assert_ne!(
+                served.as_deref(),
+                Some(tampered),
+                "the tampered map was served"
+            );
+            let cm = self.config_map().await?;
+            (served.as_deref() == Some(map_a().as_ref()) && stored_map(&cm)? == map_a())
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Puts `map` in the ConfigMap, gzip and digest annotation alike, as someone with edit
     /// rights on ConfigMaps could.
     pub async fn tamper(&self, map: &[u8]) {
@@ -582,28 +599,21 @@ pub async fn configmap_tampered_while_the_operator_is_down() -> Duration {
     bed.tamper(&zeroed).await;
     bed.start_operator();
     let started = Instant::now();
-    eventually("the restored map", || async {
-        let served = bed.served().await;
-        assert_ne!(
-            served.as_deref(),
-            Some(zeroed.as_slice()),
-            "the tampered map was served"
-        );
-        let cm = bed.config_map().await?;
-        (served.as_deref() == Some(map_a().as_ref()) && stored_map(&cm)? == map_a()).then_some(())
-    })
-    .await;
+    bed.wait_restored(&zeroed, "the restored map").await;
     let took = started.elapsed();
     bed.wait_converged(&map_a(), "the restored map").await;
     bed.assert_guards_apply(&map_a()).await;
     took
 }
 
-/// The same, while the source fails: the tampered map is not served, Ready=False says why,
-/// the restore waits for the retry backoff (counted from the end of each attempt), and the
-/// first good answer restores the map.
-pub async fn configmap_tampered_while_the_source_fails() -> Duration {
-    let mut bed = FaultBed::start("fault-cm-tampered-500", Answer::Map(map_a()), json!({})).await;
+/// A first sync of map A, then, while the operator is down, its ConfigMap tampered with
+/// (prices zeroed) and the source failing; the operator started again. Returns the bed, the
+/// tampered bytes and the source's request count before the start.
+async fn tampered_with_a_failing_source(
+    name: &str,
+    spec: serde_json::Value,
+) -> (FaultBed, Vec<u8>, usize) {
+    let mut bed = FaultBed::start(name, Answer::Map(map_a()), spec).await;
     bed.wait_converged(&map_a(), "the first sync").await;
     bed.kill_operator();
     let zeroed = zero_prices(&map_a());
@@ -614,6 +624,33 @@ pub async fn configmap_tampered_while_the_source_fails() -> Duration {
     ));
     let before = bed.source.received();
     bed.start_operator();
+    (bed, zeroed, before)
+}
+
+/// The same while the source fails, with the history ring: the last good map is read back
+/// from its history ConfigMap and restored at once, without a request to the source.
+pub async fn configmap_tampered_while_the_source_fails_is_restored_from_history() -> Duration {
+    let (bed, zeroed, before) = tampered_with_a_failing_source("fault-cm-history", json!({})).await;
+    let started = Instant::now();
+    bed.wait_restored(&zeroed, "the map restored from history")
+        .await;
+    let took = started.elapsed();
+    bed.wait_converged(&map_a(), "the restored map").await;
+    assert_eq!(
+        bed.source.received(),
+        before,
+        "the restore needs no request to the source"
+    );
+    bed.assert_guards_apply(&map_a()).await;
+    took
+}
+
+/// The same without a history ring (`history: 0`): the tampered map is not served,
+/// Ready=False says why, the restore waits for the retry backoff (counted from the end of
+/// each attempt), and the first good answer restores the map.
+pub async fn configmap_tampered_while_the_source_fails() -> Duration {
+    let (bed, _, before) =
+        tampered_with_a_failing_source("fault-cm-tampered-500", json!({"history": 0})).await;
     let failing = wait_ready(
         &bed.client,
         &bed.ns,
