@@ -16,6 +16,16 @@ use serde::Deserialize;
 pub const RELOAD_PATH: &str = "reload/model_cost_map";
 /// LiteLLM's "which map do you serve" endpoint, below a proxy's base URL.
 pub const SOURCE_PATH: &str = "model/cost_map/source";
+/// LiteLLM's list of deployments with their prices.
+const MODEL_INFO_PATH: &str = "model/info";
+/// LiteLLM's list of the callbacks it runs.
+const CALLBACKS_PATH: &str = "active/callbacks";
+/// The name our LiteLLM callback module (integrations/litellm/costmap_reload.py) gives itself.
+pub const SELF_RELOAD_CALLBACK: &str = "costmap_reload";
+/// A proxy's deployments, listed: a few KiB each, hundreds at most.
+const MAX_MODEL_INFO_BODY: usize = 8 * 1024 * 1024;
+/// Its callbacks: a few hundred bytes each.
+const MAX_CALLBACKS_BODY: usize = 256 * 1024;
 /// What LiteLLM answers (HTTP 500, FastAPI's `{"detail": ...}`) on a reload when it has no
 /// database: such a proxy cannot reload.
 const NO_DATABASE: &str = "Database connection not available";
@@ -94,6 +104,9 @@ pub enum ReloadOutcome {
     Reloaded,
     /// The proxy has no database, so it cannot reload; it needs a restart.
     NoDatabase,
+    /// The proxy has no database but runs the costmap_reload callback, which polls the map
+    /// every so often and loads a new one by itself.
+    ReloadsItself(Duration),
     /// The proxy refused the admin key (HTTP 401 or 403).
     Unauthorized(u16),
     /// Anything else, with a message fit for status (never the key, never the proxy's body).
@@ -112,6 +125,12 @@ impl std::fmt::Display for ReloadOutcome {
             ReloadOutcome::Unauthorized(status) => write!(
                 f,
                 "the proxy refused the admin key (HTTP {status}); check the key's Secret"
+            ),
+            ReloadOutcome::ReloadsItself(period) => write!(
+                f,
+                "the proxy has no database; its costmap_reload callback polls the map every \
+                 {} and loads the new one by itself",
+                humantime::format_duration(*period)
             ),
             ReloadOutcome::Failed(message) => write!(f, "the reload failed: {message}"),
         }
@@ -189,23 +208,60 @@ impl ProxyClient {
         base_url: &str,
         admin_key: Option<&AdminKey>,
     ) -> Result<SourceInfo, String> {
-        let url = endpoint(base_url, SOURCE_PATH);
+        self.get_json(base_url, SOURCE_PATH, MAX_SOURCE_BODY, admin_key)
+            .await
+    }
+
+    /// `GET <base>/model/info`: the proxy's deployments, priced from the map it has loaded.
+    pub async fn deployments(
+        &self,
+        base_url: &str,
+        admin_key: Option<&AdminKey>,
+    ) -> Result<Vec<Deployment>, String> {
+        let info: ModelInfo = self
+            .get_json(base_url, MODEL_INFO_PATH, MAX_MODEL_INFO_BODY, admin_key)
+            .await?;
+        Ok(info.data)
+    }
+
+    /// How often the proxy's `costmap_reload` callback polls the map, from
+    /// `GET <base>/active/callbacks`; None when it does not run one that polls.
+    pub async fn self_reload_period(
+        &self,
+        base_url: &str,
+        admin_key: Option<&AdminKey>,
+    ) -> Result<Option<Duration>, String> {
+        let callbacks: serde_json::Value = self
+            .get_json(base_url, CALLBACKS_PATH, MAX_CALLBACKS_BODY, admin_key)
+            .await?;
+        Ok(self_reload_period(&callbacks))
+    }
+
+    /// `GET <base>/<path>` as JSON, retried like [`Self::reload`]; the error is a message fit
+    /// for status.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        base_url: &str,
+        path: &str,
+        max_body: usize,
+        admin_key: Option<&AdminKey>,
+    ) -> Result<T, String> {
+        let url = endpoint(base_url, path);
         let attempt = || async {
             let request = self.http.get(&url).timeout(self.config.source_timeout);
             let response = send(request, admin_key).await?;
             let status = response.status();
             if !status.is_success() {
-                let message = format!("GET /{SOURCE_PATH} answered HTTP {}", status.as_u16());
+                let message = format!("GET /{path} answered HTTP {}", status.as_u16());
                 return Err(if retryable(status) {
                     Attempt::Retry(message)
                 } else {
                     Attempt::Final(message)
                 });
             }
-            let body = read_some(response, MAX_SOURCE_BODY).await;
-            serde_json::from_slice::<SourceInfo>(&body).map_err(|_| {
-                Attempt::Final(format!("GET /{SOURCE_PATH} did not answer LiteLLM's JSON"))
-            })
+            let body = read_some(response, max_body).await;
+            serde_json::from_slice::<T>(&body)
+                .map_err(|_| Attempt::Final(format!("GET /{path} did not answer LiteLLM's JSON")))
         };
         attempt
             .retry(self.backoff())
@@ -215,6 +271,79 @@ impl ProxyClient {
                 Attempt::Retry(message) | Attempt::Final(message) => message,
             })
     }
+}
+
+/// What `GET /model/info` answers (the fields we read).
+#[derive(Debug, Deserialize)]
+struct ModelInfo {
+    data: Vec<Deployment>,
+}
+
+/// One deployment of a proxy, as `GET /model/info` lists it: its public name, and its
+/// model_info, which LiteLLM fills from the loaded map and the deployment's own settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Deployment {
+    /// The name clients ask for (`model_name` in config.yaml).
+    pub model_name: String,
+    /// Prices and limits, the map's merged with the deployment's own.
+    #[serde(default)]
+    pub model_info: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The cost fields of which one positive value prices a deployment: per token, and the
+/// per-second, per-character and per-image forms some providers bill in.
+const COST_FIELDS: [&str; 8] = [
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "input_cost_per_second",
+    "output_cost_per_second",
+    "input_cost_per_character",
+    "output_cost_per_character",
+    "input_cost_per_image",
+    "output_cost_per_image",
+];
+
+impl Deployment {
+    /// Its input and output cost per token, when positive.
+    pub fn token_prices(&self) -> (Option<f64>, Option<f64>) {
+        let positive = |field: &str| {
+            self.model_info
+                .get(field)
+                .and_then(serde_json::Value::as_f64)
+                .filter(|cost| *cost > 0.0)
+        };
+        (
+            positive("input_cost_per_token"),
+            positive("output_cost_per_token"),
+        )
+    }
+
+    /// Whether nothing prices it: every request to it is billed at $0.
+    pub fn is_unpriced(&self) -> bool {
+        !COST_FIELDS.iter().any(|field| {
+            self.model_info
+                .get(*field)
+                .and_then(serde_json::Value::as_f64)
+                .is_some_and(|cost| cost > 0.0)
+        })
+    }
+}
+
+/// The poll period the `costmap_reload` callback reports in its name
+/// (`costmap_reload(poll=10s)`), in LiteLLM's `/active/callbacks` answer.
+fn self_reload_period(callbacks: &serde_json::Value) -> Option<Duration> {
+    callbacks
+        .get("litellm.callbacks")?
+        .as_array()?
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .find_map(|name| {
+            let seconds = name
+                .strip_prefix(SELF_RELOAD_CALLBACK)?
+                .strip_prefix("(poll=")?
+                .strip_suffix("s)")?;
+            Duration::try_from_secs_f64(seconds.parse().ok()?).ok()
+        })
 }
 
 /// Sends `request` with the admin key (if any); a transport error is worth another try.
@@ -342,6 +471,54 @@ mod tests {
         assert_eq!(key.0.to_str().unwrap(), "Bearer sk-secret-1234");
         assert!(AdminKey::new("").unwrap().is_none());
         assert!(AdminKey::new("bad\u{7f}key").is_err());
+    }
+
+    #[test]
+    fn deployments_are_unpriced_when_no_cost_is_positive() {
+        let info: ModelInfo = serde_json::from_str(
+            r#"{"data": [
+                {"model_name": "day0-model", "litellm_params": {"model": "openai/x"},
+                 "model_info": {"input_cost_per_token": null, "output_cost_per_token": null}},
+                {"model_name": "gpt-4o", "model_info": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05}},
+                {"model_name": "free", "model_info": {"input_cost_per_token": 0, "output_cost_per_token": 0.0}},
+                {"model_name": "whisper", "model_info": {"input_cost_per_second": 0.0001}},
+                {"model_name": "bare"}
+            ]}"#,
+        )
+        .unwrap();
+        let unpriced: Vec<&str> = info
+            .data
+            .iter()
+            .filter(|d| d.is_unpriced())
+            .map(|d| d.model_name.as_str())
+            .collect();
+        assert_eq!(unpriced, ["day0-model", "free", "bare"]);
+        assert_eq!(info.data[1].token_prices(), (Some(2.5e-6), Some(1e-5)));
+        assert_eq!(info.data[2].token_prices(), (None, None));
+    }
+
+    #[test]
+    fn the_self_reload_callback_is_found_by_its_name() {
+        let callbacks = |names: &[&str]| serde_json::json!({"litellm.callbacks": names});
+        assert_eq!(
+            self_reload_period(&callbacks(&[
+                "<x object at 0x1>",
+                "costmap_reload(poll=10s)"
+            ])),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            self_reload_period(&callbacks(&["costmap_reload(poll=2.5s)"])),
+            Some(Duration::from_millis(2500))
+        );
+        for idle in [
+            callbacks(&["costmap_reload(inactive)"]),
+            callbacks(&["<x object at 0x1>"]),
+            callbacks(&["costmap_reload(poll=-1s)"]),
+            serde_json::json!({}),
+        ] {
+            assert_eq!(self_reload_period(&idle), None, "{idle}");
+        }
     }
 
     #[test]

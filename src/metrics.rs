@@ -109,6 +109,8 @@ pub struct Metrics {
     pub last_success: Family<MapLabels, Gauge>,
     /// Proxies per map and state.
     pub consumers: Family<ConsumerLabels, Gauge>,
+    /// Deployments of each map's proxies that nothing prices.
+    pub unpriced_deployments: Family<MapLabels, Gauge>,
     /// Map endpoint requests by status code.
     pub map_requests: Family<RequestLabels, Counter>,
     /// Body bytes the map endpoint sent.
@@ -167,6 +169,13 @@ impl Default for Metrics {
             "LiteLLM proxies by ModelCostMapSync and state (Current, Stale, Unreachable)",
             consumers.clone(),
         );
+        let unpriced_deployments = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "unpriced_deployments",
+            "Deployments (model names) of a ModelCostMapSync's proxies billed at $0: the map \
+             they loaded does not price them and their own model_info sets no price",
+            unpriced_deployments.clone(),
+        );
         let map_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "map_requests",
@@ -201,6 +210,7 @@ impl Default for Metrics {
             models,
             last_success,
             consumers,
+            unpriced_deployments,
             map_requests,
             map_bytes,
             leader,
@@ -244,6 +254,14 @@ impl Metrics {
         }
     }
 
+    /// How many deployments of `map`'s proxies nothing prices.
+    pub fn record_unpriced(&self, map: &MapLabels, deployments: i64) {
+        self.know(map);
+        self.unpriced_deployments
+            .get_or_create(map)
+            .set(deployments);
+    }
+
     /// Drops the per-map series of every ModelCostMapSync but `live`; returns how many
     /// objects' series went.
     pub fn forget_maps_except(&self, live: &HashSet<MapLabels>) -> usize {
@@ -252,6 +270,7 @@ impl Metrics {
         for map in &gone {
             self.models.remove(map);
             self.last_success.remove(map);
+            self.unpriced_deployments.remove(map);
             for state in ConsumerState::ALL {
                 self.consumers.remove(&ConsumerLabels {
                     namespace: map.namespace.clone(),

@@ -7,42 +7,20 @@
 mod common;
 
 use costmap_operator::api::Reason;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::process::Command;
+use std::time::Instant;
 
 use common::agent::Agent;
 use common::kubelet::ConfigMapVolume;
 use common::process::OperatorProcess;
+use common::real_proxy::{RealProxy, create_master_key_secret, venv};
 use common::*;
 use costmap_operator::api::{ConsumerState, DEFAULT_KEY, ModelCostMapSync};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::json;
-use testenv::TiedChild;
-
-/// A model "launched today": not in any released map.
-const DAY0_MODEL: &str = "gpt-costmap-day0-2026-11-25";
-/// How long a real proxy may take to start (about 7 s here).
-const PROXY_START: Duration = Duration::from_secs(120);
-
-fn day0_entry() -> serde_json::Value {
-    json!({
-        "litellm_provider": "openai",
-        "mode": "chat",
-        "max_input_tokens": 400000,
-        "max_output_tokens": 128000,
-        "input_cost_per_token": 1.25e-6,
-        "output_cost_per_token": 1e-5,
-    })
-}
-
-fn venv(which: (&str, &str)) -> PathBuf {
-    testenv::litellm_venv(which.0, which.1)
-        .unwrap_or_else(|err| panic!("the real {} is needed: {err:#}", which.1))
-}
 
 /// What `tests/litellm/price.py` prints: the price of 1000 prompt and 1000 completion tokens
 /// of `model`, with the map the library loaded from `map_url`.
@@ -186,78 +164,6 @@ async fn the_litellm_library_prices_with_our_overrides_over_upstream() {
     s.operator.stop().await;
 }
 
-/// A real `litellm` proxy process (litellm[proxy], no database) on loopback.
-struct RealProxy {
-    url: String,
-    port: u16,
-    map_url: String,
-    master_key: String,
-    log: PathBuf,
-    process: Option<TiedChild>,
-}
-
-impl RealProxy {
-    async fn start(map_url: &str, master_key: &str, log_dir: &Path) -> RealProxy {
-        let port = testenv::free_port().unwrap();
-        let mut proxy = RealProxy {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            map_url: map_url.to_owned(),
-            master_key: master_key.to_owned(),
-            log: log_dir.join("litellm-proxy.log"),
-            process: None,
-        };
-        proxy.restart().await;
-        proxy
-    }
-
-    /// (Re)starts the process and waits until it answers GET /model/cost_map/source.
-    async fn restart(&mut self) {
-        if let Some(mut old) = self.process.take() {
-            old.kill();
-        }
-        let litellm = venv(testenv::LITELLM_PROXY_VENV)
-            .join("bin")
-            .join("litellm");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(litellm);
-        cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .env("LITELLM_MODEL_COST_MAP_URL", &self.map_url)
-            .env("LITELLM_MASTER_KEY", &self.master_key)
-            .env_remove("DATABASE_URL")
-            .env("NO_PROXY", "*")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log));
-        self.process = Some(testenv::spawn_tied(cmd).expect("starting litellm"));
-        let http = reqwest::Client::new();
-        let log = self.log.clone();
-        let explain = move || {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            format!("its log:\n{log}")
-        };
-        let this = &*self;
-        eventually_explained("litellm to answer", PROXY_START, explain, || async {
-            this.source(&http).await
-        })
-        .await;
-    }
-
-    async fn source(&self, http: &reqwest::Client) -> Option<serde_json::Value> {
-        let response = http
-            .get(format!("{}/model/cost_map/source", self.url))
-            .bearer_auth(&self.master_key)
-            .send()
-            .await
-            .ok()?;
-        let body = response.error_for_status().ok()?.bytes().await.ok()?;
-        serde_json::from_slice(&body).ok()
-    }
-}
-
 async fn consumer_state(client: &Client, ns: &str, state: ConsumerState) -> ModelCostMapSync {
     eventually(&format!("the proxy {state:?}"), || async {
         let sync = syncs(client, ns).get("litellm").await.ok()?;
@@ -272,15 +178,7 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
     let client = client().await;
     let ns = namespace(&client, "realproxy").await;
     let master_key = format!("sk-real-proxy-{}", std::process::id());
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "litellm-master-key"},
-        "stringData": {"masterKey": master_key},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    create_master_key_secret(&client, &ns, &master_key).await;
     let real = real_map("1.110.2");
     let source = Source::start(Answer::Map(real.clone())).await;
 
@@ -302,13 +200,7 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
     assert_eq!(reported["source_revision"], first.git_blob_id.as_str());
 
     // Listed as a consumer, it is verified Current.
-    let patch = json!({"spec": {"consumers": {"litellmProxies": [
-        {"url": proxy.url, "adminKeySecretRef": {"name": "litellm-master-key", "key": "masterKey"}},
-    ]}}});
-    syncs(&client, &ns)
-        .patch("litellm", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    proxy.list_as_consumer(&client, &ns, "litellm").await;
     let sync = consumer_state(&client, &ns, ConsumerState::Current).await;
     let row = &sync.status.as_ref().unwrap().consumers[0];
     assert_eq!(

@@ -12,7 +12,7 @@ mod status;
 
 use duration::parse_duration;
 
-pub use reasons::{ConditionType, ConsumersReason, EventReason, Reason};
+pub use reasons::{ConditionType, ConsumersReason, EventReason, PricedReason, Reason};
 pub use status::{
     Artifact, ConsumerState, ConsumerStatus, HistoryEntry, LastChange, ModelCostMapSyncStatus,
     OverridesStatus, PriceChange, SourceMap,
@@ -170,11 +170,17 @@ pub struct Consumers {
     /// LitellmProxies are LiteLLM proxies that fetch the map from this operator
     /// (LITELLM_MODEL_COST_MAP_URL). After each new map each is sent
     /// POST /reload/model_cost_map, then asked GET /model/cost_map/source whether it serves
-    /// the new map. Reloading needs a proxy with a database; others are reported Stale until
-    /// restarted (see restartWorkloads).
+    /// the new map, and GET /model/info which of its deployments nothing prices
+    /// (condition ModelsPriced). Reloading needs a proxy with a database, or one that runs
+    /// the costmap_reload callback (integrations/litellm), which loads new maps by itself;
+    /// others are reported Stale until restarted (see restartWorkloads).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub litellm_proxies: Vec<LitellmProxy>,
+
+    /// Rollout says how a new map reaches the proxies.
+    #[serde(default, skip_serializing_if = "Rollout::is_default")]
+    pub rollout: Rollout,
 
     /// RestartWorkloads are Deployments, StatefulSets or DaemonSets in this namespace whose
     /// pods get a rolling restart after each new map (the pod template annotation
@@ -182,6 +188,30 @@ pub struct Consumers {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub restart_workloads: Vec<WorkloadRef>,
+}
+
+/// How a new map reaches the proxies.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Canary is how many proxies (the first in URL order) are reloaded first and verified
+    /// (Current, and no deployment unpriced that was priced before) before the others are
+    /// reloaded. A canary that does not verify stops the rollout: the others keep the map
+    /// they have, Ready stays True, ConsumersCurrent=False with reason CanaryFailed, and the
+    /// next check tries the canaries again. Defaults to 0: every proxy at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0, max = 64))]
+    pub canary: i32,
+}
+
+impl Rollout {
+    fn is_default(&self) -> bool {
+        self == &Rollout::default()
+    }
+}
+
+fn is_zero(value: &i32) -> bool {
+    *value == 0
 }
 
 impl Consumers {

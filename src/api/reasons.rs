@@ -12,6 +12,9 @@ pub enum ConditionType {
     /// Whether every LiteLLM proxy listed under `spec.consumers` serves the current map.
     /// Present only while proxies are listed.
     ConsumersCurrent,
+    /// Whether every deployment of the listed proxies is priced by the map it has loaded
+    /// (or by its own model_info). Present only while proxies are listed.
+    ModelsPriced,
 }
 
 /// Why `Ready` is what it is.
@@ -56,6 +59,21 @@ pub enum ConsumersReason {
     Unreachable,
     /// False: a Service has no ready endpoint.
     NoProxies,
+    /// False: a canary (`consumers.rollout.canary`) did not verify, so the other proxies
+    /// were not reloaded and keep the map they have.
+    CanaryFailed,
+}
+
+/// Why `ModelsPriced` is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PricedReason {
+    /// True: every deployment of every proxy asked has a positive price.
+    AllPriced,
+    /// False: some deployment is billed at $0: the map its proxy loaded does not price its
+    /// model and its own model_info sets no price.
+    Unpriced,
+    /// Unknown: no proxy answered GET /model/info.
+    NotChecked,
 }
 
 /// The reasons of the Events recorded on a ModelCostMapSync.
@@ -78,6 +96,10 @@ pub enum EventReason {
     WorkloadRestarted,
     /// A workload under `restartWorkloads` could not be restarted.
     RestartFailed,
+    /// A proxy routes models that nothing prices (Warning): the set grew.
+    ModelsUnpriced,
+    /// A model that was unpriced is priced now.
+    ModelPriced,
     /// A sync failed: the Event's reason is the Ready reason.
     SyncFailed(Reason),
 }
@@ -88,6 +110,7 @@ impl ConditionType {
         match self {
             ConditionType::Ready => "Ready",
             ConditionType::ConsumersCurrent => "ConsumersCurrent",
+            ConditionType::ModelsPriced => "ModelsPriced",
         }
     }
 }
@@ -119,6 +142,18 @@ impl ConsumersReason {
             ConsumersReason::Stale => "Stale",
             ConsumersReason::Unreachable => "Unreachable",
             ConsumersReason::NoProxies => "NoProxies",
+            ConsumersReason::CanaryFailed => "CanaryFailed",
+        }
+    }
+}
+
+impl PricedReason {
+    /// The name, as status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PricedReason::AllPriced => "AllPriced",
+            PricedReason::Unpriced => "Unpriced",
+            PricedReason::NotChecked => "NotChecked",
         }
     }
 }
@@ -135,6 +170,8 @@ impl EventReason {
             EventReason::Recreated => "Recreated",
             EventReason::WorkloadRestarted => "WorkloadRestarted",
             EventReason::RestartFailed => "RestartFailed",
+            EventReason::ModelsUnpriced => "ModelsUnpriced",
+            EventReason::ModelPriced => "ModelPriced",
             EventReason::SyncFailed(reason) => reason.as_str(),
         }
     }

@@ -161,6 +161,13 @@ pub struct ConsumerStatus {
     /// Message says why the proxy is not Current (for example a reload it refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// UnpricedModels are the proxy's deployments (their model_name) that are billed at $0:
+    /// the map the proxy has loaded gives their model no positive cost, and their own
+    /// model_info sets none. At most 20. Absent when the proxy did not answer
+    /// GET /model/info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20))]
+    pub unpriced_models: Option<Vec<String>>,
 }
 
 /// Whether a proxy serves the current map.

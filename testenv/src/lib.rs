@@ -23,7 +23,9 @@ use std::path::PathBuf;
 
 pub use binaries::ensure_binaries;
 pub use controlplane::{ControlPlane, Server};
-pub use litellm::{LITELLM_LIB_VENV, LITELLM_PROXY_VENV, litellm_map, litellm_venv};
+pub use litellm::{
+    LITELLM_LIB_VENV, LITELLM_OLDER_PROXY_VENV, LITELLM_PROXY_VENV, litellm_map, litellm_venv,
+};
 pub use net::{free_port, wait_for_tcp};
 pub use netns::TestHost;
 pub use process::{TiedChild, spawn_tied};

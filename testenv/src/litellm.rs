@@ -118,6 +118,11 @@ pub const LITELLM_LIB_VENV: (&str, &str) = ("lib", "litellm==1.110.2");
 /// does not resolve from PyPI (one of its pinned extras is not published), 1.108.0 does.
 pub const LITELLM_PROXY_VENV: (&str, &str) = ("proxy", "litellm[proxy]==1.108.0");
 
+/// An older proxy the callback module (`integrations/litellm/costmap_reload.py`) is tested
+/// with too: 1.106.12 (1.104.9, also with a `source_revision`, does not resolve from PyPI:
+/// its pinned litellm-proxy-extras 0.4.102.post2 is not published).
+pub const LITELLM_OLDER_PROXY_VENV: (&str, &str) = ("proxy-1_106", "litellm[proxy]==1.106.12");
+
 /// Written into a venv last, holding the requirement: a venv without it (a pip install that
 /// failed or was interrupted) or with another requirement is rebuilt from scratch.
 const VENV_STAMP: &str = ".costmap-venv";

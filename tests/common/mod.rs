@@ -9,6 +9,7 @@ pub mod hostile;
 pub mod kubelet;
 pub mod process;
 pub mod proxy;
+pub mod real_proxy;
 
 use costmap_operator::api::{ConditionType, Reason};
 use std::collections::BTreeMap;
@@ -310,6 +311,24 @@ pub fn small_map(n: usize, extra: &[&str]) -> Bytes {
 }
 
 /// `map` with one more model, `name` with `entry`, as upstream adds a model on launch day.
+/// A model "launched today": not in any released map.
+pub const DAY0_MODEL: &str = "gpt-costmap-day0-2026-11-25";
+/// Its prices per token once upstream adds it.
+pub const DAY0_INPUT: f64 = 1.25e-6;
+pub const DAY0_OUTPUT: f64 = 1e-5;
+
+/// The day-0 model's entry as upstream adds it.
+pub fn day0_entry() -> serde_json::Value {
+    json!({
+        "litellm_provider": "openai",
+        "mode": "chat",
+        "max_input_tokens": 400000,
+        "max_output_tokens": 128000,
+        "input_cost_per_token": DAY0_INPUT,
+        "output_cost_per_token": DAY0_OUTPUT,
+    })
+}
+
 pub fn with_model(map: &[u8], name: &str, entry: serde_json::Value) -> Bytes {
     let mut parsed: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(map).expect("a JSON object");

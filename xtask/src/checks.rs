@@ -83,7 +83,11 @@ fn control_plane() -> Result<()> {
 
 /// The Python venvs with the real LiteLLM library and proxy that the LiteLLM tests run.
 fn litellm_venvs() -> Result<()> {
-    for (name, requirement) in [testenv::LITELLM_LIB_VENV, testenv::LITELLM_PROXY_VENV] {
+    for (name, requirement) in [
+        testenv::LITELLM_LIB_VENV,
+        testenv::LITELLM_PROXY_VENV,
+        testenv::LITELLM_OLDER_PROXY_VENV,
+    ] {
         let started = Instant::now();
         let venv = testenv::litellm_venv(name, requirement)?;
         eprintln!(

@@ -4,6 +4,7 @@
 
 mod state;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::api::{
 };
 use crate::controller::conditions;
 use crate::http::map_cache::MapKey;
-use crate::litellm::{AdminKey, RELOAD_PATH, endpoint};
+use crate::litellm::{AdminKey, RELOAD_PATH, ReloadOutcome, endpoint};
 use crate::sync::SecretError;
 use state::{Checked, recheck_after};
 
@@ -70,6 +71,54 @@ impl SyncsByService {
     }
 }
 
+/// How long after a self-reloading proxy's poll period it is looked at again.
+const SELF_RELOAD_MARGIN: Duration = Duration::from_secs(2);
+
+/// What checking one proxy found.
+struct ProxyCheck {
+    row: ConsumerStatus,
+    /// Its costmap_reload callback's poll period, when it reloads by itself.
+    self_reload: Option<Duration>,
+    /// Input and output price per token of each of its deployments.
+    prices: BTreeMap<String, (Option<f64>, Option<f64>)>,
+}
+
+impl ProxyCheck {
+    fn of(row: ConsumerStatus) -> ProxyCheck {
+        ProxyCheck {
+            row,
+            self_reload: None,
+            prices: BTreeMap::new(),
+        }
+    }
+
+    /// Records which deployments nothing prices (at most [`state::MAX_UNPRICED_MODELS`]
+    /// names) and what the others cost.
+    fn priced_by(&mut self, deployments: &[crate::litellm::Deployment]) {
+        let unpriced: BTreeSet<&str> = deployments
+            .iter()
+            .filter(|d| d.is_unpriced())
+            .map(|d| d.model_name.as_str())
+            .collect();
+        self.row.unpriced_models = Some(
+            unpriced
+                .into_iter()
+                .take(state::MAX_UNPRICED_MODELS)
+                .map(str::to_owned)
+                .collect(),
+        );
+        self.prices = deployments
+            .iter()
+            .map(|d| (d.model_name.clone(), d.token_prices()))
+            .collect();
+    }
+}
+
+/// A price per token as Events print it: 1.25e-6, or "-" when there is none.
+fn price_text(price: Option<f64>) -> String {
+    price.map_or("-".to_owned(), |p| format!("{p:e}"))
+}
+
 /// One proxy to reach.
 struct ProxyTarget {
     url: String,
@@ -90,6 +139,7 @@ impl Reconciler<'_> {
         if self.sync.spec.consumers.litellm_proxies.is_empty() {
             status.consumers.clear();
             conditions::remove_condition(&mut status.conditions, ConditionType::ConsumersCurrent);
+            conditions::remove_condition(&mut status.conditions, ConditionType::ModelsPriced);
             return None;
         }
         if mode == Mode::Skip {
@@ -99,17 +149,51 @@ impl Reconciler<'_> {
         if mode == Mode::ReloadAll {
             self.wait_until_served(&digest).await;
         }
-        let targets = self.proxy_targets().await;
+        let mut targets = self.proxy_targets().await;
+        targets.sort_by(|a, b| a.url.cmp(&b.url));
         let previous = std::mem::take(&mut status.consumers);
-        let checks = targets.iter().map(|target| {
-            self.check_proxy(
-                target,
-                mode,
-                &expected,
-                previous.iter().find(|row| row.url == target.url),
-            )
-        });
-        status.consumers = join_all(checks).await;
+        // Canaries first (the first in URL order); the others are reloaded only when every
+        // canary verifies, and else only asked.
+        let canaries = usize::try_from(self.sync.spec.consumers.rollout.canary)
+            .unwrap_or(0)
+            .min(targets.len());
+        let reloading = matches!(mode, Mode::ReloadAll | Mode::ReloadStale);
+        let (first, rest) = if reloading && canaries > 0 && canaries < targets.len() {
+            targets.split_at(canaries)
+        } else {
+            targets.split_at(targets.len())
+        };
+        let mut checks = self.check_group(first, mode, &expected, &previous).await;
+        let canary_failure = if rest.is_empty() {
+            None
+        } else {
+            let failures: Vec<String> = checks
+                .iter()
+                .filter_map(|check| {
+                    let before = previous.iter().find(|row| row.url == check.row.url);
+                    state::canary_failure(&check.row, before)
+                })
+                .collect();
+            let rest_mode = if failures.is_empty() {
+                mode
+            } else {
+                Mode::Verify
+            };
+            if !failures.is_empty() {
+                warn!(failures = %failures.join("; "), "the canary did not verify; the other proxies are not reloaded");
+            }
+            checks.extend(
+                self.check_group(rest, rest_mode, &expected, &previous)
+                    .await,
+            );
+            (!failures.is_empty()).then(|| failures.join("; "))
+        };
+        let self_reload = checks.iter().filter_map(|check| check.self_reload).min();
+        let prices: BTreeMap<String, (Option<f64>, Option<f64>)> = checks
+            .iter()
+            .flat_map(|check| check.prices.clone())
+            .collect();
+        status.consumers = checks.into_iter().map(|check| check.row).collect();
         let per_state = ConsumerState::ALL.map(|state| {
             let count = status.consumers.iter().filter(|r| r.state == state).count();
             (state.as_str(), i64::try_from(count).unwrap_or(i64::MAX))
@@ -117,6 +201,7 @@ impl Reconciler<'_> {
         self.context
             .metrics
             .record_consumers(&self.map_labels(), &per_state);
+        self.report_pricing(status, &previous, &prices).await;
         let all_current = status
             .consumers
             .iter()
@@ -126,6 +211,7 @@ impl Reconciler<'_> {
             state::condition(
                 &status.consumers,
                 &expected,
+                canary_failure.as_deref(),
                 self.sync.metadata.generation,
                 self.now,
             ),
@@ -139,7 +225,95 @@ impl Reconciler<'_> {
             };
             checks_so_far = m.consumer_checks;
         });
-        (!all_current).then(|| recheck_after(checks_so_far))
+        // A proxy that loads maps by itself is looked at again just after its next poll.
+        let self_reload = self_reload.map(|period| period + SELF_RELOAD_MARGIN);
+        (!all_current).then(|| {
+            let recheck = recheck_after(checks_so_far);
+            self_reload.map_or(recheck, |soon| soon.min(recheck))
+        })
+    }
+
+    /// [`Self::check_proxy`] for each of `group`, at once.
+    async fn check_group(
+        &self,
+        group: &[ProxyTarget],
+        mode: Mode,
+        expected: &str,
+        previous: &[ConsumerStatus],
+    ) -> Vec<ProxyCheck> {
+        join_all(group.iter().map(|target| {
+            let before = previous.iter().find(|row| row.url == target.url);
+            self.check_proxy(target, mode, expected, before)
+        }))
+        .await
+    }
+
+    /// ModelsPriced, the unpriced-deployments metric, and an Event when the set of unpriced
+    /// models grows (Warning) or a model in it becomes priced (Normal).
+    async fn report_pricing(
+        &self,
+        status: &mut ModelCostMapSyncStatus,
+        previous: &[ConsumerStatus],
+        prices: &BTreeMap<String, (Option<f64>, Option<f64>)>,
+    ) {
+        conditions::set_condition(
+            &mut status.conditions,
+            state::priced_condition(&status.consumers, self.sync.metadata.generation, self.now),
+        );
+        let now_unpriced = state::unpriced_models(&status.consumers);
+        let count = i64::try_from(now_unpriced.len()).unwrap_or(i64::MAX);
+        self.context
+            .metrics
+            .record_unpriced(&self.map_labels(), count);
+        let before = state::unpriced_models(previous);
+        // Only proxies asked both times say what changed: one that did not answer is not news.
+        let answered: Vec<&str> = status
+            .consumers
+            .iter()
+            .filter(|row| row.unpriced_models.is_some())
+            .map(|row| row.url.as_str())
+            .collect();
+        let was_asked = previous
+            .iter()
+            .any(|row| row.unpriced_models.is_some() && answered.contains(&row.url.as_str()));
+        let grown: Vec<&str> = now_unpriced
+            .iter()
+            .filter(|model| !before.contains(*model))
+            .map(String::as_str)
+            .collect();
+        if !grown.is_empty() {
+            warn!(models = %grown.join(", "), "proxies route models nothing prices");
+            self.publish(Notice {
+                type_: EventType::Warning,
+                reason: EventReason::ModelsUnpriced,
+                note: format!(
+                    "the proxies route models that nothing prices (billed at $0): {}",
+                    grown.join(", ")
+                ),
+            })
+            .await;
+        }
+        let priced_now: Vec<String> = before
+            .iter()
+            .filter(|model| was_asked && !now_unpriced.contains(*model))
+            .map(|model| {
+                let (input, output) = prices.get(model).copied().unwrap_or_default();
+                format!(
+                    "{model} is now priced: {} / {}",
+                    price_text(input),
+                    price_text(output)
+                )
+            })
+            .collect();
+        if !priced_now.is_empty() {
+            info!(models = %priced_now.join("; "), "unpriced models are priced now");
+            self.publish(Notice {
+                type_: EventType::Normal,
+                reason: EventReason::ModelPriced,
+                note: format!("{} (input / output per token)", priced_now.join("; ")),
+            })
+            .await;
+        }
     }
 
     /// Between syncs: keeps workloads on the current digest, and checks the proxies again
@@ -296,23 +470,25 @@ impl Reconciler<'_> {
         AdminKey::new(text).map_err(|_| not_a_key())
     }
 
-    /// Asks, reloads and asks again one proxy as `mode` says ([`state`] decides).
+    /// Asks, reloads and asks again one proxy as `mode` says ([`state`] decides), then asks
+    /// which of its deployments nothing prices.
     async fn check_proxy(
         &self,
         target: &ProxyTarget,
         mode: Mode,
         expected: &str,
         previous: Option<&ConsumerStatus>,
-    ) -> ConsumerStatus {
+    ) -> ProxyCheck {
         let admin_key = match &target.admin_key {
             Ok(key) => key.as_ref(),
             Err(err) => {
-                return state::unasked(
+                let row = state::unasked(
                     &target.url,
                     target.pod.as_deref(),
                     self.now,
                     err.to_string(),
                 );
+                return ProxyCheck::of(row);
             }
         };
         let proxies = &self.context.proxies;
@@ -322,9 +498,14 @@ impl Reconciler<'_> {
         };
         let mut reloaded = None;
         if mode.reloads(answer.as_ref(), expected) {
-            let outcome = proxies
+            let mut outcome = proxies
                 .reload(&endpoint(&target.url, RELOAD_PATH), admin_key)
                 .await;
+            if outcome == ReloadOutcome::NoDatabase
+                && let Ok(Some(period)) = proxies.self_reload_period(&target.url, admin_key).await
+            {
+                outcome = ReloadOutcome::ReloadsItself(period);
+            }
             info!(url = %target.url, %outcome, "asked the proxy to reload");
             reloaded = Some(outcome);
             answer = None;
@@ -333,7 +514,8 @@ impl Reconciler<'_> {
             Some(answer) => answer,
             None => proxies.source(&target.url, admin_key).await,
         };
-        state::row(Checked {
+        let answered = answer.is_ok();
+        let mut check = ProxyCheck::of(state::row(Checked {
             url: &target.url,
             pod: target.pod.as_deref(),
             now: self.now,
@@ -341,7 +523,19 @@ impl Reconciler<'_> {
             answer,
             reloaded: reloaded.as_ref(),
             previous,
-        })
+        }));
+        if let Some(ReloadOutcome::ReloadsItself(period)) = reloaded {
+            check.self_reload = Some(period);
+        }
+        if answered {
+            match proxies.deployments(&target.url, admin_key).await {
+                Ok(deployments) => check.priced_by(&deployments),
+                Err(message) => {
+                    info!(url = %target.url, error = %message, "cannot list the proxy's deployments")
+                }
+            }
+        }
+        check
     }
 
     /// Puts the map's digest in each listed workload's pod template; a workload that already

@@ -7,7 +7,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{ConditionType, ConsumerState, ConsumerStatus, ConsumersReason};
+use std::collections::BTreeSet;
+
+use crate::api::{ConditionType, ConsumerState, ConsumerStatus, ConsumersReason, PricedReason};
 use crate::controller::conditions;
 use crate::controller::status::Outcome;
 use crate::litellm::{ReloadOutcome, SourceInfo};
@@ -15,6 +17,8 @@ use crate::sync::schedule::SyncCause;
 
 /// Longest status message about consumers.
 const MAX_MESSAGE: usize = 1000;
+/// Most unpriced model names kept per proxy row.
+pub(crate) const MAX_UNPRICED_MODELS: usize = 20;
 
 /// What to do with the proxies in this reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +109,7 @@ pub(crate) fn unasked(url: &str, pod: Option<&str>, now: Timestamp, why: String)
         models: None,
         checked_at: Time(now),
         message: Some(why),
+        unpriced_models: None,
     }
 }
 
@@ -133,6 +138,7 @@ pub(crate) fn row(checked: Checked<'_>) -> ConsumerStatus {
 pub(crate) fn condition(
     rows: &[ConsumerStatus],
     expected: &str,
+    canary_failure: Option<&str>,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
@@ -149,6 +155,12 @@ pub(crate) fn condition(
     if rows.is_empty() {
         let message = "no proxy found: no ready endpoints behind the Service".to_owned();
         return condition(false, ConsumersReason::NoProxies, message);
+    }
+    if let Some(failure) = canary_failure {
+        let message = format!(
+            "the canary did not verify, so the other proxies keep the map they have: {failure}"
+        );
+        return condition(false, ConsumersReason::CanaryFailed, message);
     }
     let behind: Vec<&ConsumerStatus> = rows
         .iter()
@@ -188,6 +200,89 @@ pub(crate) fn condition(
         details.join("; ")
     );
     condition(false, reason, message)
+}
+
+/// Why a canary row does not verify, if it does not: it must serve the map, and the map
+/// must not leave a deployment unpriced that was priced before (`previous`).
+pub(crate) fn canary_failure(
+    row: &ConsumerStatus,
+    previous: Option<&ConsumerStatus>,
+) -> Option<String> {
+    let who = row
+        .pod
+        .as_deref()
+        .map_or(row.url.clone(), |pod| format!("{} ({pod})", row.url));
+    if row.state != ConsumerState::Current {
+        let why = row.message.as_deref().unwrap_or("it serves another map");
+        return Some(format!("{who} is {}: {why}", row.state.as_str()));
+    }
+    let before: BTreeSet<&String> = previous
+        .and_then(|p| p.unpriced_models.as_ref())
+        .into_iter()
+        .flatten()
+        .collect();
+    let newly: Vec<&str> = row
+        .unpriced_models
+        .iter()
+        .flatten()
+        .filter(|model| !before.contains(model))
+        .map(String::as_str)
+        .collect();
+    if previous.is_some_and(|p| p.unpriced_models.is_some()) && !newly.is_empty() {
+        return Some(format!(
+            "{who} serves the map, but it leaves unpriced: {}",
+            newly.join(", ")
+        ));
+    }
+    None
+}
+
+/// The distinct unpriced model names over every row.
+pub(crate) fn unpriced_models(rows: &[ConsumerStatus]) -> BTreeSet<String> {
+    rows.iter()
+        .flat_map(|row| row.unpriced_models.iter().flatten())
+        .cloned()
+        .collect()
+}
+
+/// The ModelsPriced condition over the rows of the proxies that answered GET /model/info.
+pub(crate) fn priced_condition(
+    rows: &[ConsumerStatus],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let condition = |status: Option<bool>, reason: PricedReason, message: String| {
+        let mut condition = conditions::condition(
+            ConditionType::ModelsPriced,
+            status.unwrap_or(false),
+            reason.as_str(),
+            truncate(message),
+            generation,
+            now,
+        );
+        if status.is_none() {
+            condition.status = "Unknown".to_owned();
+        }
+        condition
+    };
+    let answered = rows.iter().filter(|r| r.unpriced_models.is_some()).count();
+    if answered == 0 {
+        let message = "no proxy answered GET /model/info".to_owned();
+        return condition(None, PricedReason::NotChecked, message);
+    }
+    let unpriced = unpriced_models(rows);
+    if unpriced.is_empty() {
+        let message = format!("every deployment of {answered} proxies is priced");
+        return condition(Some(true), PricedReason::AllPriced, message);
+    }
+    let names: Vec<&str> = unpriced.iter().map(String::as_str).collect();
+    let message = format!(
+        "{} deployments are billed at $0 (the map they loaded does not price them and their \
+         model_info sets no price): {}",
+        names.len(),
+        names.join(", ")
+    );
+    condition(Some(false), PricedReason::Unpriced, message)
 }
 
 fn truncate(mut text: String) -> String {
@@ -333,15 +428,22 @@ mod tests {
         let current = checked(serving("new"), None, None);
         let stale = checked(serving("old"), None, None);
         let gone = checked(Err("timed out".into()), None, None);
-        let all = condition(&[current.clone(), current.clone()], "new", Some(1), at(5));
+        let all = condition(
+            &[current.clone(), current.clone()],
+            "new",
+            None,
+            Some(1),
+            at(5),
+        );
         assert_eq!(
             (all.status.as_str(), all.reason.as_str()),
             ("True", "AllCurrent")
         );
         assert_eq!(all.message, "2 of 2 proxies serve map new");
         let mixed = condition(
-            &[current.clone(), stale, gone.clone()],
+            &[current.clone(), stale.clone(), gone.clone()],
             "new",
+            None,
             Some(1),
             at(5),
         );
@@ -356,10 +458,83 @@ mod tests {
                 .message
                 .contains("(litellm-abc): Unreachable, timed out")
         );
-        let unreachable = condition(&[gone], "new", Some(1), at(5));
+        let unreachable = condition(&[gone], "new", None, Some(1), at(5));
         assert_eq!(unreachable.reason, ConsumersReason::Unreachable.as_str());
-        let none = condition(&[], "new", Some(1), at(5));
+        let none = condition(&[], "new", None, Some(1), at(5));
         assert_eq!(none.reason, ConsumersReason::NoProxies.as_str());
+        let canary = condition(&[current, stale], "new", Some("a is Stale"), Some(1), at(5));
+        assert_eq!(
+            (canary.status.as_str(), canary.reason.as_str()),
+            ("False", "CanaryFailed")
+        );
+        assert!(
+            canary
+                .message
+                .ends_with("keep the map they have: a is Stale")
+        );
+    }
+
+    fn with_unpriced(mut row: ConsumerStatus, models: Option<&[&str]>) -> ConsumerStatus {
+        row.unpriced_models = models.map(|m| m.iter().map(|s| (*s).to_owned()).collect());
+        row
+    }
+
+    #[test]
+    fn models_priced_sums_up_the_proxies_that_answered() {
+        let priced = with_unpriced(checked(serving("new"), None, None), Some(&[]));
+        let day0 = with_unpriced(checked(serving("new"), None, None), Some(&["day0-model"]));
+        let unasked = with_unpriced(checked(serving("new"), None, None), None);
+
+        let all = priced_condition(&[priced.clone(), unasked.clone()], Some(1), at(5));
+        assert_eq!(
+            (all.status.as_str(), all.reason.as_str()),
+            ("True", "AllPriced")
+        );
+        assert_eq!(all.message, "every deployment of 1 proxies is priced");
+
+        let some = priced_condition(&[priced, day0.clone(), day0.clone()], Some(1), at(5));
+        assert_eq!(
+            (some.status.as_str(), some.reason.as_str()),
+            ("False", "Unpriced")
+        );
+        assert!(
+            some.message.starts_with("1 deployments are billed at $0"),
+            "{}",
+            some.message
+        );
+        assert!(some.message.ends_with(": day0-model"), "{}", some.message);
+
+        let none = priced_condition(&[unasked], Some(1), at(5));
+        assert_eq!(
+            (none.status.as_str(), none.reason.as_str()),
+            ("Unknown", "NotChecked")
+        );
+        assert_eq!(unpriced_models(&[day0.clone(), day0]).len(), 1);
+    }
+
+    #[test]
+    fn a_canary_verifies_when_current_and_nothing_newly_unpriced() {
+        let before = with_unpriced(checked(serving("old"), None, None), Some(&["day0-model"]));
+        let same = with_unpriced(checked(serving("new"), None, None), Some(&["day0-model"]));
+        assert_eq!(canary_failure(&same, Some(&before)), None);
+        let fewer = with_unpriced(checked(serving("new"), None, None), Some(&[]));
+        assert_eq!(canary_failure(&fewer, Some(&before)), None);
+        let unknown = with_unpriced(checked(serving("new"), None, None), None);
+        assert_eq!(canary_failure(&unknown, Some(&before)), None);
+
+        let worse = with_unpriced(
+            checked(serving("new"), None, None),
+            Some(&["day0-model", "gpt-4o"]),
+        );
+        let failure = canary_failure(&worse, Some(&before)).unwrap();
+        assert!(failure.ends_with("it leaves unpriced: gpt-4o"), "{failure}");
+
+        let stale = checked(serving("old"), None, None);
+        let failure = canary_failure(&stale, None).unwrap();
+        assert!(
+            failure.starts_with("http://10.0.0.7:4000 (litellm-abc) is Stale"),
+            "{failure}"
+        );
     }
 
     #[test]

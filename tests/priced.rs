@@ -1,0 +1,394 @@
+//! Every proxy priced, with the real LiteLLM proxy (`litellm[proxy]` from PyPI, no database):
+//! our callback module `integrations/litellm/costmap_reload.py` loads each new map into a
+//! running proxy without a restart, on 1.108.0 and on 1.106.12, from the operator's endpoint
+//! and from the in-pod agent; the operator sees the proxy's day-0 deployment unpriced
+//! (ModelsPriced=False, the metric is 1) and then priced, and the proxy's own cost path
+//! bills the new price. On a LiteLLM it does not know, the module says so once and does
+//! nothing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use common::agent::Agent;
+use common::kubelet::ConfigMapVolume;
+use common::process::OperatorProcess;
+use common::real_proxy::{ProxyOptions, RealProxy, create_master_key_secret, venv};
+use common::*;
+use costmap_operator::api::{ConditionType, ConsumerState, DEFAULT_KEY, ModelCostMapSync, Reason};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::json;
+
+/// The module's poll period in these tests.
+const POLL_SECONDS: &str = "2";
+
+/// Where the proxy fetches the map from.
+#[derive(Clone, Copy, Debug)]
+enum MapVia {
+    /// The operator's endpoint.
+    Operator,
+    /// The in-pod agent, serving the ConfigMap mounted the kubelet's way.
+    Agent,
+}
+
+#[tokio::test]
+async fn the_module_loads_each_new_map_into_litellm_1_108_without_a_restart() {
+    end_to_end(testenv::LITELLM_PROXY_VENV, MapVia::Operator).await;
+}
+
+#[tokio::test]
+async fn the_module_loads_each_new_map_into_litellm_1_106_without_a_restart() {
+    end_to_end(testenv::LITELLM_OLDER_PROXY_VENV, MapVia::Operator).await;
+}
+
+#[tokio::test]
+async fn the_module_loads_each_new_map_from_the_agent_without_a_restart() {
+    end_to_end(testenv::LITELLM_PROXY_VENV, MapVia::Agent).await;
+}
+
+#[test]
+fn the_module_says_once_and_does_nothing_on_a_litellm_it_does_not_know() {
+    // The library venv has litellm without the proxy's extras: its proxy cannot be imported,
+    // so the module does not know how to swap a map in.
+    let python = venv(testenv::LITELLM_LIB_VENV).join("bin").join("python");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg("import sys; sys.path.insert(0, sys.argv[1]); import costmap_reload; print(costmap_reload.handler)")
+        .arg(module_dir())
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "true")
+        .env("LITELLM_MODEL_COST_MAP_URL", "http://127.0.0.1:9/map.json")
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "costmap_reload(inactive)", "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("costmap_reload"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].contains("does nothing: litellm 1.110.2 is not a version this module knows"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_poll_period_is_refused_at_start_up() {
+    let python = venv(testenv::LITELLM_PROXY_VENV).join("bin").join("python");
+    for (value, words) in [
+        ("soon", "'soon' is not a number of seconds"),
+        ("0.1", "'0.1' is under 1"),
+    ] {
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg("import asyncio, sys; sys.path.insert(0, sys.argv[1])\nasync def main():\n    import costmap_reload\n    print(costmap_reload.handler)\nasyncio.run(main())")
+            .arg(module_dir())
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "false")
+            .env("LITELLM_MODEL_COST_MAP_URL", "http://127.0.0.1:9/map.json")
+            .env("COSTMAP_POLL_SECONDS", value)
+            .env("NO_PROXY", "*")
+            .output()
+            .expect("running python");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stdout.trim(), "costmap_reload(inactive)", "{stderr}");
+        assert!(stderr.contains(words), "{value}: {stderr}");
+    }
+}
+
+fn module_dir() -> std::path::PathBuf {
+    testenv::workspace_root().join("integrations/litellm")
+}
+
+/// A config directory as the example ships it: config.yaml routing `day0-model` (and
+/// gpt-4o), with the module next to it.
+fn proxy_config(dir: &Path) -> std::path::PathBuf {
+    let config = format!(
+        "model_list:\n\
+         \x20 - model_name: day0-model\n\
+         \x20   litellm_params: {{model: openai/{DAY0_MODEL}, api_key: sk-fake, mock_response: hi}}\n\
+         \x20 - model_name: gpt-4o\n\
+         \x20   litellm_params: {{model: openai/gpt-4o, api_key: sk-fake, mock_response: hi}}\n\
+         litellm_settings:\n\
+         \x20 callbacks: [\"costmap_reload.handler\"]\n"
+    );
+    std::fs::write(dir.join("config.yaml"), config).unwrap();
+    std::fs::copy(
+        module_dir().join("costmap_reload.py"),
+        dir.join("costmap_reload.py"),
+    )
+    .unwrap();
+    dir.join("config.yaml")
+}
+
+/// The ConfigMap's files, as the kubelet would put them in a volume.
+fn files_of(config_map: &ConfigMap) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for (key, value) in config_map.binary_data.clone().unwrap_or_default() {
+        files.push((key, value.0));
+    }
+    for (key, value) in config_map.data.clone().unwrap_or_default() {
+        files.push((key, value.into_bytes()));
+    }
+    files
+}
+
+fn mount(volume: &mut ConfigMapVolume, config_map: &ConfigMap) {
+    let files = files_of(config_map);
+    volume.write(
+        &files
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect::<Vec<_>>(),
+    );
+}
+
+async fn metric(operator: &OperatorProcess, ns: &str) -> Option<String> {
+    let (_, text) = operator.get("/metrics").await?;
+    let prefix = format!("costmap_unpriced_deployments{{namespace=\"{ns}\",name=\"litellm\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+}
+
+fn priced_condition(sync: &ModelCostMapSync) -> Option<(String, String, String)> {
+    let condition = sync
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::ModelsPriced.as_str())?;
+    Some((
+        condition.status.clone(),
+        condition.reason.clone(),
+        condition.message.clone(),
+    ))
+}
+
+/// The cost the proxy bills for one mock completion of `model`, from its own cost path
+/// (the `x-litellm-response-cost` header; LiteLLM leaves it out when it cannot price the
+/// model), and the usage it billed.
+async fn billed(proxy: &RealProxy, model: &str) -> (Option<f64>, u64, u64) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/chat/completions", proxy.url))
+        .bearer_auth(&proxy.master_key)
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": model, "messages": [{"role": "user", "content": "hello"}]}).to_string(),
+        )
+        .send()
+        .await
+        .expect("a completion");
+    assert!(response.status().is_success(), "{}", response.status());
+    let cost: Option<f64> = response
+        .headers()
+        .get("x-litellm-response-cost")
+        .map(|cost| cost.to_str().unwrap().parse().unwrap());
+    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let usage = &body["usage"];
+    (
+        cost,
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
+    let client = client().await;
+    let ns = namespace(&client, "module").await;
+    let master_key = format!("sk-module-{}", std::process::id());
+    create_master_key_secret(&client, &ns, &master_key).await;
+    let real = real_map("1.110.2");
+    let source = Source::start(Answer::Map(real.clone())).await;
+    let mut operator = OperatorProcess::start(
+        &control_plane().kubeconfig,
+        &ns,
+        "operator-0",
+        &["--namespace", &ns],
+    );
+    create_litellm_sync(&client, &ns, &source.url).await;
+    let sync = wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
+    let first = sync.status.unwrap().artifact.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let volume_dir = dir.path().join("volume");
+    std::fs::create_dir_all(&volume_dir).unwrap();
+    let mut volume = ConfigMapVolume::new(&volume_dir);
+    let (map_url, _agent) = match via {
+        MapVia::Operator => (
+            format!("{}/maps/{ns}/litellm/{DEFAULT_KEY}", operator.url),
+            None,
+        ),
+        MapVia::Agent => {
+            mount(
+                &mut volume,
+                &config_maps(&client, &ns).get("litellm").await.unwrap(),
+            );
+            let agent = Agent::start(&volume_dir, "", "http://127.0.0.1:9/reload/model_cost_map");
+            eventually("the agent serves the map", || agent.map()).await;
+            (agent.map_url(), Some(agent))
+        }
+    };
+    let proxy = RealProxy::start_with(
+        &map_url,
+        &master_key,
+        dir.path(),
+        ProxyOptions {
+            venv: litellm,
+            config: Some(proxy_config(dir.path())),
+            env: vec![("COSTMAP_POLL_SECONDS".into(), POLL_SECONDS.into())],
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let reported = proxy.source(&http).await.unwrap();
+    assert_eq!(
+        reported["source_revision"],
+        first.git_blob_id.as_str(),
+        "{reported}"
+    );
+    assert!(
+        proxy
+            .log_text()
+            .contains(&format!("polling {map_url} every 2s")),
+        "the module says it polls: {}",
+        proxy.log_text()
+    );
+
+    // Listed as a consumer: Current, and its day-0 deployment is unpriced.
+    proxy.list_as_consumer(&client, &ns, "litellm").await;
+    let explain = || format!("the operator's log:\n{}", operator.log_text());
+    let sync = eventually_explained(
+        "the day-0 deployment reported unpriced",
+        DEADLINE,
+        explain,
+        || async {
+            let sync = syncs(&client, &ns).get("litellm").await.ok()?;
+            let row = sync.status.as_ref()?.consumers.first()?.clone();
+            (row.state == ConsumerState::Current && row.unpriced_models.is_some()).then_some(sync)
+        },
+    )
+    .await;
+    let row = &sync.status.as_ref().unwrap().consumers[0];
+    assert_eq!(
+        row.unpriced_models.as_deref(),
+        Some(&["day0-model".to_owned()][..])
+    );
+    let (status, reason, message) = priced_condition(&sync).unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "Unpriced"),
+        "{message}"
+    );
+    assert!(message.ends_with(": day0-model"), "{message}");
+    eventually("the metric says 1", || async {
+        (metric(&operator, &ns).await? == "1").then_some(())
+    })
+    .await;
+    let (cost, ..) = billed(&proxy, "day0-model").await;
+    assert!(
+        cost.unwrap_or_default() == 0.0,
+        "before the launch the proxy bills $0: {cost:?}"
+    );
+
+    // Upstream prices the model; the new map reaches the running proxy through the module.
+    source.set(Answer::Map(with_model(&real, DAY0_MODEL, day0_entry())));
+    request_sync(&client, &ns, "litellm", "day0-priced").await;
+    let sync = eventually("the new map published", || async {
+        let sync = syncs(&client, &ns).get("litellm").await.ok()?;
+        let artifact = sync.status.as_ref()?.artifact.as_ref()?;
+        (artifact.digest != first.digest).then_some(sync)
+    })
+    .await;
+    let second = sync.status.unwrap().artifact.unwrap();
+    let published = Instant::now();
+    if let MapVia::Agent = via {
+        // The kubelet's swap of the mounted ConfigMap.
+        mount(
+            &mut volume,
+            &config_maps(&client, &ns).get("litellm").await.unwrap(),
+        );
+    }
+    eventually("the proxy reports the new map", || async {
+        let reported = proxy.source(&http).await?;
+        (reported["source_revision"] == second.git_blob_id.as_str()).then_some(())
+    })
+    .await;
+    eprintln!(
+        "{via:?}, {}: new map published -> the proxy reports it: {:.2} s (poll {POLL_SECONDS} s)",
+        litellm.1,
+        published.elapsed().as_secs_f64()
+    );
+
+    // The operator sees it Current without a restart, and priced.
+    let sync = eventually("the proxy Current and priced", || async {
+        let sync = syncs(&client, &ns).get("litellm").await.ok()?;
+        let row = sync.status.as_ref()?.consumers.first()?.clone();
+        let current = row.state == ConsumerState::Current
+            && row.source_revision.as_deref() == Some(second.git_blob_id.as_str());
+        (current && row.unpriced_models.as_deref() == Some(&[][..])).then_some(sync)
+    })
+    .await;
+    let (status, reason, _) = priced_condition(&sync).unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "AllPriced"));
+    eventually("the metric says 0", || async {
+        (metric(&operator, &ns).await? == "0").then_some(())
+    })
+    .await;
+    let (cost, prompt, completion) = billed(&proxy, "day0-model").await;
+    let cost = cost.expect("the proxy prices the model now");
+    let expected = prompt as f64 * DAY0_INPUT + completion as f64 * DAY0_OUTPUT;
+    assert!(
+        (cost - expected).abs() <= expected * 1e-9,
+        "billed {cost}, the new price says {expected}"
+    );
+
+    let events = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let notes: Vec<(String, String)> = events
+        .items
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.note.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        notes.iter().any(|(reason, note)| reason == "ModelsUnpriced"
+            && note.ends_with("billed at $0): day0-model")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|(reason, note)| reason == "ModelPriced"
+            && note.contains("day0-model is now priced: 1.25e-6 / 1e-5")),
+        "{notes:?}"
+    );
+    // The reload call found no database, and the operator told that the module reloads.
+    assert!(
+        operator
+            .log_text()
+            .contains("its costmap_reload callback polls the map every 2s"),
+        "{}",
+        operator.log_text()
+    );
+    let loaded: Vec<String> = proxy
+        .log_text()
+        .lines()
+        .filter(|line| line.contains("costmap_reload INFO loaded map"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(loaded.len(), 1, "one line per new map: {loaded:?}");
+    assert!(loaded[0].contains(&second.git_blob_id), "{loaded:?}");
+    operator.kill();
+}
