@@ -111,6 +111,8 @@ pub struct Metrics {
     pub consumers: Family<ConsumerLabels, Gauge>,
     /// Deployments of each map's proxies that nothing prices.
     pub unpriced_deployments: Family<MapLabels, Gauge>,
+    /// Each ModelCostMapSync's spec.interval, so alerts can say "for two intervals".
+    pub sync_interval: Family<MapLabels, Gauge>,
     /// Map endpoint requests by status code.
     pub map_requests: Family<RequestLabels, Counter>,
     /// Body bytes the map endpoint sent.
@@ -176,6 +178,13 @@ impl Default for Metrics {
              they loaded does not price them and their own model_info sets no price",
             unpriced_deployments.clone(),
         );
+        let sync_interval = Family::<MapLabels, Gauge>::default();
+        registry.register_with_unit(
+            "sync_interval",
+            "The spec.interval of each ModelCostMapSync",
+            Unit::Seconds,
+            sync_interval.clone(),
+        );
         let map_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "map_requests",
@@ -211,6 +220,7 @@ impl Default for Metrics {
             last_success,
             consumers,
             unpriced_deployments,
+            sync_interval,
             map_requests,
             map_bytes,
             leader,
@@ -262,6 +272,13 @@ impl Metrics {
             .set(deployments);
     }
 
+    /// `map`'s sync interval.
+    pub fn record_interval(&self, map: &MapLabels, interval: std::time::Duration) {
+        self.know(map);
+        let seconds = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
+        self.sync_interval.get_or_create(map).set(seconds);
+    }
+
     /// Drops the per-map series of every ModelCostMapSync but `live`; returns how many
     /// objects' series went.
     pub fn forget_maps_except(&self, live: &HashSet<MapLabels>) -> usize {
@@ -271,6 +288,7 @@ impl Metrics {
             self.models.remove(map);
             self.last_success.remove(map);
             self.unpriced_deployments.remove(map);
+            self.sync_interval.remove(map);
             for state in ConsumerState::ALL {
                 self.consumers.remove(&ConsumerLabels {
                     namespace: map.namespace.clone(),
@@ -316,6 +334,32 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chart's PrometheusRule (charts/costmap-operator/templates/prometheusrule.yaml)
+    /// is written against these names; tests/chart.rs runs promtool on it.
+    #[test]
+    fn the_series_the_alert_rules_use_are_exposed() {
+        let metrics = Metrics::default();
+        let map = MapLabels {
+            namespace: "llm".into(),
+            name: "litellm".into(),
+        };
+        metrics.record_map(&map, 4878, 1_796_000_000);
+        metrics.record_interval(&map, std::time::Duration::from_secs(3600));
+        metrics.record_consumers(&map, &[("Current", 1), ("Stale", 1)]);
+        metrics.record_unpriced(&map, 1);
+        metrics.count_guard_refusal("price");
+        let text = metrics.encode();
+        for series in [
+            "costmap_last_success_timestamp_seconds{namespace=\"llm\",name=\"litellm\"} 1796000000",
+            "costmap_sync_interval_seconds{namespace=\"llm\",name=\"litellm\"} 3600",
+            "costmap_consumers{namespace=\"llm\",name=\"litellm\",state=\"Stale\"} 1",
+            "costmap_unpriced_deployments{namespace=\"llm\",name=\"litellm\"} 1",
+            "costmap_guard_refusals_total{guard=\"price\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn syncs_are_counted_by_result_in_prometheus_text() {

@@ -129,11 +129,141 @@ fn helm_lint_passes_with_the_defaults_and_every_option() {
         "--set",
         "serviceMonitor.enabled=true",
         "--set",
+        "prometheusRule.enabled=true",
+        "--set",
         "allowSourceCidrs={169.254.10.0/24}",
         "--set",
         "logFormat=json",
     ])
     .unwrap();
+}
+
+/// promtool's unit tests of the chart's alerts: each fires on the series that mean it, and
+/// stays quiet on healthy ones.
+const ALERT_TESTS: &str = r#"
+rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # Synced at t=0 with a 10m interval; nothing since: failing after 20m (+5m for).
+      - series: 'costmap_last_success_timestamp_seconds{namespace="llm",name="litellm"}'
+        values: '0x40'
+      - series: 'costmap_sync_interval_seconds{namespace="llm",name="litellm"}'
+        values: '600x40'
+      # A healthy one: synced every minute.
+      - series: 'costmap_last_success_timestamp_seconds{namespace="llm",name="fresh"}'
+        values: '0+60x40'
+      - series: 'costmap_sync_interval_seconds{namespace="llm",name="fresh"}'
+        values: '600x40'
+      - series: 'costmap_guard_refusals_total{guard="price"}'
+        values: '0 0 1 1 1'
+      - series: 'costmap_consumers{namespace="llm",name="litellm",state="Current"}'
+        values: '1x40'
+      - series: 'costmap_consumers{namespace="llm",name="litellm",state="Stale"}'
+        values: '1x40'
+      - series: 'costmap_unpriced_deployments{namespace="llm",name="litellm"}'
+        values: '0 0 1x40'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: CostmapSyncFailing
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: CostmapSyncFailing
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: llm, name: litellm}
+            exp_annotations:
+              summary: "ModelCostMapSync llm/litellm has not synced for two intervals"
+              description: "Its Ready condition says why (kubectl costmap status litellm -n llm); the last good map is still served."
+              runbook_url: "https://github.com/costmap-operator/costmap-operator/blob/main/README.md#costmapsyncfailing"
+      - eval_time: 4m
+        alertname: CostmapGuardRefusing
+        exp_alerts:
+          - exp_labels: {severity: warning, guard: price}
+            exp_annotations:
+              summary: "A price guard refused a new map"
+              description: "The refusal names the map's digest; review it, then accept or wait for upstream."
+              runbook_url: "https://github.com/costmap-operator/costmap-operator/blob/main/README.md#costmapguardrefusing"
+      - eval_time: 10m
+        alertname: CostmapConsumersNotCurrent
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: CostmapConsumersNotCurrent
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: llm, name: litellm}
+            exp_annotations:
+              summary: "1 proxies of llm/litellm do not serve the current map"
+              description: "status.consumers says which and why (a reload refused, unreachable, a canary that failed)."
+              runbook_url: "https://github.com/costmap-operator/costmap-operator/blob/main/README.md#costmapconsumersnotcurrent"
+      - eval_time: 3m
+        alertname: CostmapUnpricedDeployments
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: CostmapUnpricedDeployments
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: llm, name: litellm}
+            exp_annotations:
+              summary: "1 deployments of llm/litellm's proxies are billed at $0"
+              description: "The ModelsPriced condition names them: price them in spec.overrides or their model_info, or wait for upstream."
+              runbook_url: "https://github.com/costmap-operator/costmap-operator/blob/main/README.md#costmapunpriceddeployments"
+"#;
+
+#[test]
+fn the_alert_rules_pass_promtool_and_fire_on_what_they_mean() {
+    let docs = template(&["prometheusRule.enabled=true"]);
+    let rules = of_kind(&docs, "PrometheusRule");
+    assert_eq!(rules.len(), 1, "one PrometheusRule");
+    let names: Vec<&str> = rules[0]["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|rule| rule["alert"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "CostmapSyncFailing",
+            "CostmapGuardRefusing",
+            "CostmapConsumersNotCurrent",
+            "CostmapUnpricedDeployments"
+        ]
+    );
+    // Each alert's runbook is a README section.
+    let readme = std::fs::read_to_string(testenv::workspace_root().join("README.md")).unwrap();
+    for name in &names {
+        assert!(
+            readme.contains(&format!("#### {name}")),
+            "README.md has no runbook section for {name}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        serde_yaml::to_string(&rules[0]["spec"]).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("tests.yaml"), ALERT_TESTS).unwrap();
+    let promtool = control_plane().bin_dir.join("promtool");
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "tests.yaml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("running promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        of_kind(&template(&[]), "PrometheusRule").is_empty(),
+        "off by default"
+    );
 }
 
 #[test]
@@ -438,6 +568,7 @@ fn the_readme_documents_every_value() {
         "leaderElection",
         "service",
         "serviceMonitor",
+        "prometheusRule",
         "podDisruptionBudget",
     ];
     let mut keys = Vec::new();

@@ -17,10 +17,11 @@ const NAMESPACES: [&str; 4] = ["llm", "costmap-system", "argocd", "flux-system"]
 
 /// Files that must be there (relative to examples/), and folders that must hold at least
 /// two manifests.
-const EXPECTED_FILES: [&str; 5] = [
+const EXPECTED_FILES: [&str; 6] = [
     "basic.yaml",
     "air-gapped.yaml",
     "litellm-proxy.yaml",
+    "litellm-proxy-no-db.yaml",
     "litellm-agent-sidecar.yaml",
     "overrides.yaml",
 ];
@@ -71,6 +72,28 @@ fn every_example_passes_a_server_side_dry_run() {
 }
 
 #[test]
+fn the_no_database_example_ships_the_callback_module_byte_for_byte() {
+    let root = testenv::workspace_root();
+    let text = std::fs::read_to_string(root.join("examples/litellm-proxy-no-db.yaml")).unwrap();
+    let config_map = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "ConfigMap")
+        .expect("a ConfigMap");
+    let module =
+        std::fs::read_to_string(root.join("integrations/litellm/costmap_reload.py")).unwrap();
+    assert!(
+        config_map["data"]["costmap_reload.py"].as_str() == Some(module.as_str()),
+        "examples/litellm-proxy-no-db.yaml holds another costmap_reload.py than \
+         integrations/litellm/: copy the module into it again"
+    );
+    let config = config_map["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        config.contains(r#"callbacks: ["costmap_reload.handler"]"#),
+        "{config}"
+    );
+}
+
+#[test]
 fn every_example_sync_spec_reads_as_written() {
     let files = example_files();
     assert_expected_files(&files);
@@ -115,9 +138,10 @@ fn every_example_sync_spec_reads_as_written() {
             syncs.push(where_);
         }
     }
-    // basic, air-gapped, litellm-proxy, litellm-agent-sidecar, overrides, Flux and Argo CD.
+    // basic, air-gapped, litellm-proxy, litellm-proxy-no-db, litellm-agent-sidecar, overrides,
+    // Flux and Argo CD.
     assert!(
-        syncs.len() >= 7,
+        syncs.len() >= 8,
         "ModelCostMapSyncs found in examples/: {syncs:#?}"
     );
 }

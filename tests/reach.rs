@@ -75,6 +75,43 @@ async fn master_key_secret(client: &Client, ns: &str) -> String {
     key
 }
 
+/// `n` hosts of their own (network namespaces), standing in for pods: the API server refuses
+/// loopback endpoints.
+fn test_hosts(n: usize) -> Vec<TestHost> {
+    (0..n)
+        .map(|_| TestHost::create().expect("a test host (needs root and iproute2)"))
+        .collect()
+}
+
+/// One endpoint of an EndpointSlice: `host`'s address, the pod `pod`.
+fn pod_endpoint(host: &TestHost, pod: &str, ready: bool, ns: &str) -> serde_json::Value {
+    json!({"addresses": [host.addr().to_string()], "conditions": {"ready": ready},
+           "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}})
+}
+
+/// The Service `litellm` (port 4000) and its EndpointSlice `litellm-abc12` with `endpoints`,
+/// as the EndpointSlice controller would write it.
+async fn service_with_endpoints(client: &Client, ns: &str, endpoints: Vec<serde_json::Value>) {
+    create::<Service>(
+        client,
+        ns,
+        json!({"metadata": {"name": "litellm"},
+               "spec": {"selector": {"app": "litellm"}, "ports": [{"port": 4000}]}}),
+    )
+    .await;
+    create::<EndpointSlice>(
+        client,
+        ns,
+        json!({
+            "metadata": {"name": "litellm-abc12", "labels": {"kubernetes.io/service-name": "litellm"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 4000}],
+            "endpoints": endpoints,
+        }),
+    )
+    .await;
+}
+
 fn admin_key_ref() -> serde_json::Value {
     json!({"name": "litellm-master-key", "key": "masterKey"})
 }
@@ -377,38 +414,21 @@ async fn a_service_is_fanned_out_to_every_ready_pod_and_new_pods_are_verified() 
 
     // Two pods, each a host of its own (the API server refuses loopback endpoints), both
     // listening on 4000 like LiteLLM pods behind one Service.
-    let hosts: Vec<TestHost> = (0..3)
-        .map(|_| TestHost::create().expect("a test host (needs root and iproute2)"))
-        .collect();
+    let hosts = test_hosts(3);
     let mut pods = Vec::new();
     for host in &hosts[..2] {
         pods.push(StandIn::start(host.bind(4000).unwrap(), &map_url, &key, true).await);
     }
-    create::<Service>(
-        &client,
-        &ns,
-        json!({"metadata": {"name": "litellm"},
-               "spec": {"selector": {"app": "litellm"}, "ports": [{"port": 4000}]}}),
-    )
-    .await;
-    let endpoint = |host: &TestHost, pod: &str, ready: bool| {
-        json!({"addresses": [host.addr().to_string()], "conditions": {"ready": ready},
-               "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}})
-    };
+    let endpoint = |host: &TestHost, pod: &str, ready: bool| pod_endpoint(host, pod, ready, &ns);
     // The third address belongs to a pod that is not ready: it must be left alone.
-    create::<EndpointSlice>(
+    service_with_endpoints(
         &client,
         &ns,
-        json!({
-            "metadata": {"name": "litellm-abc12", "labels": {"kubernetes.io/service-name": "litellm"}},
-            "addressType": "IPv4",
-            "ports": [{"port": 4000}],
-            "endpoints": [
-                endpoint(&hosts[0], "litellm-a", true),
-                endpoint(&hosts[1], "litellm-b", true),
-                endpoint(&hosts[2], "litellm-starting", false),
-            ],
-        }),
+        vec![
+            endpoint(&hosts[0], "litellm-a", true),
+            endpoint(&hosts[1], "litellm-b", true),
+            endpoint(&hosts[2], "litellm-starting", false),
+        ],
     )
     .await;
     create_sync(
@@ -475,6 +495,114 @@ async fn a_service_is_fanned_out_to_every_ready_pod_and_new_pods_are_verified() 
                 .git_blob_id
         )
     );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn a_canary_that_stays_stale_stops_the_rollout_and_a_good_one_lets_the_rest_follow() {
+    let Proxied {
+        client,
+        ns,
+        key,
+        source,
+        operator,
+        map_url,
+    } = Proxied::new("canary").await;
+    let hosts = test_hosts(3);
+    let mut pods = Vec::new();
+    for host in &hosts {
+        pods.push(StandIn::start(host.bind(4000).unwrap(), &map_url, &key, true).await);
+    }
+    // The canary is the first in URL order.
+    pods.sort_by(|a, b| a.url.cmp(&b.url));
+    let endpoints = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| pod_endpoint(host, &format!("litellm-{i}"), true, &ns))
+        .collect();
+    service_with_endpoints(&client, &ns, endpoints).await;
+    create_sync(
+        &client,
+        &ns,
+        "litellm",
+        json!({
+            "source": {"url": source.url},
+            "consumers": {
+                "litellmProxies": [
+                    {"service": {"name": "litellm", "port": 4000}, "adminKeySecretRef": admin_key_ref()},
+                ],
+                "rollout": {"canary": 1},
+            },
+        }),
+    )
+    .await;
+    wait_consumers(&client, &ns, "every pod Current", |rows, blob| {
+        rows.len() == 3 && pods.iter().all(|pod| is_current(rows, &pod.url, blob))
+    })
+    .await;
+    let (canary, others) = pods.split_first().unwrap();
+    let first_map = canary.revision();
+
+    // A canary that stays on its map: the others are not reloaded.
+    canary.ignore_reloads(true);
+    let reloads_before: Vec<usize> = others.iter().map(StandIn::reloads).collect();
+    source.set(Answer::Map(small_map(61, &[])));
+    let sync = sync_now_and_wait(&client, &ns, "canary-stale").await;
+    let consumers = condition(&sync, ConditionType::ConsumersCurrent);
+    assert_eq!(
+        (consumers.status.as_str(), consumers.reason.as_str()),
+        ("False", "CanaryFailed"),
+        "{consumers:?}"
+    );
+    assert!(
+        consumers.message.contains(&canary.url) && consumers.message.contains("is Stale"),
+        "{}",
+        consumers.message
+    );
+    assert_eq!(condition(&sync, ConditionType::Ready).status, "True");
+    assert_eq!(canary.reloads(), 2, "the canary was told");
+    let reloads_after: Vec<usize> = others.iter().map(StandIn::reloads).collect();
+    assert_eq!(
+        reloads_after, reloads_before,
+        "the others were not reloaded"
+    );
+    for pod in others {
+        assert_eq!(
+            pod.revision(),
+            first_map,
+            "the others keep the map they have"
+        );
+    }
+
+    // A good canary lets the rest follow (at the next check, or a sync request).
+    canary.ignore_reloads(false);
+    let sync = sync_now_and_wait(&client, &ns, "canary-good").await;
+    let blob = &sync
+        .status
+        .as_ref()
+        .unwrap()
+        .artifact
+        .as_ref()
+        .unwrap()
+        .git_blob_id;
+    for pod in &pods {
+        assert!(
+            is_current(&sync.status.as_ref().unwrap().consumers, &pod.url, blob),
+            "{:?}",
+            sync.status.as_ref().unwrap().consumers
+        );
+    }
+    assert_eq!(
+        condition(&sync, ConditionType::ConsumersCurrent).reason,
+        "AllCurrent"
+    );
+    for pod in others {
+        assert_eq!(
+            pod.reloads(),
+            reloads_before[0] + 1,
+            "each other pod reloaded once"
+        );
+    }
     operator.stop().await;
 }
 

@@ -370,6 +370,9 @@ impl<'a> Reconciler<'a> {
             last_good_lost: self.last_good_lost,
             config_map: &self.target.name,
         };
+        if let Ok(interval) = &self.interval {
+            metrics.record_interval(&self.map_labels(), *interval);
+        }
         let mut next = status::next_status(self.status.as_ref(), outcome, &attempt);
         self.context
             .memory

@@ -16,16 +16,25 @@ use crate::process::{run_capture, spawn_tied, tail};
 pub(crate) const KUBERNETES_VERSION: &str = "v1.35.4";
 const KUBERNETES_MINOR: &str = "35";
 const HELM_VERSION: &str = "v3.21.4";
+/// Prometheus' Go module version of promtool (the chart's alert rules are checked with it).
+const PROMTOOL_VERSION: &str = "v0.316.0";
 
 /// The `main` packages under controlplane/cmd built with `go build`.
 const GO_COMMANDS: [&str; 4] = ["etcd", "kube-apiserver", "kubectl", "sakey"];
 
 /// Every file ensure_binaries puts in the bin dir.
-const BINARIES: [&str; 5] = ["etcd", "kube-apiserver", "kubectl", "helm", "sakey"];
+const BINARIES: [&str; 6] = [
+    "etcd",
+    "kube-apiserver",
+    "kubectl",
+    "helm",
+    "sakey",
+    "promtool",
+];
 
 const STAMP_FILE: &str = ".stamp";
 
-/// Builds etcd, kube-apiserver, kubectl, helm (and `sakey`, a key generator used by
+/// Builds etcd, kube-apiserver, kubectl, helm, promtool (and `sakey`, a key generator used by
 /// [`crate::ControlPlane`]) into `target/controlplane/bin` and returns that directory.
 ///
 /// Skips the build when the stamp there matches controlplane/'s go.mod, go.sum, Go sources and
@@ -100,11 +109,12 @@ fn collect_inputs(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// The build settings as text, hashed into the stamp so changing a flag rebuilds.
 fn settings() -> String {
     format!(
-        "env GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off\nbuild {:?} {}\ninstall {} {}\n",
+        "env GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off\nbuild {:?} {}\ninstall {} {}\ninstall {}\n",
         GO_COMMANDS,
         kubernetes_ldflags(),
         helm_package(),
-        helm_ldflags()
+        helm_ldflags(),
+        promtool_package()
     )
 }
 
@@ -134,6 +144,10 @@ fn helm_package() -> String {
     format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}")
 }
 
+fn promtool_package() -> String {
+    format!("github.com/prometheus/prometheus/cmd/promtool@{PROMTOOL_VERSION}")
+}
+
 fn go_command(source_dir: &Path) -> Command {
     let mut cmd = Command::new("go");
     cmd.current_dir(source_dir)
@@ -154,8 +168,8 @@ fn build(source_dir: &Path, bin_dir: &Path) -> Result<()> {
     std::fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
     eprintln!(
         "building the control plane (Kubernetes {KUBERNETES_VERSION}: etcd, kube-apiserver, \
-         kubectl; helm {HELM_VERSION}) with {go_version} into {} \
-         (first time takes ~5 min on 2 cores, later ones well under a minute)...",
+         kubectl; helm {HELM_VERSION}; promtool {PROMTOOL_VERSION}) with {go_version} into {} \
+         (first time takes ~15 min on 2 cores, later ones well under a minute)...",
         bin_dir.display()
     );
     let started = Instant::now();
@@ -184,6 +198,16 @@ fn build(source_dir: &Path, bin_dir: &Path) -> Result<()> {
         &helm_package(),
     ]);
     run_logged(helm, &log, "helm")?;
+
+    let mut promtool = go_command(source_dir);
+    promtool.env("GOBIN", bin_dir).args([
+        "install",
+        "-trimpath",
+        "-ldflags",
+        "-s -w",
+        &promtool_package(),
+    ]);
+    run_logged(promtool, &log, "promtool")?;
 
     eprintln!(
         "built the control plane in {} s",

@@ -47,6 +47,8 @@ struct ProxyState {
     http: reqwest::Client,
     /// While true, reload calls wait (a proxy whose reload takes its time).
     hold_reloads: tokio::sync::watch::Sender<bool>,
+    /// While true, reload calls answer success but keep the map (a broken canary).
+    ignore_reloads: std::sync::atomic::AtomicBool,
 }
 
 impl StandIn {
@@ -67,6 +69,7 @@ impl StandIn {
             requests: Mutex::new(Vec::new()),
             http: reqwest::Client::new(),
             hold_reloads: tokio::sync::watch::Sender::new(false),
+            ignore_reloads: std::sync::atomic::AtomicBool::new(false),
         });
         super::serve(
             listener,
@@ -102,6 +105,14 @@ impl StandIn {
     /// the operator between its ConfigMap write and its status write.
     pub fn hold_reloads(&self, hold: bool) {
         self.state.hold_reloads.send_replace(hold);
+    }
+
+    /// Makes reload calls answer success without loading anything (true), until false: a
+    /// proxy that stays on its map whatever it is told.
+    pub fn ignore_reloads(&self, ignore: bool) {
+        self.state
+            .ignore_reloads
+            .store(ignore, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How many reload calls it received.
@@ -177,6 +188,12 @@ async fn reload(state: &ProxyState) -> Response {
             axum::Json(json!({"detail": "Database connection not available"})),
         )
             .into_response();
+    }
+    if state
+        .ignore_reloads
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return axum::Json(json!({"status": "success"})).into_response();
     }
     match fetch(state).await {
         Ok((revision, models)) => {
