@@ -8,14 +8,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use common::agent::Agent;
 use common::kubelet::ConfigMapVolume;
 use common::process::OperatorProcess;
-use common::real_proxy::{ProxyOptions, RealProxy, create_master_key_secret, venv};
+use common::real_proxy::{
+    ProxyOptions, RealProxy, create_master_key_secret, module_config, module_dir, venv,
+};
 use common::*;
 use costmap_operator::api::{ConditionType, ConsumerState, DEFAULT_KEY, ModelCostMapSync, Reason};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -80,6 +81,70 @@ fn the_module_says_once_and_does_nothing_on_a_litellm_it_does_not_know() {
     );
 }
 
+#[tokio::test]
+async fn a_failing_map_url_is_logged_once_and_the_loaded_map_kept() {
+    // The proxy loads from a plain source (no operator): the module's own behaviour.
+    let real = real_map("1.110.2");
+    let source = Source::start(Answer::Map(real.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = RealProxy::start_with(
+        &source.url,
+        "sk-failing",
+        dir.path(),
+        ProxyOptions {
+            config: Some(module_config(dir.path(), true)),
+            env: vec![("COSTMAP_POLL_SECONDS".into(), "1".into())],
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let loaded = costmap_operator::digest::git_blob_id(&real);
+    let reported = proxy.source(&http).await.unwrap();
+    assert_eq!(reported["source_revision"], loaded.as_str());
+
+    // The source fails for several polls: one line, the map kept, the proxy up.
+    source.set(Answer::Status(
+        reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+        Default::default(),
+    ));
+    let before = source.received();
+    eventually("three failed polls", || async {
+        (source.received() >= before + 3).then_some(())
+    })
+    .await;
+    let reported = proxy.source(&http).await.expect("the proxy still answers");
+    assert_eq!(reported["source_revision"], loaded.as_str());
+    let failures = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("costmap_reload WARNING poll failed"))
+            .count()
+    };
+    assert_eq!(failures(&proxy.log_text()), 1, "{}", proxy.log_text());
+    assert!(
+        proxy.log_text().contains("answered HTTP 500"),
+        "{}",
+        proxy.log_text()
+    );
+
+    // It answers again, with a new map: loaded, and the recovery said once.
+    let next = with_model(&real, DAY0_MODEL, day0_entry());
+    source.set(Answer::Map(next.clone()));
+    let next_revision = costmap_operator::digest::git_blob_id(&next);
+    eventually("the new map loaded", || async {
+        let reported = proxy.source(&http).await?;
+        (reported["source_revision"] == next_revision.as_str()).then_some(())
+    })
+    .await;
+    let log = proxy.log_text();
+    assert_eq!(failures(&log), 1, "{log}");
+    assert_eq!(
+        log.matches("costmap_reload INFO loaded map").count(),
+        1,
+        "{log}"
+    );
+}
+
 #[test]
 fn a_bad_poll_period_is_refused_at_start_up() {
     let python = venv(testenv::LITELLM_PROXY_VENV).join("bin").join("python");
@@ -102,31 +167,6 @@ fn a_bad_poll_period_is_refused_at_start_up() {
         assert_eq!(stdout.trim(), "costmap_reload(inactive)", "{stderr}");
         assert!(stderr.contains(words), "{value}: {stderr}");
     }
-}
-
-fn module_dir() -> std::path::PathBuf {
-    testenv::workspace_root().join("integrations/litellm")
-}
-
-/// A config directory as the example ships it: config.yaml routing `day0-model` (and
-/// gpt-4o), with the module next to it.
-fn proxy_config(dir: &Path) -> std::path::PathBuf {
-    let config = format!(
-        "model_list:\n\
-         \x20 - model_name: day0-model\n\
-         \x20   litellm_params: {{model: openai/{DAY0_MODEL}, api_key: sk-fake, mock_response: hi}}\n\
-         \x20 - model_name: gpt-4o\n\
-         \x20   litellm_params: {{model: openai/gpt-4o, api_key: sk-fake, mock_response: hi}}\n\
-         litellm_settings:\n\
-         \x20 callbacks: [\"costmap_reload.handler\"]\n"
-    );
-    std::fs::write(dir.join("config.yaml"), config).unwrap();
-    std::fs::copy(
-        module_dir().join("costmap_reload.py"),
-        dir.join("costmap_reload.py"),
-    )
-    .unwrap();
-    dir.join("config.yaml")
 }
 
 /// The ConfigMap's files, as the kubelet would put them in a volume.
@@ -242,7 +282,7 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
         dir.path(),
         ProxyOptions {
             venv: litellm,
-            config: Some(proxy_config(dir.path())),
+            config: Some(module_config(dir.path(), true)),
             env: vec![("COSTMAP_POLL_SECONDS".into(), POLL_SECONDS.into())],
         },
     )

@@ -30,6 +30,35 @@ pub async fn create_master_key_secret(client: &kube::Client, ns: &str, master_ke
         .unwrap();
 }
 
+/// Where the project's LiteLLM callback module is.
+pub fn module_dir() -> PathBuf {
+    testenv::workspace_root().join("integrations/litellm")
+}
+
+/// A proxy config directory as examples/litellm-proxy-no-db.yaml ships it: config.yaml
+/// routing `day0-model` (the day-0 model, unpriced until a map prices it) and gpt-4o, with
+/// mock responses, and, when `with_module`, the callback module loaded from next to it.
+pub fn module_config(dir: &Path, with_module: bool) -> PathBuf {
+    let day0 = super::DAY0_MODEL;
+    let mut config = format!(
+        "model_list:\n\
+         \x20 - model_name: day0-model\n\
+         \x20   litellm_params: {{model: openai/{day0}, api_key: sk-fake, mock_response: hi}}\n\
+         \x20 - model_name: gpt-4o\n\
+         \x20   litellm_params: {{model: openai/gpt-4o, api_key: sk-fake, mock_response: hi}}\n"
+    );
+    if with_module {
+        config.push_str("litellm_settings:\n  callbacks: [\"costmap_reload.handler\"]\n");
+        std::fs::copy(
+            module_dir().join("costmap_reload.py"),
+            dir.join("costmap_reload.py"),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("config.yaml"), config).unwrap();
+    dir.join("config.yaml")
+}
+
 /// How to run a proxy.
 pub struct ProxyOptions {
     /// The venv (`testenv::LITELLM_PROXY_VENV` or another).
