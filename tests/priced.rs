@@ -146,6 +146,60 @@ async fn a_failing_map_url_is_logged_once_and_the_loaded_map_kept() {
 }
 
 #[test]
+fn a_password_in_the_map_url_never_reaches_the_log() {
+    // Polls a URL with credentials that nothing answers, until the failure is logged.
+    let script = r#"
+import asyncio, logging, sys
+sys.path.insert(0, sys.argv[1])
+async def main():
+    import costmap_reload
+    failed = asyncio.Event()
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "poll failed" in record.getMessage():
+                failed.set()
+    logging.getLogger("costmap_reload").addHandler(Watch())
+    print(costmap_reload.handler)
+    await asyncio.wait_for(failed.wait(), 60)
+asyncio.run(main())
+"#;
+    let python = venv(testenv::LITELLM_PROXY_VENV).join("bin").join("python");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(module_dir())
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "false")
+        .env(
+            "LITELLM_MODEL_COST_MAP_URL",
+            "http://mirror-user:s3cret-pw@127.0.0.1:9/map.json",
+        )
+        .env("COSTMAP_POLL_SECONDS", "1")
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "costmap_reload(poll=1s)", "{stderr}");
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("costmap_reload"))
+        .collect();
+    assert!(
+        ours.iter()
+            .any(|l| l.contains("polling http://127.0.0.1:9/map.json every 1s")),
+        "{stderr}"
+    );
+    assert!(ours.iter().any(|l| l.contains("poll failed")), "{stderr}");
+    assert!(
+        !ours
+            .iter()
+            .any(|l| l.contains("s3cret-pw") || l.contains("mirror-user")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_bad_poll_period_is_refused_at_start_up() {
     let python = venv(testenv::LITELLM_PROXY_VENV).join("bin").join("python");
     for (value, words) in [

@@ -30,6 +30,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from litellm.integrations.custom_logger import CustomLogger
@@ -153,8 +154,18 @@ class CostmapReload(CustomLogger):
             return "no running event loop (is this the LiteLLM proxy?)"
         self.poll_seconds = seconds
         self._task = loop.create_task(_Poller(internals, url, seconds).run(), name="costmap_reload")
-        logger.info("polling %s every %gs (litellm %s)", url, seconds, version)
+        logger.info("polling %s every %gs (litellm %s)", _redacted(url), seconds, version)
         return None
+
+
+def _redacted(url: str) -> str:
+    """The URL without a user or password in it: those never reach a log line."""
+    parts: Final = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host: Final = parts.hostname or ""
+    netloc: Final = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _litellm_version() -> str:
@@ -172,6 +183,7 @@ class _Poller:
     def __init__(self, internals: _Internals, url: str, poll_seconds: float) -> None:
         self.internals: Final = internals
         self.url: Final = url
+        self.shown_url: Final = _redacted(url)
         self.poll_seconds: Final = poll_seconds
         self.last_failure: str | None = None
 
@@ -198,7 +210,7 @@ class _Poller:
             self._recovered()
             return
         if status != 200:
-            self._failed(f"{self.url} answered HTTP {status}")
+            self._failed(f"{self.shown_url} answered HTTP {status}")
             return
         result: Final = await self.internals.refetch(url=self.url)
         if isinstance(result, self.internals.unavailable):
@@ -212,9 +224,10 @@ class _Poller:
             proxy_config.model_cost_map_loaded_at = datetime.now(timezone.utc)
         revision: Final = self.internals.source_info().get("source_revision")
         self.last_failure = None
-        logger.info("loaded map %s (%d models) from %s", revision, models, self.url)
+        logger.info("loaded map %s (%d models) from %s", revision, models, self.shown_url)
 
     def _failed(self, why: str) -> None:
+        why = why.replace(self.url, self.shown_url)
         if why != self.last_failure:
             logger.warning("poll failed, the loaded map is kept: %s", why)
         self.last_failure = why

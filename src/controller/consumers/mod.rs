@@ -20,7 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub(super) use state::Mode;
 
@@ -530,8 +530,9 @@ impl Reconciler<'_> {
         if answered {
             match proxies.deployments(&target.url, admin_key).await {
                 Ok(deployments) => check.priced_by(&deployments),
+                // ModelsPriced says so when no proxy answers; one that does not is no news.
                 Err(message) => {
-                    info!(url = %target.url, error = %message, "cannot list the proxy's deployments")
+                    debug!(url = %target.url, error = %message, "cannot list the proxy's deployments")
                 }
             }
         }
