@@ -56,19 +56,14 @@ async fn the_module_loads_each_new_map_from_the_agent_without_a_restart() {
 fn the_module_says_once_and_does_nothing_on_a_litellm_it_does_not_know() {
     // The library venv has litellm without the proxy's extras: its proxy cannot be imported,
     // so the module does not know how to swap a map in.
-    let python = venv(testenv::LITELLM_LIB_VENV).join("bin").join("python");
-    let out = Command::new(python)
-        .arg("-c")
-        .arg("import sys; sys.path.insert(0, sys.argv[1]); import costmap_reload; print(costmap_reload.handler)")
-        .arg(module_dir())
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "true")
-        .env("LITELLM_MODEL_COST_MAP_URL", "http://127.0.0.1:9/map.json")
-        .env("NO_PROXY", "*")
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (stdout, stderr) = run_module(
+        testenv::LITELLM_LIB_VENV,
+        "import sys; sys.path.insert(0, sys.argv[1]); import costmap_reload; print(costmap_reload.handler)",
+        &[
+            ("LITELLM_LOCAL_MODEL_COST_MAP", "true"),
+            ("LITELLM_MODEL_COST_MAP_URL", "http://127.0.0.1:9/map.json"),
+        ],
+    );
     assert_eq!(stdout.trim(), "costmap_reload(inactive)", "{stderr}");
     let said: Vec<&str> = stderr
         .lines()
@@ -163,23 +158,18 @@ async def main():
     await asyncio.wait_for(failed.wait(), 60)
 asyncio.run(main())
 "#;
-    let python = venv(testenv::LITELLM_PROXY_VENV).join("bin").join("python");
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(module_dir())
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "false")
-        .env(
-            "LITELLM_MODEL_COST_MAP_URL",
-            "http://mirror-user:s3cret-pw@127.0.0.1:9/map.json",
-        )
-        .env("COSTMAP_POLL_SECONDS", "1")
-        .env("NO_PROXY", "*")
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (stdout, stderr) = run_module(
+        testenv::LITELLM_PROXY_VENV,
+        script,
+        &[
+            ("LITELLM_LOCAL_MODEL_COST_MAP", "false"),
+            (
+                "LITELLM_MODEL_COST_MAP_URL",
+                "http://mirror-user:s3cret-pw@127.0.0.1:9/map.json",
+            ),
+            ("COSTMAP_POLL_SECONDS", "1"),
+        ],
+    );
     assert_eq!(stdout.trim(), "costmap_reload(poll=1s)", "{stderr}");
     let ours: Vec<&str> = stderr
         .lines()
@@ -201,26 +191,39 @@ asyncio.run(main())
 
 #[test]
 fn a_bad_poll_period_is_refused_at_start_up() {
-    let python = venv(testenv::LITELLM_PROXY_VENV).join("bin").join("python");
     for (value, words) in [
         ("soon", "'soon' is not a number of seconds"),
         ("0.1", "'0.1' is under 1"),
     ] {
-        let out = Command::new(&python)
-            .arg("-c")
-            .arg("import asyncio, sys; sys.path.insert(0, sys.argv[1])\nasync def main():\n    import costmap_reload\n    print(costmap_reload.handler)\nasyncio.run(main())")
-            .arg(module_dir())
-            .env("LITELLM_LOCAL_MODEL_COST_MAP", "false")
-            .env("LITELLM_MODEL_COST_MAP_URL", "http://127.0.0.1:9/map.json")
-            .env("COSTMAP_POLL_SECONDS", value)
-            .env("NO_PROXY", "*")
-            .output()
-            .expect("running python");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (stdout, stderr) = run_module(
+            testenv::LITELLM_PROXY_VENV,
+            "import asyncio, sys; sys.path.insert(0, sys.argv[1])\nasync def main():\n    import costmap_reload\n    print(costmap_reload.handler)\nasyncio.run(main())",
+            &[
+                ("LITELLM_LOCAL_MODEL_COST_MAP", "false"),
+                ("LITELLM_MODEL_COST_MAP_URL", "http://127.0.0.1:9/map.json"),
+                ("COSTMAP_POLL_SECONDS", value),
+            ],
+        );
         assert_eq!(stdout.trim(), "costmap_reload(inactive)", "{stderr}");
         assert!(stderr.contains(words), "{value}: {stderr}");
     }
+}
+
+/// Runs `script` with the Python of `venv`, the module's folder as its first argument and
+/// `env` set; returns stdout and stderr, after checking that it exited well.
+fn run_module(venv_of: (&str, &str), script: &str, env: &[(&str, &str)]) -> (String, String) {
+    let python = venv(venv_of).join("bin").join("python");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(module_dir())
+        .envs(env.iter().copied())
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("running python");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
 /// The ConfigMap's files, as the kubelet would put them in a volume.
