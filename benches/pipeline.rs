@@ -54,10 +54,29 @@ fn pipeline(c: &mut Criterion) {
             )
         })
     });
-    group.bench_function("gzip (best)", |b| {
+    group.bench_function("gzip (as stored: level 6)", |b| {
         b.iter(|| StoredMap::from_bytes(black_box(new_bytes.clone())))
     });
     group.finish();
+
+    // What the gzip level trades: time here, size printed once.
+    let mut levels = c.benchmark_group("gzip level of the 3.5 MB map");
+    levels.sample_size(20);
+    for level in [1, 4, 6, 9] {
+        let size = gzip_at(&new_bytes, level).len();
+        eprintln!("gzip level {level}: {size} bytes");
+        levels.bench_function(format!("level {level}"), |b| {
+            b.iter(|| gzip_at(black_box(&new_bytes), level))
+        });
+    }
+    levels.finish();
+}
+
+fn gzip_at(bytes: &[u8], level: u32) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    encoder.write_all(bytes).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
 }
 
 criterion_group!(benches, pipeline);
