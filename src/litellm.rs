@@ -306,26 +306,24 @@ const COST_FIELDS: [&str; 8] = [
 impl Deployment {
     /// Its input and output cost per token, when positive.
     pub fn token_prices(&self) -> (Option<f64>, Option<f64>) {
-        let positive = |field: &str| {
-            self.model_info
-                .get(field)
-                .and_then(serde_json::Value::as_f64)
-                .filter(|cost| *cost > 0.0)
-        };
         (
-            positive("input_cost_per_token"),
-            positive("output_cost_per_token"),
+            self.positive_cost("input_cost_per_token"),
+            self.positive_cost("output_cost_per_token"),
         )
     }
 
     /// Whether nothing prices it: every request to it is billed at $0.
     pub fn is_unpriced(&self) -> bool {
-        !COST_FIELDS.iter().any(|field| {
-            self.model_info
-                .get(*field)
-                .and_then(serde_json::Value::as_f64)
-                .is_some_and(|cost| cost > 0.0)
-        })
+        COST_FIELDS
+            .iter()
+            .all(|field| self.positive_cost(field).is_none())
+    }
+
+    fn positive_cost(&self, field: &str) -> Option<f64> {
+        self.model_info
+            .get(field)
+            .and_then(serde_json::Value::as_f64)
+            .filter(|cost| *cost > 0.0)
     }
 }
 

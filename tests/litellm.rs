@@ -99,22 +99,9 @@ async fn the_litellm_library_prices_a_day0_model_from_the_operator_and_from_the_
     assert_day0_price(&priced, &artifact.git_blob_id);
 
     // The same map through the agent, from the ConfigMap mounted the kubelet's way.
-    let config_map = s.config_map().await;
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for (key, value) in config_map.binary_data.unwrap_or_default() {
-        files.push((key, value.0));
-    }
-    for (key, value) in config_map.data.unwrap_or_default() {
-        files.push((key, value.into_bytes()));
-    }
     let dir = tempfile::tempdir().unwrap();
     let mut volume = ConfigMapVolume::new(dir.path());
-    volume.write(
-        &files
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect::<Vec<_>>(),
-    );
+    volume.mount(&s.config_map().await);
     let agent = Agent::start(dir.path(), "", "http://127.0.0.1:9/reload/model_cost_map");
     eventually("the agent serves the map", || agent.map()).await;
     let priced = price_with_litellm(&agent.map_url(), DAY0_MODEL).await;

@@ -19,7 +19,6 @@ use common::real_proxy::{
 };
 use common::*;
 use costmap_operator::api::{ConditionType, ConsumerState, DEFAULT_KEY, ModelCostMapSync, Reason};
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
@@ -226,28 +225,6 @@ fn run_module(venv_of: (&str, &str), script: &str, env: &[(&str, &str)]) -> (Str
     (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
-/// The ConfigMap's files, as the kubelet would put them in a volume.
-fn files_of(config_map: &ConfigMap) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for (key, value) in config_map.binary_data.clone().unwrap_or_default() {
-        files.push((key, value.0));
-    }
-    for (key, value) in config_map.data.clone().unwrap_or_default() {
-        files.push((key, value.into_bytes()));
-    }
-    files
-}
-
-fn mount(volume: &mut ConfigMapVolume, config_map: &ConfigMap) {
-    let files = files_of(config_map);
-    volume.write(
-        &files
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect::<Vec<_>>(),
-    );
-}
-
 async fn metric(operator: &OperatorProcess, ns: &str) -> Option<String> {
     let (_, text) = operator.get("/metrics").await?;
     let prefix = format!("costmap_unpriced_deployments{{namespace=\"{ns}\",name=\"litellm\"}} ");
@@ -324,10 +301,7 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
             None,
         ),
         MapVia::Agent => {
-            mount(
-                &mut volume,
-                &config_maps(&client, &ns).get("litellm").await.unwrap(),
-            );
+            volume.mount(&config_maps(&client, &ns).get("litellm").await.unwrap());
             let agent = Agent::start(&volume_dir, "", "http://127.0.0.1:9/reload/model_cost_map");
             eventually("the agent serves the map", || agent.map()).await;
             (agent.map_url(), Some(agent))
@@ -408,10 +382,7 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
     let published = Instant::now();
     if let MapVia::Agent = via {
         // The kubelet's swap of the mounted ConfigMap.
-        mount(
-            &mut volume,
-            &config_maps(&client, &ns).get("litellm").await.unwrap(),
-        );
+        volume.mount(&config_maps(&client, &ns).get("litellm").await.unwrap());
     }
     eventually("the proxy reports the new map", || async {
         let reported = proxy.source(&http).await?;

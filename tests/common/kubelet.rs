@@ -64,6 +64,17 @@ impl ConfigMapVolume {
         let staged = self.stage(files);
         self.swap(staged);
     }
+
+    /// Writes every key of `config_map` (data and binaryData), as the kubelet mounts it.
+    pub fn mount(&mut self, config_map: &k8s_openapi::api::core::v1::ConfigMap) {
+        let binary = config_map.binary_data.iter().flatten();
+        let text = config_map.data.iter().flatten();
+        let files: Vec<(&str, &[u8])> = binary
+            .map(|(key, value)| (key.as_str(), value.0.as_slice()))
+            .chain(text.map(|(key, value)| (key.as_str(), value.as_bytes())))
+            .collect();
+        self.write(&files);
+    }
 }
 
 /// gzip of `bytes`, as the operator stores the map.

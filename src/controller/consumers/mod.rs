@@ -134,6 +134,16 @@ impl Reconciler<'_> {
         status: &mut ModelCostMapSyncStatus,
         mode: Mode,
     ) -> Option<Duration> {
+        self.reach(status, mode, None).await
+    }
+
+    /// [`Self::reach_consumers`], with the proxies already found when `known`.
+    async fn reach(
+        &self,
+        status: &mut ModelCostMapSyncStatus,
+        mode: Mode,
+        known: Option<Vec<ProxyTarget>>,
+    ) -> Option<Duration> {
         let digest = status.artifact.as_ref()?.digest.clone();
         self.restart_workloads(&digest).await;
         if self.sync.spec.consumers.litellm_proxies.is_empty() {
@@ -149,7 +159,10 @@ impl Reconciler<'_> {
         if mode == Mode::ReloadAll {
             self.wait_until_served(&digest).await;
         }
-        let mut targets = self.proxy_targets().await;
+        let mut targets = match known {
+            Some(targets) => targets,
+            None => self.proxy_targets().await,
+        };
         targets.sort_by(|a, b| a.url.cmp(&b.url));
         let previous = std::mem::take(&mut status.consumers);
         // Canaries first (the first in URL order); the others are reloaded only when every
@@ -330,16 +343,11 @@ impl Reconciler<'_> {
             self.write_status(status).await?;
             return Ok(None);
         }
-        let urls: Vec<String> = self
-            .proxy_targets()
-            .await
-            .into_iter()
-            .map(|t| t.url)
-            .collect();
-        let same_proxies = urls.len() == status.consumers.len()
-            && urls
+        let targets = self.proxy_targets().await;
+        let same_proxies = targets.len() == status.consumers.len()
+            && targets
                 .iter()
-                .all(|url| status.consumers.iter().any(|row| &row.url == url));
+                .all(|target| status.consumers.iter().any(|row| row.url == target.url));
         let oldest_unfinished = status
             .consumers
             .iter()
@@ -370,7 +378,9 @@ impl Reconciler<'_> {
                 return Ok(Some(remaining.unsigned_abs()));
             }
         }
-        let recheck = self.reach_consumers(&mut status, Mode::ReloadStale).await;
+        let recheck = self
+            .reach(&mut status, Mode::ReloadStale, Some(targets))
+            .await;
         self.write_status(status).await?;
         Ok(recheck)
     }

@@ -285,15 +285,8 @@ pub(crate) fn priced_condition(
     condition(Some(false), PricedReason::Unpriced, message)
 }
 
-fn truncate(mut text: String) -> String {
-    if text.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
+fn truncate(text: String) -> String {
+    crate::controller::reconcile::truncate(text, MAX_MESSAGE)
 }
 
 /// How long to wait before checking proxies that are not Current again: 10 s doubling to
