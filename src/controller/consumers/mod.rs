@@ -273,27 +273,12 @@ impl Reconciler<'_> {
             &mut status.conditions,
             state::priced_condition(&status.consumers, self.sync.metadata.generation, self.now),
         );
-        let now_unpriced = state::unpriced_models(&status.consumers);
-        let count = i64::try_from(now_unpriced.len()).unwrap_or(i64::MAX);
+        let unpriced = state::unpriced_models(&status.consumers).len();
+        let count = i64::try_from(unpriced).unwrap_or(i64::MAX);
         self.context
             .metrics
             .record_unpriced(&self.map_labels(), count);
-        let before = state::unpriced_models(previous);
-        // Only proxies asked both times say what changed: one that did not answer is not news.
-        let answered: Vec<&str> = status
-            .consumers
-            .iter()
-            .filter(|row| row.unpriced_models.is_some())
-            .map(|row| row.url.as_str())
-            .collect();
-        let was_asked = previous
-            .iter()
-            .any(|row| row.unpriced_models.is_some() && answered.contains(&row.url.as_str()));
-        let grown: Vec<&str> = now_unpriced
-            .iter()
-            .filter(|model| !before.contains(*model))
-            .map(String::as_str)
-            .collect();
+        let (grown, priced_now) = state::pricing_changes(previous, &status.consumers);
         if !grown.is_empty() {
             warn!(models = %grown.join(", "), "proxies route models nothing prices");
             self.publish(Notice {
@@ -306,11 +291,10 @@ impl Reconciler<'_> {
             })
             .await;
         }
-        let priced_now: Vec<String> = before
-            .iter()
-            .filter(|model| was_asked && !now_unpriced.contains(*model))
+        let priced_now: Vec<String> = priced_now
+            .into_iter()
             .map(|model| {
-                let (input, output) = prices.get(model).copied().unwrap_or_default();
+                let (input, output) = prices.get(&model).copied().unwrap_or_default();
                 format!(
                     "{model} is now priced: {} / {}",
                     price_text(input),

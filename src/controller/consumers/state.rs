@@ -245,6 +245,33 @@ pub(crate) fn unpriced_models(rows: &[ConsumerStatus]) -> BTreeSet<String> {
         .collect()
 }
 
+/// What changed from the `previous` rows to `rows`: the models newly unpriced, and those
+/// unpriced before that are priced now. Only a proxy that answered both times can say a
+/// model got priced: one that did not answer now is no news.
+pub(crate) fn pricing_changes(
+    previous: &[ConsumerStatus],
+    rows: &[ConsumerStatus],
+) -> (Vec<String>, Vec<String>) {
+    let now = unpriced_models(rows);
+    let grown = now
+        .difference(&unpriced_models(previous))
+        .cloned()
+        .collect();
+    let answered_now: BTreeSet<&str> = rows
+        .iter()
+        .filter(|row| row.unpriced_models.is_some())
+        .map(|row| row.url.as_str())
+        .collect();
+    let priced: BTreeSet<String> = previous
+        .iter()
+        .filter(|row| answered_now.contains(row.url.as_str()))
+        .flat_map(|row| row.unpriced_models.iter().flatten())
+        .filter(|model| !now.contains(*model))
+        .cloned()
+        .collect();
+    (grown, priced.into_iter().collect())
+}
+
 /// The ModelsPriced condition over the rows of the proxies that answered GET /model/info.
 pub(crate) fn priced_condition(
     rows: &[ConsumerStatus],
@@ -503,6 +530,29 @@ mod tests {
             ("Unknown", "NotChecked")
         );
         assert_eq!(unpriced_models(&[day0.clone(), day0]).len(), 1);
+    }
+
+    #[test]
+    fn a_model_is_priced_now_only_where_its_proxy_answered_both_times() {
+        let at_url = |url: &str, models: Option<&[&str]>| {
+            let mut row = with_unpriced(checked(serving("new"), None, None), models);
+            row.url = url.to_owned();
+            row
+        };
+        let before = [
+            at_url("http://a", Some(&["day0-model"])),
+            at_url("http://b", Some(&["private"])),
+        ];
+        // a now prices day0-model; b did not answer; c is new and routes another.
+        let now = [
+            at_url("http://a", Some(&[])),
+            at_url("http://b", None),
+            at_url("http://c", Some(&["other"])),
+        ];
+        let (grown, priced) = pricing_changes(&before, &now);
+        assert_eq!(grown, ["other"]);
+        assert_eq!(priced, ["day0-model"]);
+        assert_eq!(pricing_changes(&now, &now), (Vec::new(), Vec::new()));
     }
 
     #[test]
