@@ -4,6 +4,7 @@
 use costmap_operator::digest::{git_blob_id, sha256_digest};
 use costmap_operator::sync::diff::diff;
 use costmap_operator::sync::render::StoredMap;
+use costmap_operator::sync::validate::summary::MapSummary;
 use costmap_operator::sync::validate::{ModelMap, Rules, guards, validate};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -16,8 +17,9 @@ fn real_map(version: &str) -> Vec<u8> {
 fn pipeline(c: &mut Criterion) {
     let old_bytes = real_map("1.108.0");
     let new_bytes = real_map("1.110.2");
-    let old = ModelMap::parse(&old_bytes).expect("valid");
-    let new = ModelMap::parse(&new_bytes).expect("valid");
+    let old = MapSummary::of(&ModelMap::parse(&old_bytes).expect("valid"));
+    let parsed = ModelMap::parse(&new_bytes).expect("valid");
+    let new = MapSummary::of(&parsed);
 
     let mut group = c.benchmark_group("sync of the 3.5 MB map");
     group.sample_size(20);
@@ -25,7 +27,10 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| ModelMap::parse(black_box(&new_bytes)))
     });
     group.bench_function("validate (structure rules)", |b| {
-        b.iter(|| validate(black_box(&new), &Rules::default()))
+        b.iter(|| validate(black_box(&parsed), &Rules::default()))
+    });
+    group.bench_function("summary (what the guards and diff keep)", |b| {
+        b.iter(|| MapSummary::of(black_box(&parsed)))
     });
     group.bench_function("guards (price report and verdicts)", |b| {
         b.iter(|| {
@@ -38,7 +43,7 @@ fn pipeline(c: &mut Criterion) {
             costmap_operator::sync::prepare(
                 black_box(new_bytes.clone()),
                 &Rules::default(),
-                Some(&old_bytes),
+                Some(&old),
                 None,
             )
         })

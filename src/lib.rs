@@ -21,6 +21,7 @@ pub mod http;
 pub mod leader;
 pub mod litellm;
 pub mod locks;
+pub mod memo;
 pub mod metrics;
 pub mod scope;
 pub mod sync;

@@ -9,6 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use costmap_operator::sync::diff::diff;
+use costmap_operator::sync::validate::summary::MapSummary;
 use costmap_operator::sync::validate::{ModelMap, Rules, guards, validate};
 use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
@@ -71,6 +72,7 @@ fn work_of(bytes: &[u8]) -> (u64, u64) {
     let before = ALLOCATED.with(Cell::get);
     if let Ok(map) = ModelMap::parse(bytes) {
         let _ = validate(&map, &rules);
+        let map = MapSummary::of(&map);
         let report = guards::price_report(&map, Some(&map));
         let _ = guards::refusals(&map, Some(&map), &report, &rules);
         assert!(diff(&map, &map).is_empty(), "a map differs from itself");

@@ -8,6 +8,7 @@ use super::{LoadError, load};
 use crate::digest::{git_blob_id, sha256_digest};
 use crate::sync::SyncError;
 use crate::sync::fetch::Fetcher;
+use crate::sync::validate::summary::MapSummary;
 use crate::sync::validate::{ModelMap, Rules};
 
 /// What `check` reports about a valid map.
@@ -76,8 +77,8 @@ pub async fn check(
     summarize(&bytes, rules, last_good.as_ref())
 }
 
-/// A last good map, which must pass the structure rules itself.
-pub fn parse_last_good(bytes: &[u8]) -> Result<ModelMap, SyncError> {
+/// A last good map, which must pass the structure rules itself, as the guards see it.
+pub fn parse_last_good(bytes: &[u8]) -> Result<MapSummary, SyncError> {
     let map = ModelMap::parse(bytes)?;
     crate::sync::validate::validate(
         &map,
@@ -86,7 +87,7 @@ pub fn parse_last_good(bytes: &[u8]) -> Result<ModelMap, SyncError> {
             ..Rules::default()
         },
     )?;
-    Ok(map)
+    Ok(MapSummary::of(&map))
 }
 
 /// Validates bytes already read, as the operator would after `last_good` (a first sync
@@ -94,7 +95,7 @@ pub fn parse_last_good(bytes: &[u8]) -> Result<ModelMap, SyncError> {
 pub fn summarize(
     bytes: &[u8],
     rules: &Rules,
-    last_good: Option<&ModelMap>,
+    last_good: Option<&MapSummary>,
 ) -> Result<Summary, CheckError> {
     let accepted = crate::sync::accept(bytes, rules, last_good, None)?;
     Ok(Summary {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::digest::sha256_digest;
 use crate::sync::diff::diff;
 use crate::sync::validate::guards::{self, Guard, PriceMove};
+use crate::sync::validate::summary::MapSummary;
 use crate::sync::validate::{ModelMap, Rules};
 
 /// How many names and moves the report lists.
@@ -94,7 +95,7 @@ pub struct Verdict {
 /// Compares `new` with `old` (the last good map) under `rules`. `old` must be a valid map:
 /// the caller checks it ([`super::check::parse_last_good`]).
 pub fn report(
-    (old_source, old_bytes, old): (&str, &[u8], &ModelMap),
+    (old_source, old_bytes, old): (&str, &[u8], &MapSummary),
     (new_source, new_bytes): (&str, &[u8]),
     rules: &Rules,
 ) -> DiffReport {
@@ -125,6 +126,7 @@ pub fn report(
         Ok(()) => accepted("structure"),
         Err(err) => refused("structure", err.to_string()),
     };
+    let new = MapSummary::of(&new);
     let prices = guards::price_report(&new, Some(old));
     let mut checks = vec![structure];
     checks.extend(
@@ -295,7 +297,7 @@ mod tests {
     }
 
     fn diffed(old: &[u8], new: &[u8]) -> DiffReport {
-        let parsed = ModelMap::parse(old).unwrap();
+        let parsed = MapSummary::of(&ModelMap::parse(old).unwrap());
         report(
             ("old.json", old, &parsed),
             ("new.json", new),

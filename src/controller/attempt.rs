@@ -1,6 +1,9 @@
 //! One sync attempt: fetch, then (for new bytes) prepare and write, recording the map as
 //! pending before the ConfigMap write so that a restart in between loses nothing.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -14,33 +17,86 @@ use super::status::{Notice, Outcome};
 use crate::api::{Artifact, EventReason};
 use crate::api::{OverridesStatus, SourceMap};
 use crate::digest::{git_blob_id, sha256_digest};
-use crate::sync::fetch::{FetchOutcome, FetchRequest};
-use crate::sync::overrides::{Overrides, Published, apply};
+use crate::sync::fetch::FetchRequest;
+use crate::sync::fetch::shared::{SharedOutcome, SharedRequest, SourceBody};
+use crate::sync::overrides::{Applied, Overrides, apply};
 use crate::sync::render::{StoredMap, read_stored_map, render_config_map};
+use crate::sync::store::HeldMap;
 use crate::sync::validate::guards::shrink_guard_by_count;
-use crate::sync::{SecretError, SyncError, prepare};
+use crate::sync::validate::summary::MapSummary;
+use crate::sync::validate::{ModelMap, Rules};
+use crate::sync::{Accepted, NotAccepted, SecretError, SyncError, prepare};
 
 /// A map the source sent (with the overrides merged in), to accept or refuse.
 struct NewMap {
     /// The bytes to publish.
-    bytes: Vec<u8>,
+    bytes: Bytes,
+    /// Their digest.
+    digest: String,
     /// The source's revision.
     revision: Option<String>,
-    /// The last good map to guard against, with today's overrides.
-    compare_with: Option<Vec<u8>>,
+    /// What the map is judged against: the last good map, with today's overrides.
+    against: Option<Against>,
     /// When there was no last good map: what the ConfigMap held instead.
     replaced: Option<String>,
+    /// `status.source`, but for the model count (known once the map is parsed).
     source: Option<SourceMap>,
     overrides: Option<OverridesStatus>,
 }
 
-/// `status.overrides` for `published`; none without overrides.
-fn overrides_status(overrides: &Overrides, published: &Published) -> Option<OverridesStatus> {
+/// The map a new one is judged against.
+enum Against {
+    /// The last good map as it is (no overrides, or the same ones).
+    Held(Arc<HeldMap>),
+    /// The last good map with other overrides merged in.
+    Republished { digest: String, bytes: Vec<u8> },
+}
+
+impl Against {
+    fn digest(&self) -> &str {
+        match self {
+            Against::Held(map) => map.digest(),
+            Against::Republished { digest, .. } => digest,
+        }
+    }
+
+    /// Its summary (parsed now if never before): CPU, so called off the async workers.
+    fn summary(&self) -> Option<Arc<MapSummary>> {
+        match self {
+            Against::Held(map) => map.summary(),
+            Against::Republished { bytes, .. } => ModelMap::parse(bytes)
+                .ok()
+                .map(|map| Arc::new(MapSummary::of(&map))),
+        }
+    }
+}
+
+/// What preparing a map depends on: the same inputs give the same answer, worked out once
+/// for every object that asks ([`Context::prepared`](super::Context)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PrepareInputs {
+    digest: String,
+    against: Option<String>,
+    rules: Rules,
+    accept_digest: Option<String>,
+}
+
+/// A map prepared and held, with how it was accepted.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    map: Arc<HeldMap>,
+    accepted: Accepted,
+}
+
+/// What preparing answers, shared by every object that asked.
+pub(super) type PrepareAnswer = Result<Arc<Prepared>, NotAccepted>;
+
+/// `status.overrides` for what `applied`; none without overrides.
+fn overrides_status(overrides: &Overrides, applied: &Applied) -> Option<OverridesStatus> {
     if overrides.is_empty() {
         return None;
     }
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-    let applied = &published.applied;
     Some(OverridesStatus {
         applied: count(applied.applied),
         added: count(applied.added_count),
@@ -51,12 +107,24 @@ fn overrides_status(overrides: &Overrides, published: &Published) -> Option<Over
     })
 }
 
+/// The fetched map's model count, when overrides changed it (else it is the published
+/// map's, known without parsing again).
+fn fetched_models(fetched: &[u8], applied: &Applied) -> Option<usize> {
+    (*applied != Applied::default())
+        .then(|| ModelMap::parse(fetched).ok().map(|map| map.model_count()))
+        .flatten()
+}
+
+fn count(models: usize) -> i32 {
+    i32::try_from(models).unwrap_or(i32::MAX)
+}
+
 impl Reconciler<'_> {
     /// Fetch, validate, diff, render, apply.
     pub(super) async fn sync_once(
         &self,
         overrides: Result<Overrides, SyncError>,
-        last_good: Option<&StoredMap>,
+        last_good: Option<&Arc<HeldMap>>,
         holds_last_good: bool,
         config_map: Option<&ConfigMap>,
     ) -> Outcome {
@@ -72,30 +140,41 @@ impl Reconciler<'_> {
     async fn try_sync(
         &self,
         overrides: Result<Overrides, SyncError>,
-        last_good: Option<&StoredMap>,
+        last_good: Option<&Arc<HeldMap>>,
         holds_last_good: bool,
         config_map: Option<&ConfigMap>,
     ) -> Result<Outcome, SyncError> {
         // Overrides first: a broken one fails the sync before anything is fetched.
         let overrides = overrides?;
         let overrides_changed = self.overrides_changed(&overrides);
-        let Some((fetched, revision)) = self.fetched(holds_last_good, overrides_changed).await?
-        else {
+        let Some(fetched) = self.fetched(holds_last_good, overrides_changed).await? else {
             return Ok(Outcome::NotModified);
         };
         if !overrides.is_empty() {
-            self.remember_source(&fetched);
+            self.remember_source(&fetched.bytes);
         }
-        let published = apply(&fetched, &overrides);
-        let source = Some(SourceMap {
-            digest: sha256_digest(&fetched),
-            git_blob_id: git_blob_id(&fetched),
-            revision: revision.clone(),
-            models: self.source_models(&fetched, &published),
-        });
-        let overrides_status = overrides_status(&overrides, &published);
-        let bytes = published.bytes;
-        let digest = sha256_digest(&bytes);
+        // Without overrides the published map is the fetched one: no copy, no second hash.
+        let (bytes, digest, applied) = if overrides.is_empty() {
+            (
+                fetched.bytes.clone(),
+                fetched.digest.clone(),
+                Applied::default(),
+            )
+        } else {
+            let published = apply(&fetched.bytes, &overrides);
+            let digest = sha256_digest(&published.bytes);
+            (Bytes::from(published.bytes), digest, published.applied)
+        };
+        let mut source = SourceMap {
+            digest: fetched.digest.clone(),
+            git_blob_id: fetched.git_blob_id.clone(),
+            revision: fetched.revision.clone(),
+            models: fetched_models(&fetched.bytes, &applied).map_or(0, count),
+        };
+        let source_counted = source.models > 0;
+        let overrides_status = overrides_status(&overrides, &applied);
+        let revision = fetched.revision.clone();
+        drop(fetched);
         // Accepting a rejected digest on purpose is the way back from a rejection.
         let rejected = self.status.as_ref().map(|s| s.rejected_digests.as_slice());
         if rejected.is_some_and(|rejected| rejected.contains(&digest))
@@ -103,27 +182,33 @@ impl Reconciler<'_> {
         {
             return Err(SyncError::Rejected { digest });
         }
-        if let Some(map) = last_good.filter(|map| map.bytes == bytes) {
-            if let Some(artifact) = self.artifact().filter(|_| !holds_last_good) {
-                self.write_map(map, artifact).await?;
+        if let Some(map) = last_good.filter(|map| map.digest() == digest) {
+            if let Some(artifact) = self.artifact() {
+                if !source_counted {
+                    source.models = artifact.models;
+                }
+                if !holds_last_good {
+                    self.write_map(map.stored(), artifact).await?;
+                }
             }
             return Ok(Outcome::Unchanged {
                 revision,
-                source,
+                source: Some(source),
                 overrides: overrides_status,
             });
         }
         if let Some(artifact) = self.artifact().filter(|_| last_good.is_none())
             && digest == artifact.digest
         {
+            if !source_counted {
+                source.models = artifact.models;
+            }
             let unchanged = Outcome::Unchanged {
                 revision,
-                source,
+                source: Some(source),
                 overrides: overrides_status,
             };
-            return self
-                .restore_from_source(Bytes::from(bytes), artifact, unchanged)
-                .await;
+            return self.restore_from_source(bytes, artifact, unchanged).await;
         }
         let replaced = match last_good {
             Some(_) => None,
@@ -131,33 +216,65 @@ impl Reconciler<'_> {
         };
         // The guards compare published maps, the last good one with today's overrides: an
         // override change is never upstream repricing.
-        let compare_with = last_good.map(|map| apply(&map.bytes, &overrides).bytes);
+        let against = match last_good {
+            None => None,
+            Some(map) if overrides.is_empty() => Some(Against::Held(Arc::clone(map))),
+            Some(map) => Some(self.republished(map, &overrides).await?),
+        };
         let new = NewMap {
             bytes,
+            digest,
             revision,
-            compare_with,
+            against,
             replaced,
-            source,
+            source: Some(source),
             overrides: overrides_status,
         };
-        self.accept_new_map(new).await
+        self.accept_new_map(new, source_counted).await
     }
 
-    /// The fetched bytes and their revision; None when the source says they did not change
-    /// and the overrides did not either. When only the overrides changed, the bytes fetched
-    /// last are used again (no fetch), or fetched in full if they are not at hand.
+    /// The last good map with `overrides` merged in: itself when that changes nothing.
+    async fn republished(
+        &self,
+        map: &Arc<HeldMap>,
+        overrides: &Overrides,
+    ) -> Result<Against, SyncError> {
+        let (held, overrides) = (Arc::clone(map), overrides.clone());
+        let republished = tokio::task::spawn_blocking(move || {
+            let bytes = apply(&held.stored().bytes, &overrides).bytes;
+            let digest = sha256_digest(&bytes);
+            if digest == held.digest() {
+                Against::Held(held)
+            } else {
+                Against::Republished { digest, bytes }
+            }
+        });
+        republished
+            .await
+            .map_err(|join_error| SyncError::Interrupted {
+                what: "merging the overrides",
+                detail: join_error.to_string(),
+            })
+    }
+
+    /// The fetched map; None when the source says it did not change and the overrides did
+    /// not either. When only the overrides changed, the bytes fetched last are used again
+    /// (no fetch), or fetched in full if they are not at hand.
     async fn fetched(
         &self,
         holds_last_good: bool,
         overrides_changed: bool,
-    ) -> Result<Option<(Bytes, Option<String>)>, SyncError> {
-        let remembered = self.remembered_source();
-        if overrides_changed && let Some(bytes) = remembered.clone() {
-            let revision = self
-                .status
-                .as_ref()
-                .and_then(|s| s.source.as_ref()?.revision.clone());
-            return Ok(Some((bytes, revision)));
+    ) -> Result<Option<Arc<SourceBody>>, SyncError> {
+        if overrides_changed
+            && let Some(bytes) = self.remembered_source()
+            && let Some(source) = self.status.as_ref().and_then(|s| s.source.as_ref())
+        {
+            return Ok(Some(Arc::new(SourceBody {
+                bytes,
+                digest: source.digest.clone(),
+                git_blob_id: source.git_blob_id.clone(),
+                revision: source.revision.clone(),
+            })));
         }
         let headers = self.source_headers().await?;
         // A validator only makes sense while the cluster holds the map it validates, and
@@ -166,36 +283,36 @@ impl Reconciler<'_> {
             .then(|| self.artifact().and_then(|a| a.revision.as_deref()))
             .flatten()
             .filter(|_| !overrides_changed);
-        let request = FetchRequest {
-            url: &self.sync.spec.source.url,
-            headers: &headers,
-            timeout: self.sync.spec.timeout()?,
-            revision,
+        let request = SharedRequest {
+            fetch: FetchRequest {
+                url: &self.sync.spec.source.url,
+                headers: &headers,
+                timeout: self.sync.spec.timeout()?,
+                revision,
+            },
+            follower: &self.uid,
+            max_age: self.answer_max_age(),
         };
-        match self.context.fetcher.fetch(&request).await? {
-            FetchOutcome::NotModified => Ok(None),
-            FetchOutcome::Fetched { body, revision } => {
-                self.context.metrics.fetched_bytes.inc_by(body.len() as u64);
-                Ok(Some((body, revision)))
-            }
+        match self.context.sources.fetch(&request).await? {
+            SharedOutcome::NotModified => Ok(None),
+            SharedOutcome::Fetched(body) => Ok(Some(body)),
         }
     }
 
-    /// The fetched map's model count: the published map's, when there are no overrides.
-    fn source_models(&self, fetched: &[u8], published: &Published) -> i32 {
-        let models = if published.applied == Default::default() {
-            None
-        } else {
-            crate::sync::validate::ModelMap::parse(fetched)
-                .ok()
-                .map(|map| map.model_count())
-        };
-        let models = models.or_else(|| {
-            crate::sync::validate::ModelMap::parse(&published.bytes)
-                .ok()
-                .map(|map| map.model_count())
-        });
-        i32::try_from(models.unwrap_or(0)).unwrap_or(i32::MAX)
+    /// How old an answer of the source (fetched for another object) this sync takes: one
+    /// from within the interval, so the source is asked once per interval; for a sync
+    /// someone asked for, none (but the answer of a fetch in flight).
+    fn answer_max_age(&self) -> Duration {
+        let requested = self.sync.sync_request().is_some()
+            && self.sync.sync_request()
+                != self
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_sync_request.as_deref());
+        match (&self.interval, requested) {
+            (Ok(interval), false) => *interval,
+            _ => Duration::ZERO,
+        }
     }
 
     /// The source sent the last good map again while the cluster had lost it (ConfigMap
@@ -214,7 +331,7 @@ impl Reconciler<'_> {
                 detail: join_error.to_string(),
             })?;
         self.write_map(&map, artifact).await?;
-        self.remember_last_good(&map);
+        self.remember_last_good(map);
         info!(config_map = %self.target.name, "restored the last good map from the source");
         self.publish(Notice {
             type_: EventType::Normal,
@@ -238,7 +355,7 @@ impl Reconciler<'_> {
                 artifact.digest
             ));
         }
-        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let max_bytes = self.context.sources.policy().max_body_bytes;
         let held = read_stored_map(config_map?, &self.target.key, max_bytes)
             .ok()
             .flatten()?;
@@ -248,50 +365,48 @@ impl Reconciler<'_> {
         ))
     }
 
-    /// Validates a new map and, when it passes, writes it (and keeps it in history).
-    async fn accept_new_map(&self, new: NewMap) -> Result<Outcome, SyncError> {
-        let rules = self.sync.spec.validation.rules();
-        let accept_digest = self.sync.accept_digest().map(str::to_owned);
+    /// Prepares a new map (once for every object with the same inputs), and writes it when
+    /// it is accepted (and keeps it in history).
+    async fn accept_new_map(
+        &self,
+        new: NewMap,
+        source_counted: bool,
+    ) -> Result<Outcome, SyncError> {
         let NewMap {
             bytes,
+            digest,
             revision,
-            compare_with,
+            against,
             replaced,
-            source,
+            mut source,
             overrides,
         } = new;
-        // Preparing holds the fetched body, the last good map and two parsed maps: tens of
-        // MiB. Bounding how many run at once bounds the operator's memory, however many
-        // objects come due together (at start-up, all of them). Fetches are not counted:
-        // a hanging source must not hold up the others.
-        let slot = self.context.sync_slots.acquire().await;
-        // Parsing, validating and compressing 3.5 MB takes a few hundred ms of CPU: keep it
-        // off the async workers that serve HTTP.
-        let prepared = tokio::task::spawn_blocking(move || {
-            let prepared = prepare(
-                bytes,
-                &rules,
-                compare_with.as_deref(),
-                accept_digest.as_deref(),
-            );
-            crate::heap::release_freed_memory();
-            prepared
-        })
-        .await
-        .map_err(|join_error| SyncError::Interrupted {
-            what: "validation",
-            detail: join_error.to_string(),
-        })??;
-        drop(slot);
+        let inputs = PrepareInputs {
+            digest: digest.clone(),
+            against: against.as_ref().map(|a| a.digest().to_owned()),
+            rules: self.sync.spec.validation.rules(),
+            accept_digest: self.sync.accept_digest().map(str::to_owned),
+        };
+        let prepared = self
+            .context
+            .prepared
+            .get_or_try(inputs.clone(), || {
+                self.prepare(bytes, digest, against, inputs)
+            })
+            .await??;
+        let map = prepared.map.stored();
         let artifact = Artifact {
-            digest: prepared.map.digest(),
-            git_blob_id: git_blob_id(&prepared.map.bytes),
+            digest: prepared.map.digest().to_owned(),
+            git_blob_id: git_blob_id(&map.bytes),
             revision,
-            size: i64::try_from(prepared.map.bytes.len()).unwrap_or(i64::MAX),
-            models: i32::try_from(prepared.accepted.models).unwrap_or(i32::MAX),
+            size: i64::try_from(map.bytes.len()).unwrap_or(i64::MAX),
+            models: count(prepared.accepted.models),
             last_update_time: Time(self.now),
         };
-        let mut overridden = prepared.accepted.overridden;
+        if let Some(source) = source.as_mut().filter(|_| !source_counted) {
+            source.models = artifact.models;
+        }
+        let mut overridden = prepared.accepted.overridden.clone();
         // The map's bytes are gone from the cluster: a count is all that is left to guard
         // against.
         if let Some(lost) = self.artifact().filter(|_| self.last_good_lost) {
@@ -310,17 +425,56 @@ impl Reconciler<'_> {
             }
         }
         self.record_pending(&artifact).await?;
-        self.write_map(&prepared.map, &artifact).await?;
-        self.remember_last_good(&prepared.map);
-        let history = self.keep_in_history(&prepared.map, &artifact).await;
+        self.write_map(map, &artifact).await?;
+        self.remember_held(Arc::clone(&prepared.map));
+        let history = self.keep_in_history(map, &artifact).await;
         Ok(Outcome::Updated {
             artifact,
-            change: prepared.accepted.change,
+            change: prepared.accepted.change.clone(),
             replaced,
             overridden,
             source,
             overrides,
             history,
+        })
+    }
+
+    /// Parses, validates, judges and compresses a new map, off the async workers.
+    async fn prepare(
+        &self,
+        bytes: Bytes,
+        digest: String,
+        against: Option<Against>,
+        inputs: PrepareInputs,
+    ) -> Result<PrepareAnswer, SyncError> {
+        // Preparing holds the new map, its parsed form and its gzip: tens of MiB. Bounding
+        // how many run at once bounds the operator's memory, however many distinct maps
+        // come due together. Fetches are not counted: a hanging source must not hold up
+        // the others.
+        let _slot = self.context.sync_slots.acquire().await;
+        let held = Arc::clone(&self.context.held);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let summary = against.as_ref().and_then(Against::summary);
+            drop(against);
+            let answer = prepare(
+                bytes.to_vec(),
+                &inputs.rules,
+                summary.as_deref(),
+                inputs.accept_digest.as_deref(),
+            )
+            .map(|prepared| {
+                let map = held.hold(prepared.map, digest, Some(Arc::new(prepared.summary)));
+                Arc::new(Prepared {
+                    map,
+                    accepted: prepared.accepted,
+                })
+            });
+            crate::heap::release_freed_memory();
+            answer
+        });
+        prepared.await.map_err(|join_error| SyncError::Interrupted {
+            what: "validation",
+            detail: join_error.to_string(),
         })
     }
 

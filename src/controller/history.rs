@@ -121,7 +121,7 @@ impl Reconciler<'_> {
     /// The map of a history entry, when its ConfigMap still holds exactly those bytes.
     pub(super) async fn read_history(&self, entry: &HistoryEntry) -> Option<StoredMap> {
         let config_map: ConfigMap = self.config_maps.get_opt(&entry.config_map).await.ok()??;
-        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let max_bytes = self.context.sources.policy().max_body_bytes;
         read_stored_map(&config_map, &self.target.key, max_bytes)
             .ok()
             .flatten()
@@ -227,7 +227,7 @@ impl Reconciler<'_> {
             warn!(error = %err, "cannot restore the map from history");
             Error::Restore(err.to_string())
         })?;
-        self.remember_last_good(map);
+        self.remember_last_good(map.clone());
         status.artifact = Some(artifact.clone());
         status.pending_artifact = None;
         Ok(())

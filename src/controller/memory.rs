@@ -2,11 +2,12 @@
 //! the cluster, so a restart loses nothing; objects that are gone are forgotten.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use crate::api::ModelCostMapSyncStatus;
+use crate::sync::store::HeldMap;
 
 /// How many superseded versions are remembered: a sync writes status at most three times.
 const SUPERSEDED_VERSIONS: usize = 8;
@@ -20,9 +21,10 @@ pub(super) struct Memories {
 /// What the operator remembers about one object.
 #[derive(Default)]
 pub(super) struct Memory {
-    /// The last good map, gzipped (a twentieth of its size), so that a deleted ConfigMap is
-    /// restored without a fetch.
-    pub(super) last_good: Option<RememberedMap>,
+    /// The last good map, so that a deleted ConfigMap is restored without a fetch and the
+    /// next map is judged without reading this one back. Held once for every object with
+    /// the same map ([`crate::sync::store`]).
+    pub(super) last_good: Option<Arc<HeldMap>>,
     /// Failed syncs in a row, for the retry backoff.
     pub(super) consecutive_failures: u32,
     /// The status this operator last wrote. The object a reconcile gets comes from a watch
@@ -46,7 +48,7 @@ pub(super) struct WrittenStatus {
     pub(super) superseded: Vec<String>,
 }
 
-/// A last good map kept between reconciles.
+/// A map kept gzipped between reconciles.
 #[derive(Clone)]
 pub(super) struct RememberedMap {
     pub(super) digest: String,

@@ -31,17 +31,20 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::ModelCostMapSync;
 use crate::http::map_cache::MapCache;
 use crate::litellm::ProxyClient;
+use crate::memo::Memo;
 use crate::metrics::{MapLabels, Metrics};
 use crate::scope;
 use crate::sync::fetch::Fetcher;
+use crate::sync::fetch::shared::SharedFetcher;
 use crate::sync::render::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::sync::store::MapStore;
 use memory::Memories;
 use reconcile::Reconciler;
 
@@ -49,6 +52,15 @@ use reconcile::Reconciler;
 pub const FIELD_MANAGER: &str = "costmap-operator";
 /// How often what is remembered of deleted objects (memory, metric series) is dropped.
 const FORGET_EVERY: Duration = Duration::from_secs(10);
+/// How many prepared maps are kept for the objects that come after the first: each answer
+/// holds a map (about 4 MB today), and the objects of one round share one or two.
+const PREPARED_MAPS: usize = 2;
+/// How many objects are reconciled at once. Each holds its ConfigMap as read (a quarter of
+/// a MB) and the API calls of one reconcile; a thousand at once would hold a quarter of a
+/// GB for no gain in time, as the API server serves them one or two at a time anyway.
+const CONCURRENT_RECONCILES: u16 = 16;
+/// How many managed ConfigMaps one list answer holds.
+pub const MANAGED_PAGE_SIZE: u32 = 16;
 
 /// Errors that end a reconcile early; the error policy retries them with backoff. Sync
 /// failures (a bad source, a refused map, an invalid spec) are not errors here: they are
@@ -69,7 +81,12 @@ pub enum Error {
 /// What the reconciler needs, shared by every reconcile.
 pub struct Context {
     client: Client,
-    fetcher: Fetcher,
+    /// Fetches, one per source at a time, answers shared by the objects on that source.
+    sources: SharedFetcher,
+    /// The maps held in memory, once each.
+    held: Arc<MapStore>,
+    /// New maps prepared for some object: the others with the same inputs take the answer.
+    prepared: Memo<attempt::PrepareInputs, attempt::PrepareAnswer>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     proxies: ProxyClient,
@@ -112,7 +129,9 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            fetcher,
+            sources: SharedFetcher::new(fetcher),
+            held: Arc::default(),
+            prepared: Memo::new(PREPARED_MAPS),
             metrics: settings.metrics,
             proxies: settings.proxies,
             maps: settings.maps,
@@ -130,7 +149,7 @@ pub async fn run(client: Client, fetcher: Fetcher, settings: Settings, stop: Can
     let context = Arc::new(Context::new(client.clone(), fetcher, settings));
     let controllers: Vec<Controller<ModelCostMapSync>> = scopes
         .iter()
-        .map(|scope| controller(&client, scope.as_deref()))
+        .map(|scope| controller(&client, scope.as_deref(), &context))
         .collect();
     let stores = controllers.iter().map(Controller::store).collect();
     let forgetting = tokio::spawn(forget_deleted(stores, context.clone()));
@@ -141,14 +160,25 @@ pub async fn run(client: Client, fetcher: Fetcher, settings: Settings, stop: Can
     forgetting.abort();
 }
 
-/// The controller of one scope: ModelCostMapSyncs, the ConfigMaps they own, and the
-/// EndpointSlices of the Services their proxies sit behind.
-fn controller(client: &Client, scope: Option<&str>) -> Controller<ModelCostMapSync> {
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+/// The controller of one scope: ModelCostMapSyncs, the ConfigMaps they own, the
+/// EndpointSlices of the Services their proxies sit behind, and the news of a shared
+/// source (another object fetched a new map from it).
+fn controller(
+    client: &Client,
+    scope: Option<&str>,
+    context: &Context,
+) -> Controller<ModelCostMapSync> {
+    // A managed ConfigMap is a quarter of a MB on the wire: listed a few at a time, not a
+    // thousand in one answer.
+    let managed = watcher::Config::default()
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+        .page_size(MANAGED_PAGE_SIZE);
     let controller = Controller::new(
         scope::api::<ModelCostMapSync>(client, scope),
         watcher::Config::default(),
-    );
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENT_RECONCILES));
+    let news = news_of_sources(controller.store(), context.sources.subscribe());
     // A proxy pod that appears behind a Service is checked as it appears.
     let syncs_by_service = consumers::SyncsByService::new(controller.store());
     // An edit to a ConfigMap of overrides republishes within seconds. Only metadata is
@@ -170,6 +200,36 @@ fn controller(client: &Client, scope: Option<&str>) -> Controller<ModelCostMapSy
         .watches_stream(config_maps, move |config_map| {
             syncs_by_override.of(&config_map)
         })
+        .reconcile_on(news)
+}
+
+/// The objects of `store` that a shared source has news for, as the news comes.
+fn news_of_sources(
+    store: Store<ModelCostMapSync>,
+    news: broadcast::Receiver<Vec<String>>,
+) -> impl futures::Stream<Item = ObjectRef<ModelCostMapSync>> + Send + 'static {
+    futures::stream::unfold((store, news), |(store, mut news)| async move {
+        loop {
+            match news.recv().await {
+                Ok(uids) => {
+                    let uids: HashSet<String> = uids.into_iter().collect();
+                    let told: Vec<ObjectRef<ModelCostMapSync>> = store
+                        .state()
+                        .iter()
+                        .filter(|sync| sync.uid().is_some_and(|uid| uids.contains(&uid)))
+                        .map(|sync| ObjectRef::from_obj(sync.as_ref()))
+                        .collect();
+                    return Some((futures::stream::iter(told), (store, news)));
+                }
+                // Missed news: those objects sync at their own interval.
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(missed, "missed news of shared sources");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .flatten()
 }
 
 /// The objects of `namespace` that `wants`: how a watched object (an EndpointSlice, a
@@ -223,6 +283,7 @@ async fn forget_deleted(stores: Vec<Store<ModelCostMapSync>>, context: Arc<Conte
             })
             .collect();
         let forgotten = context.memory.retain(&uids);
+        context.sources.forget_except(&uids);
         let series = context.metrics.forget_maps_except(&maps);
         if forgotten + series > 0 {
             info!(

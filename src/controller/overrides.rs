@@ -152,7 +152,7 @@ impl Reconciler<'_> {
             .read(&self.uid, |m| m.source.clone())
             .flatten()
             .filter(|map| map.digest == digest)?;
-        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let max_bytes = self.context.sources.policy().max_body_bytes;
         gunzip_bounded(&remembered.gz, max_bytes)
             .ok()
             .map(Bytes::from)

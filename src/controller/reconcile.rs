@@ -21,10 +21,10 @@ use crate::metrics::{MapLabels, SyncResult};
 use crate::sync::SyncError;
 use crate::sync::fetch::{sanitize_url, validate_source_url};
 use crate::sync::render::{
-    MapIdentity, StoredMap, TargetRef, gunzip_bounded, holds_rendered, read_stored_map,
-    render_config_map,
+    MapIdentity, StoredMap, TargetRef, holds_rendered, read_stored_map, render_config_map,
 };
 use crate::sync::schedule::{self, Decision, SyncCause};
+use crate::sync::store::HeldMap;
 
 /// One reconcile of one object.
 pub(super) struct Reconciler<'a> {
@@ -36,7 +36,7 @@ pub(super) struct Reconciler<'a> {
     pub(super) target: TargetRef,
     pub(super) uid: String,
     /// `spec.interval`, or why it cannot be used.
-    interval: Result<std::time::Duration, SpecError>,
+    pub(super) interval: Result<std::time::Duration, SpecError>,
     pub(super) now: Timestamp,
     /// Status names a last good map that neither memory nor the ConfigMap holds (the
     /// ConfigMap was deleted or edited while nothing held a copy).
@@ -111,6 +111,7 @@ impl<'a> Reconciler<'a> {
             retrying: status.is_some_and(|s| conditions::is_ready(&s.conditions) == Some(false)),
             overrides_changed,
             overrides_edited: self.overrides_edited(&overrides),
+            source_news: self.context.sources.has_news(&self.uid),
         });
         match decision {
             Decision::Suspended => {
@@ -124,7 +125,7 @@ impl<'a> Reconciler<'a> {
             }
             Decision::Wait(remaining) => {
                 if let Some(last_good) = &last_good {
-                    self.restore_if_changed(config_map.as_ref(), last_good)
+                    self.restore_if_changed(config_map.as_ref(), last_good.stored())
                         .await?;
                 }
                 let recheck = self.recheck_consumers().await?;
@@ -136,7 +137,7 @@ impl<'a> Reconciler<'a> {
                 info!(?cause, "syncing");
                 let holds_last_good = match (&last_good, &config_map) {
                     (Some(map), Some(cm)) => self
-                        .desired(map)
+                        .desired(map.stored())
                         .is_some_and(|desired| holds_rendered(cm, &desired)),
                     _ => false,
                 };
@@ -145,7 +146,7 @@ impl<'a> Reconciler<'a> {
                 let outcome = self
                     .sync_once(
                         overrides.overrides,
-                        last_good.as_deref(),
+                        last_good.as_ref(),
                         holds_last_good,
                         config_map.as_ref(),
                     )
@@ -174,7 +175,7 @@ impl<'a> Reconciler<'a> {
         if self.artifact().is_some_and(|a| a.digest == pending.digest) {
             return Ok(None);
         }
-        let max_bytes = self.context.fetcher.policy().max_body_bytes;
+        let max_bytes = self.context.sources.policy().max_body_bytes;
         let held = config_map
             .and_then(|cm| {
                 read_stored_map(cm, &self.target.key, max_bytes)
@@ -187,7 +188,7 @@ impl<'a> Reconciler<'a> {
             // which the usual path handles); the pending record is dropped at the next write.
             return Ok(None);
         };
-        self.remember_last_good(&held);
+        self.remember_last_good(held);
         info!(digest = %pending.digest, "adopted the map whose write a restart interrupted");
         self.context.metrics.record_map(
             &self.map_labels(),
@@ -212,7 +213,7 @@ impl<'a> Reconciler<'a> {
 
     /// The last good map named by `status.artifact`, from memory, read back from the
     /// ConfigMap, or from the history ring. None when none holds exactly those bytes.
-    async fn last_good(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
+    async fn last_good(&self, config_map: Option<&ConfigMap>) -> Option<Arc<HeldMap>> {
         if let Some(map) = self.last_good_at_hand(config_map) {
             return Some(map);
         }
@@ -223,44 +224,49 @@ impl<'a> Reconciler<'a> {
             .find(|entry| entry.digest == artifact.digest)?;
         let map = self.read_history(entry).await?;
         info!(config_map = %entry.config_map, "found the last good map in history");
-        self.remember_last_good(&map);
-        Some(Arc::new(map))
+        Some(self.remember_last_good(map))
     }
 
-    /// [`Self::last_good`] from memory or the ConfigMap.
-    fn last_good_at_hand(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
+    /// [`Self::last_good`] from memory (this object's, or the copy another object with the
+    /// same map holds) or the ConfigMap.
+    fn last_good_at_hand(&self, config_map: Option<&ConfigMap>) -> Option<Arc<HeldMap>> {
         let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
-        let max_bytes = self.context.fetcher.policy().max_body_bytes;
         let remembered = self
             .context
             .memory
             .read(&self.uid, |m| m.last_good.clone())
             .flatten()
-            .filter(|map| &map.digest == digest);
+            .filter(|map| map.digest() == digest);
         if let Some(map) = remembered {
-            // Checked against the digest when it was remembered.
-            let bytes = gunzip_bounded(&map.gz, max_bytes).ok()?;
-            return Some(Arc::new(StoredMap {
-                bytes,
-                gz: map.gz.to_vec(),
-            }));
+            return Some(map);
         }
+        if let Some(map) = self.context.held.get(digest) {
+            self.context
+                .memory
+                .update(&self.uid, |m| m.last_good = Some(map.clone()));
+            return Some(map);
+        }
+        let max_bytes = self.context.sources.policy().max_body_bytes;
         let read = read_stored_map(config_map?, &self.target.key, max_bytes).ok()??;
         if &read.digest() != digest {
             return None;
         }
-        self.remember_last_good(&read);
-        Some(Arc::new(read))
+        Some(self.remember_last_good(read))
     }
 
-    pub(super) fn remember_last_good(&self, map: &StoredMap) {
-        let remembered = super::memory::RememberedMap {
-            digest: map.digest(),
-            gz: bytes::Bytes::copy_from_slice(&map.gz),
-        };
+    /// Keeps `map` as this object's last good map (held once for every object with it).
+    pub(super) fn remember_last_good(&self, map: StoredMap) -> Arc<HeldMap> {
+        let digest = map.digest();
+        let held = self.context.held.hold(map, digest, None);
+        self.remember_held(held.clone());
+        held
+    }
+
+    /// Keeps a map already held as this object's last good map.
+    pub(super) fn remember_held(&self, map: Arc<HeldMap>) {
         self.context
             .memory
-            .update(&self.uid, |m| m.last_good = Some(remembered));
+            .update(&self.uid, |m| m.last_good = Some(map));
     }
 
     pub(super) fn identity(&self, artifact: &Artifact) -> MapIdentity {

@@ -25,8 +25,9 @@ use tracing::{debug, info, warn};
 use crate::api::ModelCostMapSync;
 use crate::http::maps::ServedMap;
 use crate::scope;
-use crate::sync::render::{HISTORY_OF_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::sync::render::{GunzipError, HISTORY_OF_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::watch;
+use sha2::{Digest, Sha256};
 
 /// Which map: `/maps/{namespace}/{name}/{key}`, where name is the ModelCostMapSync's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,6 +59,29 @@ struct Inner {
     syncs: Mirror<Vouched>,
     /// The maps served now.
     served: HashMap<MapKey, Arc<ServedMap>>,
+    /// Every map held, once however many ConfigMaps hold it.
+    gzips: ServedByGzip,
+}
+
+/// The maps held, by the sha256 of their gzip: a thousand ConfigMaps with the same map are
+/// decompressed (to check the digest) and held once.
+#[derive(Default)]
+struct ServedByGzip(std::sync::Mutex<HashMap<[u8; 32], std::sync::Weak<ServedMap>>>);
+
+impl ServedByGzip {
+    /// The map this gzip holds: the one held already, or decompressed (at most
+    /// `max_bytes`) and held.
+    fn served(&self, gz: &[u8], max_bytes: u64) -> Result<Arc<ServedMap>, GunzipError> {
+        let key: [u8; 32] = Sha256::digest(gz).into();
+        let mut held = crate::locks::lock(&self.0);
+        if let Some(map) = held.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(map);
+        }
+        held.retain(|_, map| map.strong_count() > 0);
+        let map = Arc::new(ServedMap::from_gzip(Bytes::copy_from_slice(gz), max_bytes)?);
+        held.insert(key, Arc::downgrade(&map));
+        Ok(map)
+    }
 }
 
 /// The maps of one ConfigMap, and the ModelCostMapSync that owns it.
@@ -117,8 +141,9 @@ impl MapCache {
     /// Keeps the cache current from the managed ConfigMaps and the ModelCostMapSyncs in
     /// `namespaces` (all when empty). Runs until dropped: watches that fail start again.
     pub async fn run(self, client: Client, namespaces: Vec<String>, max_bytes: u64) {
-        let managed =
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let managed = watcher::Config::default()
+            .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+            .page_size(crate::controller::MANAGED_PAGE_SIZE);
         let scopes = scope::scopes(&namespaces);
         {
             let mut inner = self.write();
@@ -162,7 +187,7 @@ impl MapCache {
         self.update(|inner| match event {
             Ok(event) => inner
                 .config_maps
-                .apply(scope, event, |cm| stored_maps(cm, max_bytes)),
+                .apply(scope, event, |cm| stored_maps(cm, max_bytes, &inner.gzips)),
             Err(error) => {
                 warn!(%error, scope, "the map cache's ConfigMap watch failed; not ready until it lists again");
                 inner.config_maps.fail(scope);
@@ -340,7 +365,7 @@ fn object_id<K: Resource>(object: &K) -> ObjectId {
 
 /// The maps a managed ConfigMap holds: each `<key>.gz` that decompresses within
 /// `max_bytes`, with the digest of its bytes as they are (the annotations are not trusted).
-fn stored_maps(cm: &ConfigMap, max_bytes: u64) -> Option<StoredMaps> {
+fn stored_maps(cm: &ConfigMap, max_bytes: u64, gzips: &ServedByGzip) -> Option<StoredMaps> {
     // The history ring holds earlier maps for rollback; the endpoint serves the target's.
     if cm.labels().contains_key(HISTORY_OF_LABEL) {
         return None;
@@ -354,8 +379,8 @@ fn stored_maps(cm: &ConfigMap, max_bytes: u64) -> Option<StoredMaps> {
         .flatten()
         .filter_map(|(gz_key, gz)| {
             let key = gz_key.strip_suffix(".gz")?;
-            match ServedMap::from_gzip(Bytes::from(gz.0.clone()), max_bytes) {
-                Ok(map) => Some((key.to_owned(), Arc::new(map))),
+            match gzips.served(&gz.0, max_bytes) {
+                Ok(map) => Some((key.to_owned(), map)),
                 Err(err) => {
                     debug!(config_map = %cm.name_any(), %err, "not serving this ConfigMap's map");
                     None

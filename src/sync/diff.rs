@@ -2,8 +2,8 @@
 //! removed, and changed.
 
 use crate::api::{LastChange, PriceChange};
-use crate::sync::validate::ModelMap;
 use crate::sync::validate::guards::{PriceMove, PriceReport};
+use crate::sync::validate::summary::MapSummary;
 
 /// How many model names `status.lastChange` lists per direction.
 pub const LISTED_MODELS: usize = 20;
@@ -29,14 +29,15 @@ pub struct MapChange {
     pub price_moves: Vec<PriceMove>,
 }
 
-/// Compares two maps model by model. Entries are compared as parsed JSON, so a change in
-/// layout alone changes nothing, while `4096` -> `4096.0` counts (LiteLLM sees a float).
-pub fn diff(old: &ModelMap, new: &ModelMap) -> MapChange {
+/// Compares two maps model by model. Entries are compared as parsed JSON (by fingerprint),
+/// so a change in layout alone changes nothing, while `4096` -> `4096.0` counts (LiteLLM
+/// sees a float).
+pub fn diff(old: &MapSummary, new: &MapSummary) -> MapChange {
     let mut change = MapChange::default();
     for (name, entry) in new.models() {
         match old.model(name) {
             None => change.added.push(name.to_owned()),
-            Some(old_entry) if old_entry != entry => change.changed += 1,
+            Some(old_entry) if old_entry.fingerprint != entry.fingerprint => change.changed += 1,
             Some(_) => {}
         }
     }
@@ -133,8 +134,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn map(value: serde_json::Value) -> ModelMap {
-        ModelMap::parse(value.to_string().as_bytes()).unwrap()
+    fn map(value: serde_json::Value) -> MapSummary {
+        MapSummary::of(
+            &crate::sync::validate::ModelMap::parse(value.to_string().as_bytes()).unwrap(),
+        )
     }
 
     #[test]
@@ -159,12 +162,13 @@ mod tests {
 
     #[test]
     fn identical_maps_differ_in_nothing_even_when_laid_out_differently() {
+        use crate::sync::validate::ModelMap;
         let compact = ModelMap::parse(br#"{"a":{"mode":"chat","max_tokens":1}}"#).unwrap();
         let pretty = ModelMap::parse(
             b"{\n  \"a\": {\n    \"max_tokens\": 1,\n    \"mode\": \"chat\"\n  }\n}",
         )
         .unwrap();
-        assert!(diff(&compact, &pretty).is_empty());
+        assert!(diff(&MapSummary::of(&compact), &MapSummary::of(&pretty)).is_empty());
     }
 
     #[test]

@@ -100,8 +100,48 @@ impl SyncError {
     }
 }
 
+/// Why [`super::prepare`] did not accept a map. Cloneable: one judgement of a map answers
+/// every object that asked about the same inputs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotAccepted {
+    /// The map breaks a structure rule.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// Guards refuse the map; it can be accepted on purpose.
+    #[error("{}", describe_refusals(refusals, digest, accept_digest.as_deref()))]
+    Refused {
+        /// Every refusal, in the guards' order.
+        refusals: Vec<Refusal>,
+        /// The refused map's digest.
+        digest: String,
+        /// The accept-digest annotation's value, when it names another map.
+        accept_digest: Option<String>,
+    },
+}
+
+impl From<NotAccepted> for SyncError {
+    fn from(not_accepted: NotAccepted) -> SyncError {
+        match not_accepted {
+            NotAccepted::Invalid(error) => SyncError::Map(error),
+            NotAccepted::Refused {
+                refusals,
+                digest,
+                accept_digest,
+            } => SyncError::Refused {
+                refusals,
+                digest,
+                accept_digest,
+            },
+        }
+    }
+}
+
 /// "shrink guard: ...; price guard: ...; map sha256:... is refused: to accept it ...".
-fn describe_refusals(refusals: &[Refusal], digest: &str, accept_digest: Option<&str>) -> String {
+pub(crate) fn describe_refusals(
+    refusals: &[Refusal],
+    digest: &str,
+    accept_digest: Option<&str>,
+) -> String {
     let parts: Vec<String> = refusals
         .iter()
         .map(|refusal| {

@@ -7,7 +7,8 @@
 //! - [`overrides`]: your prices merged over the fetched map, which makes the published map;
 //! - [`diff`]: what a new map changes;
 //! - [`render`]: the target ConfigMap, and the map read back from it;
-//! - [`schedule`]: when to fetch at all.
+//! - [`schedule`]: when to fetch at all;
+//! - [`store`]: maps held once in memory, by digest.
 
 pub mod diff;
 mod error;
@@ -15,11 +16,13 @@ pub mod fetch;
 pub mod overrides;
 pub mod render;
 pub mod schedule;
+pub mod store;
 pub mod validate;
 
-pub use error::{SecretError, SyncError};
+pub use error::{NotAccepted, SecretError, SyncError};
 
 use render::StoredMap;
+use validate::summary::MapSummary;
 use validate::{ModelMap, Rules};
 
 /// What accepting a map found: enough to describe it, not the map itself.
@@ -42,28 +45,41 @@ pub struct Accepted {
 pub fn accept(
     bytes: &[u8],
     rules: &Rules,
-    last_good: Option<&ModelMap>,
+    last_good: Option<&MapSummary>,
     accept_digest: Option<&str>,
 ) -> Result<Accepted, SyncError> {
+    Ok(judge(bytes, rules, last_good, accept_digest)?.0)
+}
+
+/// [`accept`], and the new map's summary: what the next map is judged against.
+fn judge(
+    bytes: &[u8],
+    rules: &Rules,
+    last_good: Option<&MapSummary>,
+    accept_digest: Option<&str>,
+) -> Result<(Accepted, MapSummary), NotAccepted> {
     let map = ModelMap::parse(bytes)?;
     validate::validate(&map, rules)?;
-    let report = validate::guards::price_report(&map, last_good);
-    let refusals = validate::guards::refusals(&map, last_good, &report, rules);
+    let summary = MapSummary::of(&map);
+    drop(map);
+    let report = validate::guards::price_report(&summary, last_good);
+    let refusals = validate::guards::refusals(&summary, last_good, &report, rules);
     if !refusals.is_empty() {
         let digest = crate::digest::sha256_digest(bytes);
         if accept_digest != Some(digest.as_str()) {
-            return Err(SyncError::Refused {
+            return Err(NotAccepted::Refused {
                 refusals,
                 digest,
                 accept_digest: accept_digest.map(str::to_owned),
             });
         }
     }
-    Ok(Accepted {
-        models: map.model_count(),
-        change: last_good.map(|old| diff::diff(old, &map).with_prices(&report)),
+    let accepted = Accepted {
+        models: summary.model_count(),
+        change: last_good.map(|old| diff::diff(old, &summary).with_prices(&report)),
         overridden: refusals,
-    })
+    };
+    Ok((accepted, summary))
 }
 
 /// A new map, accepted and ready to store: its bytes, their gzip, and what it changes.
@@ -73,21 +89,22 @@ pub struct PreparedMap {
     pub map: StoredMap,
     /// How it was accepted.
     pub accepted: Accepted,
+    /// What the next map is judged against.
+    pub summary: MapSummary,
 }
 
 /// The CPU-heavy part of accepting a new map: [`accept`] against the last good map's
-/// bytes, then gzip. A last good map that no longer parses (an older operator's rules) is
-/// compared with nothing rather than refusing every new map.
+/// summary, then gzip.
 pub fn prepare(
     bytes: Vec<u8>,
     rules: &Rules,
-    last_good: Option<&[u8]>,
+    last_good: Option<&MapSummary>,
     accept_digest: Option<&str>,
-) -> Result<PreparedMap, SyncError> {
-    let last_good = last_good.and_then(|bytes| ModelMap::parse(bytes).ok());
-    let accepted = accept(&bytes, rules, last_good.as_ref(), accept_digest)?;
+) -> Result<PreparedMap, NotAccepted> {
+    let (accepted, summary) = judge(&bytes, rules, last_good, accept_digest)?;
     Ok(PreparedMap {
         map: StoredMap::from_bytes(bytes),
         accepted,
+        summary,
     })
 }

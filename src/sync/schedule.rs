@@ -32,6 +32,9 @@ pub struct Inputs<'a> {
     /// while a failed one waits for its retry (a fix is seen at once; a fetch happens only
     /// when the fetched map is not at hand).
     pub overrides_edited: bool,
+    /// Whether another object on the same source fetched a new map from it since this
+    /// object last asked: taking it costs the source nothing.
+    pub source_news: bool,
 }
 
 /// Why a sync runs now.
@@ -50,6 +53,8 @@ pub enum SyncCause {
     /// The overrides changed: the map is published again (without a fetch when the fetched
     /// map is at hand).
     OverridesChanged,
+    /// Another object on the same source fetched a new map from it.
+    SourceChanged,
 }
 
 /// The decision.
@@ -96,6 +101,10 @@ pub fn decide(inputs: &Inputs) -> Decision {
         && (!inputs.retrying || remaining.is_none() || inputs.overrides_edited)
     {
         return Decision::Sync(SyncCause::OverridesChanged);
+    }
+    // Even while a failed sync waits for its retry: the source has just answered.
+    if inputs.source_news {
+        return Decision::Sync(SyncCause::SourceChanged);
     }
     match remaining {
         Some(remaining) => Decision::Wait(remaining.unsigned_abs()),
@@ -161,7 +170,24 @@ mod tests {
             retrying: false,
             overrides_changed: false,
             overrides_edited: false,
+            source_news: false,
         }
+    }
+
+    #[test]
+    fn news_of_the_shared_source_syncs_now_even_while_retrying_but_not_when_suspended() {
+        let status = synced_status();
+        let news = Inputs {
+            source_news: true,
+            retrying: true,
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&news), Decision::Sync(SyncCause::SourceChanged));
+        let suspended = Inputs {
+            suspended: true,
+            ..news
+        };
+        assert_eq!(decide(&suspended), Decision::Suspended);
     }
 
     #[test]

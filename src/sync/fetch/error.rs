@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Messages are meant for users (status conditions, events, CLI output): they
 /// say what to check, they never contain header values or response bodies, and
 /// their URLs have no userinfo, query or fragment.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
     /// The source URL cannot be used (unparseable, not http(s), no host).

@@ -23,6 +23,7 @@
 pub mod address;
 pub mod error;
 mod headers;
+pub mod shared;
 mod source_url;
 
 use source_url::check_scheme;

@@ -11,11 +11,8 @@
 //! pricing dimensions to hundreds of models at once). Shares are of the last good map's
 //! priced models.
 
-use std::collections::BTreeMap;
-
-use serde_json::Value;
-
-use super::{ModelMap, Rules, visit_costs};
+use super::Rules;
+use super::summary::{MapSummary, ModelSummary};
 
 /// How many models a refusal names.
 const NAMED_MODELS: usize = 5;
@@ -166,11 +163,11 @@ pub struct PriceReport {
 }
 
 /// Compares the prices of `map` with those of `last_good` (none on a first sync).
-pub fn price_report(map: &ModelMap, last_good: Option<&ModelMap>) -> PriceReport {
+pub fn price_report(map: &MapSummary, last_good: Option<&MapSummary>) -> PriceReport {
     let mut report = PriceReport::default();
-    for (_, entry) in map.models().filter(|(_, entry)| !is_alias(entry)) {
+    for (_, entry) in map.models().filter(|(_, entry)| !entry.alias) {
         report.models += 1;
-        if is_priced(entry) {
+        if entry.is_priced() {
             report.priced += 1;
         }
     }
@@ -178,44 +175,19 @@ pub fn price_report(map: &ModelMap, last_good: Option<&ModelMap>) -> PriceReport
         return report;
     };
     for (name, old) in last_good.models() {
-        if is_alias(old) || !is_priced(old) {
+        if old.alias || !old.is_priced() {
             continue;
         }
         report.last_priced += 1;
         // A model that is gone is the shrink guard's; one that became an alias row is not
         // a priced model any more and never counts as unpriced.
-        let Some(new) = map.model(name).filter(|new| !is_alias(new)) else {
+        let Some(new) = map.model(name).filter(|new| !new.alias) else {
             continue;
         };
-        if !is_priced(new) {
+        if !new.is_priced() {
             report.unpriced.push(name.to_owned());
         }
-        let (old_costs, new_costs) = (costs(old), costs(new));
-        let mut repriced = false;
-        for (field, &from) in &old_costs {
-            let to = new_costs.get(field).copied();
-            if to != Some(from) {
-                repriced = true;
-                report.moves.push(PriceMove {
-                    model: name.to_owned(),
-                    field: field.clone(),
-                    from: Some(from),
-                    to,
-                });
-            }
-        }
-        for (field, &to) in new_costs
-            .iter()
-            .filter(|(f, _)| !old_costs.contains_key(*f))
-        {
-            report.moves.push(PriceMove {
-                model: name.to_owned(),
-                field: field.clone(),
-                from: None,
-                to: Some(to),
-            });
-        }
-        if repriced {
+        if record_moves(name, old, new, &mut report.moves) {
             report.repriced.push(name.to_owned());
         }
     }
@@ -228,32 +200,43 @@ pub fn price_report(map: &ModelMap, last_good: Option<&ModelMap>) -> PriceReport
     report
 }
 
-/// Whether an entry is an `{"alias_of": ...}` row: a name for another model.
-fn is_alias(entry: &Value) -> bool {
-    entry.get("alias_of").is_some()
-}
-
-/// Whether some number under a key containing `cost` is > 0.
-fn is_priced(entry: &Value) -> bool {
-    costs(entry).values().any(|&price| price > 0.0)
-}
-
-/// The cost numbers of an entry, by field path.
-fn costs(entry: &Value) -> BTreeMap<String, f64> {
-    let mut costs = BTreeMap::new();
-    visit_costs(entry, &mut |path, value| {
-        if let Some(number) = value.as_f64() {
-            costs.insert(path(), number);
+/// Adds every price of `name` that moved from `old` to `new` to `moves`; whether one of
+/// `old`'s prices changed or is gone (a new cost key is a move, not a repricing).
+fn record_moves(
+    name: &str,
+    old: &ModelSummary,
+    new: &ModelSummary,
+    moves: &mut Vec<PriceMove>,
+) -> bool {
+    let mut repriced = false;
+    for (field, from) in &old.costs {
+        let to = new.cost(field);
+        if to != Some(*from) {
+            repriced = true;
+            moves.push(PriceMove {
+                model: name.to_owned(),
+                field: field.clone(),
+                from: Some(*from),
+                to,
+            });
         }
-    });
-    costs
+    }
+    for (field, to) in new.costs.iter().filter(|(f, _)| old.cost(f).is_none()) {
+        moves.push(PriceMove {
+            model: name.to_owned(),
+            field: field.clone(),
+            from: None,
+            to: Some(*to),
+        });
+    }
+    repriced
 }
 
 /// What each guard says of `map`: `Ok` or its refusal. The shrink guard and the share
 /// guards that compare with the last good map say `Ok` on a first sync.
 pub fn verdicts(
-    map: &ModelMap,
-    last_good: Option<&ModelMap>,
+    map: &MapSummary,
+    last_good: Option<&MapSummary>,
     report: &PriceReport,
     rules: &Rules,
 ) -> Vec<(Guard, Result<(), Refusal>)> {
@@ -285,8 +268,8 @@ pub fn verdicts(
 
 /// Every refusal of the guards.
 pub fn refusals(
-    map: &ModelMap,
-    last_good: Option<&ModelMap>,
+    map: &MapSummary,
+    last_good: Option<&MapSummary>,
     report: &PriceReport,
     rules: &Rules,
 ) -> Vec<Refusal> {
@@ -298,7 +281,7 @@ pub fn refusals(
 
 /// The shrink guard: refuses a map that drops more than `maxRemovedPercent` of the last good
 /// map's models.
-fn shrink_guard(map: &ModelMap, rules: &Rules, last_good: &ModelMap) -> Result<(), Refusal> {
+fn shrink_guard(map: &MapSummary, rules: &Rules, last_good: &MapSummary) -> Result<(), Refusal> {
     let before = last_good.model_count();
     let removed: Vec<&str> = last_good
         .models()
@@ -415,16 +398,17 @@ fn named<'a>(names: impl Iterator<Item = &'a str>, count: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
+    use crate::sync::validate::ModelMap;
     use crate::sync::validate::tests::sample_map;
 
-    fn parse(value: &Value) -> ModelMap {
-        ModelMap::parse(value.to_string().as_bytes()).unwrap()
+    fn parse(value: &Value) -> MapSummary {
+        MapSummary::of(&ModelMap::parse(value.to_string().as_bytes()).unwrap())
     }
 
     /// `n` models priced `input`/`output` (`model-0`...), and `free` more with no price.
-    fn priced_map(n: usize, free: usize, input: f64, output: f64) -> ModelMap {
+    fn priced_map(n: usize, free: usize, input: f64, output: f64) -> MapSummary {
         let mut map = serde_json::Map::new();
         for i in 0..n {
             map.insert(
@@ -438,7 +422,7 @@ mod tests {
         parse(&Value::Object(map))
     }
 
-    fn refused(map: &ModelMap, last_good: Option<&ModelMap>, rules: &Rules) -> Vec<Guard> {
+    fn refused(map: &MapSummary, last_good: Option<&MapSummary>, rules: &Rules) -> Vec<Guard> {
         let report = price_report(map, last_good);
         refusals(map, last_good, &report, rules)
             .into_iter()

@@ -4,6 +4,7 @@
 
 pub mod guards;
 mod parse;
+pub mod summary;
 
 use std::collections::BTreeMap;
 
@@ -36,7 +37,7 @@ pub struct ModelMap {
 }
 
 /// The limits a map must keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rules {
     /// Fewest models allowed.
     pub min_models: usize,
