@@ -33,6 +33,8 @@ struct NewMap {
     bytes: Bytes,
     /// Their digest.
     digest: String,
+    /// Their git blob id, when known (the fetched map's, without overrides).
+    git_blob_id: Option<String>,
     /// The source's revision.
     revision: Option<String>,
     /// What the map is judged against: the last good map, with today's overrides.
@@ -224,6 +226,7 @@ impl Reconciler<'_> {
         let new = NewMap {
             bytes,
             digest,
+            git_blob_id: overrides.is_empty().then(|| source.git_blob_id.clone()),
             revision,
             against,
             replaced,
@@ -301,15 +304,19 @@ impl Reconciler<'_> {
 
     /// How old an answer of the source (fetched for another object) this sync takes: one
     /// from within the interval, so the source is asked once per interval; for a sync
-    /// someone asked for, none (but the answer of a fetch in flight).
+    /// someone asked for or a new spec, none (but the answer of a fetch in flight); for news
+    /// of the source, the answer that brought it.
     fn answer_max_age(&self) -> Duration {
+        let status = self.status.as_ref();
         let requested = self.sync.sync_request().is_some()
             && self.sync.sync_request()
-                != self
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.last_handled_sync_request.as_deref());
-        match (&self.interval, requested) {
+                != status.and_then(|s| s.last_handled_sync_request.as_deref());
+        let spec_changed = status.is_some_and(|s| {
+            s.last_attempt_time.is_some() && s.observed_generation != self.sync.metadata.generation
+        });
+        match (&self.interval, requested || spec_changed) {
+            // The answer that brought the news, however long the others took to get to it.
+            _ if self.context.sources.has_news(&self.uid) => Duration::MAX,
             (Ok(interval), false) => *interval,
             _ => Duration::ZERO,
         }
@@ -375,6 +382,7 @@ impl Reconciler<'_> {
         let NewMap {
             bytes,
             digest,
+            git_blob_id: known_git_blob_id,
             revision,
             against,
             replaced,
@@ -397,7 +405,7 @@ impl Reconciler<'_> {
         let map = prepared.map.stored();
         let artifact = Artifact {
             digest: prepared.map.digest().to_owned(),
-            git_blob_id: git_blob_id(&map.bytes),
+            git_blob_id: known_git_blob_id.unwrap_or_else(|| git_blob_id(&map.bytes)),
             revision,
             size: i64::try_from(map.bytes.len()).unwrap_or(i64::MAX),
             models: count(prepared.accepted.models),

@@ -43,7 +43,7 @@ use crate::metrics::{MapLabels, Metrics};
 use crate::scope;
 use crate::sync::fetch::Fetcher;
 use crate::sync::fetch::shared::SharedFetcher;
-use crate::sync::render::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::sync::render::{HISTORY_OF_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::sync::store::MapStore;
 use memory::Memories;
 use reconcile::Reconciler;
@@ -60,7 +60,7 @@ const PREPARED_MAPS: usize = 2;
 /// GB for no gain in time, as the API server serves them one or two at a time anyway.
 const CONCURRENT_RECONCILES: u16 = 16;
 /// How many managed ConfigMaps one list answer holds.
-pub const MANAGED_PAGE_SIZE: u32 = 16;
+const MANAGED_PAGE_SIZE: u32 = 16;
 
 /// Errors that end a reconcile early; the error policy retries them with backoff. Sync
 /// failures (a bad source, a refused map, an invalid spec) are not errors here: they are
@@ -168,11 +168,14 @@ fn controller(
     scope: Option<&str>,
     context: &Context,
 ) -> Controller<ModelCostMapSync> {
-    // A managed ConfigMap is a quarter of a MB on the wire: listed a few at a time, not a
-    // thousand in one answer.
-    let managed = watcher::Config::default()
-        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
-        .page_size(MANAGED_PAGE_SIZE);
+    // A change to a target ConfigMap (deleted, edited) reconciles its owner; only metadata
+    // is watched, as a target is a quarter of a MB. History ConfigMaps are left out: their
+    // owner has nothing to do when one changes.
+    let targets = watcher::watcher(
+        scope::api::<PartialObjectMeta<ConfigMap>>(client, scope),
+        managed_targets(),
+    )
+    .touched_objects();
     let controller = Controller::new(
         scope::api::<ModelCostMapSync>(client, scope),
         watcher::Config::default(),
@@ -191,7 +194,7 @@ fn controller(
     .touched_objects();
     controller
         .trigger_backoff(crate::watch::Backoff::default())
-        .owns(scope::api::<ConfigMap>(client, scope), managed)
+        .owns_stream(targets)
         .watches(
             scope::api::<EndpointSlice>(client, scope),
             watcher::Config::default(),
@@ -201,6 +204,16 @@ fn controller(
             syncs_by_override.of(&config_map)
         })
         .reconcile_on(news)
+}
+
+/// The managed ConfigMaps that hold published maps (not the history ring's), a few per
+/// list answer: each is a quarter of a MB on the wire.
+pub fn managed_targets() -> watcher::Config {
+    watcher::Config::default()
+        .labels(&format!(
+            "{MANAGED_BY_LABEL}={MANAGED_BY},!{HISTORY_OF_LABEL}"
+        ))
+        .page_size(MANAGED_PAGE_SIZE)
 }
 
 /// The objects of `store` that a shared source has news for, as the news comes.

@@ -383,15 +383,17 @@ impl<'a> Reconciler<'a> {
         self.context
             .memory
             .update(&self.uid, |m| m.consecutive_failures = next.failures);
-        for notice in std::mem::take(&mut next.events) {
-            self.publish(notice).await;
-        }
+        let events = std::mem::take(&mut next.events);
         if let Some(artifact) = next.status.artifact.as_ref().filter(|_| next.failures == 0) {
             let models = i64::from(artifact.models);
             metrics.record_map(&self.map_labels(), models, self.now.as_second());
         }
         let recheck = self.reach_consumers(&mut next.status, mode).await;
         self.write_status(next.status).await?;
+        // After the status: it is what readers wait for; the Events tell the story after.
+        for notice in events {
+            self.publish(notice).await;
+        }
         Ok(match next.wait {
             Some(wait) => Action::requeue(recheck.map_or(wait, |r| r.min(wait))),
             None => Action::await_change(),

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::api::ModelCostMapSync;
 use crate::http::maps::ServedMap;
 use crate::scope;
-use crate::sync::render::{GunzipError, HISTORY_OF_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::sync::render::{GunzipError, HISTORY_OF_LABEL};
 use crate::watch;
 use sha2::{Digest, Sha256};
 
@@ -141,9 +141,7 @@ impl MapCache {
     /// Keeps the cache current from the managed ConfigMaps and the ModelCostMapSyncs in
     /// `namespaces` (all when empty). Runs until dropped: watches that fail start again.
     pub async fn run(self, client: Client, namespaces: Vec<String>, max_bytes: u64) {
-        let managed = watcher::Config::default()
-            .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
-            .page_size(crate::controller::MANAGED_PAGE_SIZE);
+        let managed = crate::controller::managed_targets();
         let scopes = scope::scopes(&namespaces);
         {
             let mut inner = self.write();

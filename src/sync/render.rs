@@ -121,15 +121,7 @@ const GZIP_LEVEL: u32 = 6;
 impl StoredMap {
     /// Compresses the fetched bytes for storage.
     pub fn from_bytes(bytes: Vec<u8>) -> StoredMap {
-        let mut encoder = GzEncoder::new(
-            Vec::with_capacity(bytes.len() / 16),
-            Compression::new(GZIP_LEVEL),
-        );
-        // Writing into a Vec cannot fail.
-        let gz = encoder
-            .write_all(&bytes)
-            .and_then(|()| encoder.finish())
-            .unwrap_or_default();
+        let gz = gzip(&bytes);
         StoredMap { bytes, gz }
     }
 
@@ -137,6 +129,19 @@ impl StoredMap {
     pub fn digest(&self) -> String {
         sha256_digest(&self.bytes)
     }
+}
+
+/// The gzip of `bytes`, as stored.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 16),
+        Compression::new(GZIP_LEVEL),
+    );
+    // Writing into a Vec cannot fail.
+    encoder
+        .write_all(bytes)
+        .and_then(|()| encoder.finish())
+        .unwrap_or_default()
 }
 
 /// The gz key for a plain key.

@@ -108,6 +108,8 @@ struct SourceState {
     revision: Option<String>,
     /// When it last answered (200 or 304); None once it failed since.
     answered_at: Option<Instant>,
+    /// The follower that fetched that answer.
+    answered_for: String,
     /// Its last failure, when that came after its last answer: when, for whom, what.
     failure: Option<Failure>,
 }
@@ -147,8 +149,12 @@ impl SourceState {
         {
             return Some(Err(failure.error.clone()));
         }
+        // A follower due again does not take its own answer from an interval ago: that one
+        // asks the source, and the others take its answer.
         let answered = self.answered_at?;
-        (answered >= asked_at || now.duration_since(answered) < reuse_window(max_age))
+        let recent =
+            self.answered_for != follower && now.duration_since(answered) < reuse_window(max_age);
+        (answered >= asked_at || recent)
             .then(|| self.answer(revision).map(Ok))
             .flatten()
     }
@@ -241,6 +247,7 @@ impl SharedFetcher {
             }
         }
         state.answered_at = Some(Instant::now());
+        request.follower.clone_into(&mut state.answered_for);
         state.failure = None;
         // The source just answered: for this follower's revision (a 304), or with a body.
         Ok(state.answer(revision).unwrap_or(SharedOutcome::NotModified))
@@ -351,6 +358,7 @@ mod tests {
             body: Some(body("{}", "\"v2\"")),
             revision: Some("\"v2\"".into()),
             answered_at: Some(now - Duration::from_secs(600)),
+            answered_for: "other".into(),
             failure: None,
         };
         // A follower holding v2 is told it is current; one holding v1 or nothing gets v2.
@@ -406,6 +414,7 @@ mod tests {
             body: None,
             revision: Some("\"v1\"".into()),
             answered_at: Some(now),
+            answered_for: "other".into(),
             failure: None,
         };
         let hour = Duration::from_secs(3600);
