@@ -2,7 +2,7 @@
 //! pending before the ConfigMap write so that a restart in between loses nothing.
 
 use bytes::Bytes;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::runtime::events::EventType;
@@ -16,7 +16,9 @@ use crate::api::{OverridesStatus, SourceMap};
 use crate::digest::{git_blob_id, sha256_digest};
 use crate::sync::fetch::{FetchOutcome, FetchRequest};
 use crate::sync::overrides::{Overrides, Published, apply};
-use crate::sync::render::{StoredMap, read_stored_map, render_config_map};
+use crate::sync::render::{
+    HeldConfigMaps, StoredMap, read_stored, render_config_maps, write_order,
+};
 use crate::sync::validate::guards::shrink_guard_by_count;
 use crate::sync::{SecretError, SyncError, prepare};
 
@@ -58,7 +60,7 @@ impl Reconciler<'_> {
         overrides: Result<Overrides, SyncError>,
         last_good: Option<&StoredMap>,
         holds_last_good: bool,
-        config_map: Option<&ConfigMap>,
+        config_map: &HeldConfigMaps,
     ) -> Outcome {
         match self
             .try_sync(overrides, last_good, holds_last_good, config_map)
@@ -74,7 +76,7 @@ impl Reconciler<'_> {
         overrides: Result<Overrides, SyncError>,
         last_good: Option<&StoredMap>,
         holds_last_good: bool,
-        config_map: Option<&ConfigMap>,
+        config_map: &HeldConfigMaps,
     ) -> Result<Outcome, SyncError> {
         // Overrides first: a broken one fails the sync before anything is fetched.
         let overrides = overrides?;
@@ -230,7 +232,7 @@ impl Reconciler<'_> {
 
     /// With no last good map to compare a new one with: what the ConfigMap held instead,
     /// for the Event (a sync is "first" only when the cluster holds no map at all).
-    fn unverified_predecessor(&self, config_map: Option<&ConfigMap>) -> Option<String> {
+    fn unverified_predecessor(&self, config_map: &HeldConfigMaps) -> Option<String> {
         if let Some(artifact) = self.artifact() {
             return Some(format!(
                 "the ConfigMap no longer held the last good map {} (deleted or edited while \
@@ -239,7 +241,7 @@ impl Reconciler<'_> {
             ));
         }
         let max_bytes = self.context.fetcher.policy().max_body_bytes;
-        let held = read_stored_map(config_map?, &self.target.key, max_bytes)
+        let held = read_stored(config_map, &self.target.key, max_bytes)
             .ok()
             .flatten()?;
         Some(format!(
@@ -343,19 +345,18 @@ impl Reconciler<'_> {
             })
     }
 
-    /// Renders and applies the ConfigMap for `map`.
+    /// Renders and applies the ConfigMaps for `map` (the first last: see [`write_order`]).
     pub(super) async fn write_map(
         &self,
         map: &StoredMap,
         artifact: &Artifact,
     ) -> Result<(), SyncError> {
-        let desired = render_config_map(&self.target, map, &self.identity(artifact))?;
-        self.apply_config_map(&desired)
+        let desired = render_config_maps(&self.target, map, &self.identity(artifact))?;
+        self.apply_config_maps(write_order(&desired))
             .await
-            .map(|_| ())
-            .map_err(|err| SyncError::Write {
-                what: format!("ConfigMap {}", self.target.name),
-                message: api_error_message(&err),
+            .map_err(|failed| SyncError::Write {
+                what: format!("ConfigMap {}", failed.name),
+                message: api_error_message(&failed.error),
             })
     }
 

@@ -388,28 +388,13 @@ fn vouched(sync: &ModelCostMapSync) -> Option<Vouched> {
 mod tests {
     use super::*;
     use crate::api::{Artifact, ModelCostMapSyncStatus};
-    use crate::sync::render::{MapIdentity, StoredMap, TargetRef, render_config_map};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
     const MAX: u64 = 1 << 20;
 
     fn managed(name: &str, owner: &str, bytes: &[u8]) -> ConfigMap {
-        let map = StoredMap::from_bytes(bytes.to_vec());
-        let target = TargetRef {
-            name: name.into(),
-            namespace: "llm".into(),
-            key: "map.json".into(),
-            owner: crate::sync::render::owner(owner, &format!("uid-{owner}")),
-        };
-        let identity = MapIdentity {
-            digest: map.digest(),
-            git_blob_id: String::new(),
-            models: 1,
-            source_url: String::new(),
-            updated_at: String::new(),
-        };
-        render_config_map(&target, &map, &identity).unwrap()
+        crate::sync::render::rendered_for(name, owner, bytes).remove(0)
     }
 
     fn artifact(bytes: &[u8]) -> Artifact {
