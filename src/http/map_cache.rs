@@ -28,6 +28,8 @@ use crate::scope;
 use crate::sync::render::{HISTORY_OF_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::watch;
 
+mod chunked;
+
 /// Which map: `/maps/{namespace}/{name}/{key}`, where name is the ModelCostMapSync's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MapKey {
@@ -58,6 +60,8 @@ struct Inner {
     syncs: Mirror<Vouched>,
     /// The maps served now.
     served: HashMap<MapKey, Arc<ServedMap>>,
+    /// The maps put together from chunks.
+    chunked: chunked::Assemblies,
 }
 
 /// The maps of one ConfigMap, and the ModelCostMapSync that owns it.
@@ -67,6 +71,10 @@ struct StoredMaps {
     owner_uid: String,
     /// By key (file name without `.gz`).
     maps: Vec<(String, Arc<ServedMap>)>,
+    /// The chunks it holds of a map stored in chunks.
+    chunks: Vec<chunked::ChunkPart>,
+    /// On a first ConfigMap: the maps its chunk set puts together, by key.
+    assembled: Vec<(String, Arc<ServedMap>)>,
 }
 
 /// The digests a ModelCostMapSync's status names.
@@ -160,9 +168,14 @@ impl MapCache {
         max_bytes: u64,
     ) {
         self.update(|inner| match event {
-            Ok(event) => inner
-                .config_maps
-                .apply(scope, event, |cm| stored_maps(cm, max_bytes)),
+            Ok(event) => {
+                inner
+                    .config_maps
+                    .apply(scope, event, |cm| stored_maps(cm, max_bytes));
+                inner
+                    .chunked
+                    .refresh(&mut inner.config_maps.items, max_bytes);
+            }
             Err(error) => {
                 warn!(%error, scope, "the map cache's ConfigMap watch failed; not ready until it lists again");
                 inner.config_maps.fail(scope);
@@ -214,7 +227,7 @@ impl Inner {
             if vouched.uid != stored.owner_uid {
                 continue;
             }
-            for (key, map) in &stored.maps {
+            for (key, map) in stored.maps.iter().chain(&stored.assembled) {
                 if vouched.vouches(map.digest()) {
                     let key = MapKey {
                         namespace: namespace.clone(),
@@ -367,6 +380,8 @@ fn stored_maps(cm: &ConfigMap, max_bytes: u64) -> Option<StoredMaps> {
         owner: owner.name.clone(),
         owner_uid: owner.uid.clone(),
         maps,
+        chunks: chunked::chunk_parts(cm),
+        assembled: Vec::new(),
     })
 }
 
@@ -385,13 +400,13 @@ fn vouched(sync: &ModelCostMapSync) -> Option<Vouched> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::api::{Artifact, ModelCostMapSyncStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
-    const MAX: u64 = 1 << 20;
+    const MAX: u64 = 64 << 20;
 
     fn managed(name: &str, owner: &str, bytes: &[u8]) -> ConfigMap {
         crate::sync::render::rendered_for(name, owner, bytes).remove(0)
@@ -409,7 +424,11 @@ mod tests {
     }
 
     /// The ModelCostMapSync `name` whose status names `artifact` (and `pending`).
-    fn sync(name: &str, artifact_of: &[u8], pending_of: Option<&[u8]>) -> ModelCostMapSync {
+    pub(super) fn sync(
+        name: &str,
+        artifact_of: &[u8],
+        pending_of: Option<&[u8]>,
+    ) -> ModelCostMapSync {
         let mut sync = ModelCostMapSync::new(name, serde_json::from_str("{}").unwrap());
         sync.metadata.namespace = Some("llm".into());
         sync.metadata.uid = Some(format!("uid-{name}"));
@@ -421,7 +440,7 @@ mod tests {
         sync
     }
 
-    fn key(name: &str) -> MapKey {
+    pub(super) fn key(name: &str) -> MapKey {
         MapKey {
             namespace: "llm".into(),
             name: name.into(),
@@ -430,7 +449,7 @@ mod tests {
     }
 
     /// A cache whose watches of the cluster have listed `syncs` and `config_maps`.
-    fn listed(syncs: Vec<ModelCostMapSync>, config_maps: Vec<ConfigMap>) -> MapCache {
+    pub(super) fn listed(syncs: Vec<ModelCostMapSync>, config_maps: Vec<ConfigMap>) -> MapCache {
         let cache = MapCache::default();
         cache.write().config_maps.expect(&[None]);
         cache.write().syncs.expect(&[None]);
