@@ -90,7 +90,7 @@ pub enum MapError {
 /// How a map file is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Encoding {
-    /// `<key>.gz`: gzip of the map (always written by the operator).
+    /// `<key>.gz`: gzip of the map (written by the operator while it fits one ConfigMap).
     Gzip,
     /// `<key>`: the map verbatim (written beside the gzip when it fits).
     Plain,
