@@ -11,8 +11,10 @@
 mod common;
 #[path = "support/figures.rs"]
 mod figures;
+#[path = "support/timing.rs"]
+mod timing;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::big_map::{big_map, gzip_ratio};
 use common::process::OperatorProcess;
@@ -22,7 +24,7 @@ use costmap_operator::digest::sha256_digest;
 use costmap_operator::sync::render::{CHUNK_BYTES, StoredMap};
 use costmap_operator::sync::validate::ModelMap;
 use figures::{max, median, min, rss_kib};
-use kube::runtime::wait::await_condition;
+use timing::timed_sync;
 
 const RUNS: usize = 5;
 
@@ -94,26 +96,6 @@ async fn main() {
     println!(
         "  operator RSS: {rss_at_start} KiB at start, {rss_after_first_sync} KiB after the first sync, {idle} KiB at the end, peak {peak} KiB"
     );
-}
-
-/// Requests a sync and returns the milliseconds until the status records it.
-async fn timed_sync(client: &kube::Client, ns: &str, token: &str) -> f64 {
-    let api = syncs(client, ns);
-    let started = Instant::now();
-    request_sync(client, ns, "litellm", token).await;
-    let handled = await_condition(
-        api,
-        "litellm",
-        |sync: Option<&costmap_operator::api::ModelCostMapSync>| {
-            sync.and_then(|s| s.status.as_ref())
-                .is_some_and(|s| s.last_handled_sync_request.as_deref() == Some(token))
-        },
-    );
-    tokio::time::timeout(Duration::from_secs(120), handled)
-        .await
-        .expect("sync handled in time")
-        .expect("watch");
-    started.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Milliseconds from `started` until the operator's endpoint serves `map` (by its ETag).
