@@ -169,12 +169,16 @@ impl MapCache {
     ) {
         self.update(|inner| match event {
             Ok(event) => {
+                // One object changed: only its namespace's chunk sets can have.
+                let namespace = match &event {
+                    Event::Apply(cm) | Event::Delete(cm) => cm.namespace(),
+                    _ => None,
+                };
                 inner
                     .config_maps
                     .apply(scope, event, |cm| stored_maps(cm, max_bytes));
-                inner
-                    .chunked
-                    .refresh(&mut inner.config_maps.items, max_bytes);
+                let items = &mut inner.config_maps.items;
+                inner.chunked.refresh(items, namespace.as_deref(), max_bytes);
             }
             Err(error) => {
                 warn!(%error, scope, "the map cache's ConfigMap watch failed; not ready until it lists again");

@@ -81,15 +81,23 @@ struct Assembly {
 }
 
 impl Assemblies {
-    /// Puts together the map of every first ConfigMap in `items` whose chunks are all there,
-    /// decompressing at most `max_bytes`, and records it in the first's
-    /// [`StoredMaps::assembled`].
-    pub(super) fn refresh(&mut self, items: &mut HashMap<ObjectId, StoredMaps>, max_bytes: u64) {
-        for stored in items.values_mut() {
-            stored.assembled.clear();
+    /// Puts together the map of every first ConfigMap in `items` (in `namespace`, or in
+    /// all) whose chunks are all there, decompressing at most `max_bytes`, and records it in
+    /// the first's [`StoredMaps::assembled`].
+    pub(super) fn refresh(
+        &mut self,
+        items: &mut HashMap<ObjectId, StoredMaps>,
+        namespace: Option<&str>,
+        max_bytes: u64,
+    ) {
+        let in_scope = |ns: &str| namespace.is_none_or(|namespace| namespace == ns);
+        for ((ns, _), stored) in items.iter_mut() {
+            if in_scope(ns) {
+                stored.assembled.clear();
+            }
         }
         let mut found = Vec::new();
-        for ((namespace, name), stored) in items.iter() {
+        for ((namespace, name), stored) in items.iter().filter(|((ns, _), _)| in_scope(ns)) {
             for first in stored.chunks.iter().filter(|part| part.index == 0) {
                 let Some(count) = first.count else { continue };
                 let Some(digest) = first.digest.clone() else {
@@ -125,7 +133,8 @@ impl Assemblies {
             }
             seen.insert(id);
         }
-        self.by_first.retain(|id, _| seen.contains(id));
+        self.by_first
+            .retain(|id, _| !in_scope(&id.0.0) || seen.contains(id));
     }
 
     /// The map put together from `from`, remembered.
@@ -272,5 +281,15 @@ mod tests {
         cms[0] = rendered_for("litellm", "litellm", &small).remove(0);
         let cache = listed(vec![sync("litellm", &small, None)], cms);
         assert_eq!(served(&cache), Some(sha256_digest(&small)));
+    }
+
+    #[test]
+    fn an_event_in_another_namespace_leaves_the_map_served() {
+        let a = big_map(2, 7);
+        let cache = listed(vec![sync("litellm", &a, None)], rendered(&a));
+        let mut elsewhere = rendered_for("litellm", "litellm", b"{}").remove(0);
+        elsewhere.metadata.namespace = Some("team-b".into());
+        cache.on_config_map_event("", Ok(Event::Apply(elsewhere)), MAX);
+        assert_eq!(served(&cache), Some(sha256_digest(&a)));
     }
 }
