@@ -11,14 +11,16 @@
 mod common;
 #[path = "support/figures.rs"]
 mod figures;
+#[path = "support/timing.rs"]
+mod timing;
 
 use costmap_operator::api::Reason;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::process::OperatorProcess;
 use common::*;
 use figures::{max, median, min, rss_kib};
-use kube::runtime::wait::await_condition;
+use timing::timed_sync;
 
 const RUNS: usize = 9;
 
@@ -78,26 +80,6 @@ async fn main() {
     println!(
         "  operator RSS: {rss_after_first_sync} KiB after the first sync, {idle} KiB at the end, peak {peak} KiB"
     );
-}
-
-/// Requests a sync and returns the milliseconds until the status records it.
-async fn timed_sync(client: &kube::Client, ns: &str, token: &str) -> f64 {
-    let api = syncs(client, ns);
-    let started = Instant::now();
-    request_sync(client, ns, "litellm", token).await;
-    let handled = await_condition(
-        api,
-        "litellm",
-        |sync: Option<&costmap_operator::api::ModelCostMapSync>| {
-            sync.and_then(|s| s.status.as_ref())
-                .is_some_and(|s| s.last_handled_sync_request.as_deref() == Some(token))
-        },
-    );
-    tokio::time::timeout(Duration::from_secs(60), handled)
-        .await
-        .expect("sync handled in time")
-        .expect("watch");
-    started.elapsed().as_secs_f64() * 1000.0
 }
 
 /// The published map's size, and its gzip's in the ConfigMap.

@@ -187,7 +187,8 @@ struct AgentArgs {
     /// loopback by default: the kubelet probes the pod IP.
     #[arg(long, default_value = "0.0.0.0:8090")]
     listen: SocketAddr,
-    /// The map's key in the ConfigMap; `<key>.gz` is read (else `<key>`) and served at /<key>.
+    /// The map's key in the ConfigMap; `<key>.gz` is read (else the chunks `<key>.gz.chunks`
+    /// names, else `<key>`) and served at /<key>.
     #[arg(long, default_value = costmap_operator::api::DEFAULT_KEY, value_parser = agent::parse_key)]
     key: String,
     /// The proxy's reload endpoint, POSTed after each new map with the admin key from

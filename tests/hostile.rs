@@ -16,6 +16,7 @@ use common::hostile::{Behavior, HostileSource};
 use common::process::OperatorProcess;
 use common::proxy::StandIn;
 use common::*;
+use costmap_operator::sync::fetch::FetchPolicy;
 use costmap_operator::sync::validate::ModelMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -57,27 +58,13 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-/// Printable bytes that gzip cannot shrink much (64 symbols: 6 bits of 8).
-fn incompressible(len: usize, seed: u64) -> String {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            alphabet[(state >> 58) as usize] as char
-        })
-        .collect()
-}
-
 /// Every case of the fault probe, served by `source` (or, for addresses refused before any
 /// request, at a URL of its own).
 fn rows(source: &HostileSource) -> Vec<Row> {
     let body =
         |name: &str, bytes: Vec<u8>| source.set_path(&format!("/{name}"), Behavior::ok(bytes));
     let with = |name: &str, behavior: Behavior| source.set_path(&format!("/{name}"), behavior);
-    let cap = 32 * 1024 * 1024;
+    let cap = usize::try_from(FetchPolicy::default().max_body_bytes).unwrap();
     let row = |name, url, reason, says| Row {
         name,
         url,
@@ -263,19 +250,6 @@ fn rows(source: &HostileSource) -> Vec<Row> {
             ),
             Reason::FetchFailed.as_str(),
             "reading the response body",
-        ),
-        row(
-            "incompressible",
-            body(
-                "incompressible",
-                base_with(|m| {
-                    for i in 0..60 {
-                        m[&format!("model-{i}")]["notes"] = json!(incompressible(30_000, i));
-                    }
-                }),
-            ),
-            Reason::TooLarge.as_str(),
-            "more than the 1048576 bytes a ConfigMap holds",
         ),
         row(
             "slow-loris",

@@ -13,14 +13,17 @@ use crate::bounded::{BoundedError, read_at_most};
 use crate::digest::sha256_digest;
 use crate::http::maps::ServedMap;
 use crate::sync::SyncError;
-use crate::sync::render::{GunzipError, StoredMap, gunzip_bounded, gz_key};
+use crate::sync::render::{
+    ChunkError, ChunkManifest, GunzipError, MAX_CHUNKS, StoredMap, chunk_key, gunzip_bounded,
+    gz_key, manifest_key,
+};
 use crate::sync::validate::Rules;
 
 /// Why a look at the directory did not give a map to serve.
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
-    /// Neither `<key>.gz` nor `<key>` is there (yet).
-    #[error("neither {gz} nor {key} is in {dir}", gz = gz_key(key))]
+    /// Neither `<key>.gz`, chunks, nor `<key>` is there (yet).
+    #[error("neither {gz}, {manifest} nor {key} is in {dir}", gz = gz_key(key), manifest = manifest_key(key))]
     Missing {
         /// The directory.
         dir: PathBuf,
@@ -51,6 +54,15 @@ pub enum MapError {
         /// Why.
         error: GunzipError,
     },
+    /// A map in chunks whose chunks do not make the map its manifest names: a missing
+    /// chunk, or chunks of two maps (the ConfigMaps of a volume are updated one by one).
+    #[error("{path}: {error}")]
+    Chunks {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        error: ChunkError,
+    },
     /// The map is not one LiteLLM (or our rules) would accept.
     #[error("{path}: {error}")]
     Invalid {
@@ -76,12 +88,18 @@ pub enum MapError {
 }
 
 /// How a map file is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Encoding {
-    /// `<key>.gz`: gzip of the map (always written by the operator).
+    /// `<key>.gz`: gzip of the map (written by the operator while it fits one ConfigMap).
     Gzip,
     /// `<key>`: the map verbatim (written beside the gzip when it fits).
     Plain,
+    /// `<key>.gz.000`, `<key>.gz.001`, ...: a gzip in chunks, put together, with the
+    /// manifest `<key>.gz.chunks` naming their count and the map's digest.
+    Chunks {
+        /// The digest the manifest names: what the chunks must make.
+        digest: String,
+    },
 }
 
 /// One map file as read from the directory.
@@ -140,7 +158,9 @@ impl Unpacked {
             .map_err(invalid)?
             .models;
         let map = match file.encoding {
-            Encoding::Gzip => ServedMap::from_checked_gzip(file.bytes, digest, plain.len() as u64),
+            Encoding::Gzip | Encoding::Chunks { .. } => {
+                ServedMap::from_checked_gzip(file.bytes, digest, plain.len() as u64)
+            }
             // The verbatim key is only written for small maps: keeping both copies is cheap.
             Encoding::Plain => ServedMap::from_stored(StoredMap::from_bytes(plain)),
         };
@@ -152,27 +172,80 @@ impl Unpacked {
     }
 }
 
-/// Reads the map file of `key` in `dir`: `<key>.gz` when there, else `<key>`. Each is opened
-/// once through the kubelet's `<key> -> ..data/<key>` symlink, so the bytes all come from
-/// one `..<timestamp>` directory even while the kubelet swaps `..data`.
+/// Reads the map file of `key` in `dir`: `<key>.gz` when there, else the chunks its
+/// manifest names, else `<key>`. Each is opened once through the kubelet's
+/// `<key> -> ..data/<key>` symlink, so the bytes all come from one `..<timestamp>`
+/// directory even while the kubelet swaps `..data`.
 pub fn read_file(dir: &Path, key: &str, max_bytes: u64) -> Result<MapFile, MapError> {
-    for (name, encoding) in [
-        (gz_key(key), Encoding::Gzip),
-        (key.to_owned(), Encoding::Plain),
-    ] {
-        let path = dir.join(name);
-        if let Some(bytes) = read_bounded(&path, max_bytes)? {
-            return Ok(MapFile {
-                path,
-                encoding,
-                bytes: Bytes::from(bytes),
-            });
-        }
+    let gz = dir.join(gz_key(key));
+    if let Some(bytes) = read_bounded(&gz, max_bytes)? {
+        return Ok(MapFile {
+            path: gz,
+            encoding: Encoding::Gzip,
+            bytes: Bytes::from(bytes),
+        });
+    }
+    if let Some(file) = read_chunks(dir, key, max_bytes)? {
+        return Ok(file);
+    }
+    let plain = dir.join(key);
+    if let Some(bytes) = read_bounded(&plain, max_bytes)? {
+        return Ok(MapFile {
+            path: plain,
+            encoding: Encoding::Plain,
+            bytes: Bytes::from(bytes),
+        });
     }
     Err(MapError::Missing {
         dir: dir.to_owned(),
         key: key.to_owned(),
     })
+}
+
+/// The chunks of `key`, put together, when `dir` holds its manifest (a projected volume of
+/// the chunk ConfigMaps puts every `<key>.gz.NNN` in one directory). The files are read
+/// from the `..<timestamp>` directory `..data` points to when there is one, so that all
+/// come from one version of the volume; the digest check catches the rest (a kubelet that
+/// updated one ConfigMap of the set and not yet another).
+fn read_chunks(dir: &Path, key: &str, max_bytes: u64) -> Result<Option<MapFile>, MapError> {
+    let base = std::fs::canonicalize(dir.join("..data")).unwrap_or_else(|_| dir.to_owned());
+    let manifest_path = dir.join(manifest_key(key));
+    let Some(manifest) = read_bounded(&base.join(manifest_key(key)), 4096)? else {
+        return Ok(None);
+    };
+    let chunk_error = |error| MapError::Chunks {
+        path: manifest_path.clone(),
+        error,
+    };
+    let manifest: ChunkManifest = serde_json::from_slice(&manifest).map_err(|err| {
+        chunk_error(ChunkError::BadCount {
+            count: format!("unreadable ({err})"),
+        })
+    })?;
+    if !(2..=MAX_CHUNKS).contains(&manifest.chunks) {
+        return Err(chunk_error(ChunkError::BadCount {
+            count: manifest.chunks.to_string(),
+        }));
+    }
+    let mut gz = Vec::new();
+    for index in 0..manifest.chunks {
+        let name = chunk_key(key, index);
+        let part = read_bounded(&base.join(&name), max_bytes)?.ok_or_else(|| {
+            chunk_error(ChunkError::Missing {
+                index,
+                count: manifest.chunks,
+                name,
+            })
+        })?;
+        gz.extend_from_slice(&part);
+    }
+    Ok(Some(MapFile {
+        path: manifest_path,
+        encoding: Encoding::Chunks {
+            digest: manifest.digest,
+        },
+        bytes: Bytes::from(gz),
+    }))
 }
 
 /// The bytes of `path`, `None` when it (or the symlink's target) does not exist.
@@ -203,21 +276,41 @@ fn read_bounded(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, MapError
 /// Decompresses a map file (at most `max_bytes`) and computes the map's digest, so that the
 /// caller can tell a new map from a re-compressed copy before paying for validation.
 pub fn unpack(file: MapFile, max_bytes: u64) -> Result<Unpacked, MapError> {
-    let plain = match file.encoding {
-        Encoding::Gzip => gunzip_bounded(&file.bytes, max_bytes).map_err(|err| match err {
-            GunzipError::TooLarge { max_bytes } => MapError::TooLarge {
-                path: file.path.clone(),
-                max_bytes,
+    let mixed = |actual: String| MapError::Chunks {
+        path: file.path.clone(),
+        error: ChunkError::Mixed {
+            expected: match &file.encoding {
+                Encoding::Chunks { digest } => digest.clone(),
+                _ => String::new(),
             },
-            error @ GunzipError::Corrupt(_) => MapError::Gzip {
-                path: file.path.clone(),
-                error,
-            },
-        })?,
+            actual,
+        },
+    };
+    let plain = match &file.encoding {
+        Encoding::Gzip | Encoding::Chunks { .. } => gunzip_bounded(&file.bytes, max_bytes)
+            .map_err(|err| match err {
+                GunzipError::TooLarge { max_bytes } => MapError::TooLarge {
+                    path: file.path.clone(),
+                    max_bytes,
+                },
+                GunzipError::Corrupt(err) if matches!(file.encoding, Encoding::Chunks { .. }) => {
+                    mixed(format!("none (not a valid gzip: {err})"))
+                }
+                error @ GunzipError::Corrupt(_) => MapError::Gzip {
+                    path: file.path.clone(),
+                    error,
+                },
+            })?,
         Encoding::Plain => file.bytes.to_vec(),
     };
+    let digest = sha256_digest(&plain);
+    if let Encoding::Chunks { digest: expected } = &file.encoding
+        && expected != &digest
+    {
+        return Err(mixed(digest));
+    }
     Ok(Unpacked {
-        digest: sha256_digest(&plain),
+        digest,
         file,
         plain,
     })
@@ -460,7 +553,7 @@ mod tests {
         assert!(
             read()
                 .to_string()
-                .contains("neither map.json.gz nor map.json")
+                .contains("neither map.json.gz, map.json.gz.chunks nor map.json")
         );
 
         let gz_path = dir.path().join("map.json.gz");
@@ -607,5 +700,108 @@ mod tests {
         checker.set_named(vec![sha256_digest(&good), sha256_digest(&tampered)]);
         let (map, _) = serving(checker.check());
         assert_eq!(map.digest(), sha256_digest(&tampered));
+    }
+
+    /// Writes `map` as the operator's chunk ConfigMaps land in a projected volume: the
+    /// manifest and the gzip in `count` byte ranges.
+    fn write_chunks(dir: &Path, map: &[u8], count: usize) -> Vec<Vec<u8>> {
+        let gz = gzip(map, Compression::best());
+        let size = gz.len().div_ceil(count);
+        let parts: Vec<Vec<u8>> = gz.chunks(size).map(<[u8]>::to_vec).collect();
+        assert_eq!(parts.len(), count);
+        for (index, part) in parts.iter().enumerate() {
+            std::fs::write(dir.join(format!("map.json.gz.{index:03}")), part).unwrap();
+        }
+        let manifest = json!({"chunks": count, "digest": sha256_digest(map)});
+        std::fs::write(dir.join("map.json.gz.chunks"), manifest.to_string()).unwrap();
+        parts
+    }
+
+    #[test]
+    fn chunks_are_put_together_byte_exact_and_a_mixed_set_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = map_bytes(60, 1e-6);
+        let old_parts = write_chunks(dir.path(), &first, 3);
+        let mut checker = checker(dir.path());
+        let (map, _) = serving(checker.check());
+        assert_eq!(map.digest(), sha256_digest(&first));
+        assert_eq!(map.plain().unwrap(), first);
+        assert_eq!(
+            map.gz().as_ref(),
+            gzip(&first, Compression::best()).as_slice()
+        );
+
+        // The kubelet has updated the first ConfigMap (manifest and chunk 0) and the last,
+        // not yet the middle one: refused, the first map stays served.
+        let second = map_bytes(61, 1e-6);
+        write_chunks(dir.path(), &second, 3);
+        std::fs::write(dir.path().join("map.json.gz.001"), &old_parts[1]).unwrap();
+        let Outcome::Refused(err) = checker.check() else {
+            panic!("a mixed set must be refused");
+        };
+        assert!(
+            matches!(
+                err,
+                MapError::Chunks {
+                    error: ChunkError::Mixed { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("mix two maps"), "{err}");
+        assert_eq!(checker.served().unwrap().digest(), sha256_digest(&first));
+
+        // A chunk the manifest names is missing.
+        write_chunks(dir.path(), &second, 3);
+        std::fs::remove_file(dir.path().join("map.json.gz.002")).unwrap();
+        let Outcome::Refused(err) = checker.check() else {
+            panic!("an incomplete set must be refused");
+        };
+        assert!(
+            err.to_string()
+                .contains("chunk 2 of 3 (map.json.gz.002) is missing"),
+            "{err}"
+        );
+
+        write_chunks(dir.path(), &second, 3);
+        let (map, previous) = serving(checker.check());
+        assert_eq!(map.plain().unwrap(), second);
+        assert_eq!(previous, Some(sha256_digest(&first)));
+    }
+
+    #[test]
+    fn a_whole_gz_wins_over_chunks_left_over_from_a_larger_map() {
+        let dir = tempfile::tempdir().unwrap();
+        write_chunks(dir.path(), &map_bytes(70, 1e-6), 2);
+        let small = map_bytes(60, 1e-6);
+        std::fs::write(
+            dir.path().join("map.json.gz"),
+            gzip(&small, Compression::best()),
+        )
+        .unwrap();
+        let loaded = read_map(dir.path(), KEY, &Rules::default(), 1 << 20).unwrap();
+        assert_eq!(loaded.map.plain().unwrap(), small);
+    }
+
+    #[test]
+    fn a_manifest_naming_too_many_chunks_reads_none() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("map.json.gz.chunks"),
+            json!({"chunks": 5000, "digest": "sha256:00"}).to_string(),
+        )
+        .unwrap();
+        let err = read_map(dir.path(), KEY, &Rules::default(), 1 << 20).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MapError::Chunks {
+                    error: ChunkError::BadCount { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

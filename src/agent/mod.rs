@@ -1,5 +1,6 @@
 //! The `agent` subcommand: the in-pod sidecar for LiteLLM proxies that mount the map's
-//! ConfigMap as a directory.
+//! ConfigMap as a directory (a projected volume of it and its chunk ConfigMaps, for a map
+//! stored in chunks).
 //!
 //! A LiteLLM proxy never reads a mounted file, only `LITELLM_MODEL_COST_MAP_URL`. The agent
 //! closes that gap: it serves the mounted map on `/<key>` (with the operator's own handler:
@@ -58,7 +59,8 @@ const MAX_SETTLE: Duration = Duration::from_secs(1);
 pub struct Config {
     /// The mounted ConfigMap directory.
     pub watch_dir: PathBuf,
-    /// The map's key: the agent reads `<key>.gz` (else `<key>`) and serves `/<key>`.
+    /// The map's key: the agent reads `<key>.gz` (else the chunks `<key>.gz.chunks` names,
+    /// else `<key>`) and serves `/<key>`.
     pub key: String,
     /// Where to serve HTTP (used by [`run`]; [`run_on`] takes a bound listener).
     pub listen: SocketAddr,

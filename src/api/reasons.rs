@@ -31,7 +31,8 @@ pub enum Reason {
     /// False: the fetched map's prices are broken (`minPricedPercent`,
     /// `maxUnpricedPercent` or `maxRepricedPercent`).
     PriceGuard,
-    /// False: the map does not fit: over `--max-map-bytes`, or its gzip over a ConfigMap.
+    /// False: the map does not fit: over `--max-map-bytes`, or its gzip over 100 chunk
+    /// ConfigMaps.
     TooLarge,
     /// False: the ConfigMap or status could not be written.
     WriteFailed,

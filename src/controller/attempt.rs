@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::runtime::events::EventType;
@@ -20,7 +20,9 @@ use crate::digest::{git_blob_id, sha256_digest};
 use crate::sync::fetch::FetchRequest;
 use crate::sync::fetch::shared::{SharedOutcome, SharedRequest, SourceBody};
 use crate::sync::overrides::{Applied, Overrides, apply};
-use crate::sync::render::{StoredMap, read_stored_map, render_config_map};
+use crate::sync::render::{
+    HeldConfigMaps, StoredMap, read_stored, render_config_maps, write_order,
+};
 use crate::sync::store::HeldMap;
 use crate::sync::validate::guards::shrink_guard_by_count;
 use crate::sync::validate::summary::MapSummary;
@@ -128,7 +130,7 @@ impl Reconciler<'_> {
         overrides: Result<Overrides, SyncError>,
         last_good: Option<&Arc<HeldMap>>,
         holds_last_good: bool,
-        config_map: Option<&ConfigMap>,
+        config_map: &HeldConfigMaps,
     ) -> Outcome {
         match self
             .try_sync(overrides, last_good, holds_last_good, config_map)
@@ -144,7 +146,7 @@ impl Reconciler<'_> {
         overrides: Result<Overrides, SyncError>,
         last_good: Option<&Arc<HeldMap>>,
         holds_last_good: bool,
-        config_map: Option<&ConfigMap>,
+        config_map: &HeldConfigMaps,
     ) -> Result<Outcome, SyncError> {
         // Overrides first: a broken one fails the sync before anything is fetched.
         let overrides = overrides?;
@@ -354,7 +356,7 @@ impl Reconciler<'_> {
 
     /// With no last good map to compare a new one with: what the ConfigMap held instead,
     /// for the Event (a sync is "first" only when the cluster holds no map at all).
-    fn unverified_predecessor(&self, config_map: Option<&ConfigMap>) -> Option<String> {
+    fn unverified_predecessor(&self, config_map: &HeldConfigMaps) -> Option<String> {
         if let Some(artifact) = self.artifact() {
             return Some(format!(
                 "the ConfigMap no longer held the last good map {} (deleted or edited while \
@@ -363,7 +365,7 @@ impl Reconciler<'_> {
             ));
         }
         let max_bytes = self.context.sources.policy().max_body_bytes;
-        let held = read_stored_map(config_map?, &self.target.key, max_bytes)
+        let held = read_stored(config_map, &self.target.key, max_bytes)
             .ok()
             .flatten()?;
         Some(format!(
@@ -505,19 +507,18 @@ impl Reconciler<'_> {
             })
     }
 
-    /// Renders and applies the ConfigMap for `map`.
+    /// Renders and applies the ConfigMaps for `map` (the first last: see [`write_order`]).
     pub(super) async fn write_map(
         &self,
         map: &StoredMap,
         artifact: &Artifact,
     ) -> Result<(), SyncError> {
-        let desired = render_config_map(&self.target, map, &self.identity(artifact))?;
-        self.apply_config_map(&desired)
+        let desired = render_config_maps(&self.target, map, &self.identity(artifact))?;
+        self.apply_config_maps(write_order(&desired))
             .await
-            .map(|_| ())
-            .map_err(|err| SyncError::Write {
-                what: format!("ConfigMap {}", self.target.name),
-                message: api_error_message(&err),
+            .map_err(|failed| SyncError::Write {
+                what: format!("ConfigMap {}", failed.name),
+                message: api_error_message(&failed.error),
             })
     }
 

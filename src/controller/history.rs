@@ -3,7 +3,6 @@
 //! history needs no delete right), and `costmap.dev/reject-digest`, which puts the newest
 //! other one back.
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -15,7 +14,7 @@ use super::status::Notice;
 use crate::api::{Artifact, EventReason, HistoryEntry, ModelCostMapSyncStatus, Reason};
 use crate::controller::{conditions, consumers};
 use crate::sync::render::{
-    HISTORY_OF_LABEL, StoredMap, TargetRef, read_stored_map, render_config_map,
+    HISTORY_OF_LABEL, StoredMap, TargetRef, read_stored, render_config_maps, write_order,
 };
 
 /// How many rejected digests status keeps.
@@ -92,37 +91,35 @@ impl Reconciler<'_> {
             name: slot.clone(),
             ..self.target.clone()
         };
-        let mut rendered = match render_config_map(&target, map, &self.identity(artifact)) {
+        // A map in chunks is kept in chunks: `<slot>`, `<slot>-1`, ...
+        let mut rendered = match render_config_maps(&target, map, &self.identity(artifact)) {
             Ok(rendered) => rendered,
             Err(err) => {
                 warn!(error = %err, "cannot keep the map in history");
                 return None;
             }
         };
-        rendered
-            .metadata
-            .labels
-            .get_or_insert_default()
-            .insert(HISTORY_OF_LABEL.to_owned(), self.target.name.clone());
-        let params = kube::api::PatchParams::apply(super::FIELD_MANAGER).force();
-        match self
-            .config_maps
-            .patch(&slot, &params, &kube::api::Patch::Apply(&rendered))
-            .await
-        {
-            Ok(_) => Some(ring),
-            Err(err) => {
-                warn!(config_map = %slot, error = %api_error_message(&err), "cannot keep the map in history");
+        for config_map in &mut rendered {
+            config_map
+                .metadata
+                .labels
+                .get_or_insert_default()
+                .insert(HISTORY_OF_LABEL.to_owned(), self.target.name.clone());
+        }
+        match self.apply_config_maps(write_order(&rendered)).await {
+            Ok(()) => Some(ring),
+            Err(failed) => {
+                warn!(config_map = %failed.name, error = %api_error_message(&failed.error), "cannot keep the map in history");
                 None
             }
         }
     }
 
-    /// The map of a history entry, when its ConfigMap still holds exactly those bytes.
+    /// The map of a history entry, when its ConfigMaps still hold exactly those bytes.
     pub(super) async fn read_history(&self, entry: &HistoryEntry) -> Option<StoredMap> {
-        let config_map: ConfigMap = self.config_maps.get_opt(&entry.config_map).await.ok()??;
+        let held = self.read_held(&entry.config_map).await.ok()?;
         let max_bytes = self.context.sources.policy().max_body_bytes;
-        read_stored_map(&config_map, &self.target.key, max_bytes)
+        read_stored(&held, &self.target.key, max_bytes)
             .ok()
             .flatten()
             .filter(|map| map.digest() == entry.digest)

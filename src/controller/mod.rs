@@ -8,6 +8,7 @@
 //! between reconciles. This module only wires them to kube's `Controller`.
 
 mod attempt;
+mod chunks;
 pub mod conditions;
 mod consumers;
 mod history;

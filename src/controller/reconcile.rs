@@ -21,7 +21,8 @@ use crate::metrics::{MapLabels, SyncResult};
 use crate::sync::SyncError;
 use crate::sync::fetch::{sanitize_url, validate_source_url};
 use crate::sync::render::{
-    MapIdentity, StoredMap, TargetRef, holds_rendered, read_stored_map, render_config_map,
+    HeldConfigMaps, MapIdentity, StoredMap, TargetRef, holds_all, read_stored, render_config_maps,
+    stale,
 };
 use crate::sync::schedule::{self, Decision, SyncCause};
 use crate::sync::store::HeldMap;
@@ -85,14 +86,14 @@ impl<'a> Reconciler<'a> {
                 .await?;
             return Ok(Action::await_change());
         }
-        let config_map = self.config_maps.get_opt(&self.target.name).await?;
-        if let Some(action) = self.adopt_interrupted_write(config_map.as_ref()).await? {
+        let config_map = self.read_held(&self.target.name).await?;
+        if let Some(action) = self.adopt_interrupted_write(&config_map).await? {
             return Ok(action);
         }
         if let Some(action) = self.handle_reject().await? {
             return Ok(action);
         }
-        let last_good = self.last_good(config_map.as_ref()).await;
+        let last_good = self.last_good(&config_map).await;
         self.last_good_lost = self.artifact().is_some() && last_good.is_none();
         // A broken override counts as a change: the sync then says what is wrong with it.
         let overrides = self.read_overrides().await;
@@ -125,7 +126,7 @@ impl<'a> Reconciler<'a> {
             }
             Decision::Wait(remaining) => {
                 if let Some(last_good) = &last_good {
-                    self.restore_if_changed(config_map.as_ref(), last_good.stored())
+                    self.restore_if_changed(&config_map, last_good.stored())
                         .await?;
                 }
                 let recheck = self.recheck_consumers().await?;
@@ -135,12 +136,10 @@ impl<'a> Reconciler<'a> {
             }
             Decision::Sync(cause) => {
                 info!(?cause, "syncing");
-                let holds_last_good = match (&last_good, &config_map) {
-                    (Some(map), Some(cm)) => self
-                        .desired(map.stored())
-                        .is_some_and(|desired| holds_rendered(cm, &desired)),
-                    _ => false,
-                };
+                let holds_last_good = last_good.as_ref().is_some_and(|map| {
+                    self.desired(map.stored())
+                        .is_some_and(|desired| holds_all(&config_map, &desired))
+                });
                 let started = Instant::now();
                 self.record_override_inputs(&overrides);
                 let outcome = self
@@ -148,7 +147,7 @@ impl<'a> Reconciler<'a> {
                         overrides.overrides,
                         last_good.as_ref(),
                         holds_last_good,
-                        config_map.as_ref(),
+                        &config_map,
                     )
                     .await;
                 self.write_outcome(cause, outcome, started).await
@@ -163,7 +162,7 @@ impl<'a> Reconciler<'a> {
     /// fetched or written to the ConfigMap.
     async fn adopt_interrupted_write(
         &mut self,
-        config_map: Option<&ConfigMap>,
+        config_map: &HeldConfigMaps,
     ) -> Result<Option<Action>, Error> {
         let Some(pending) = self
             .status
@@ -176,12 +175,9 @@ impl<'a> Reconciler<'a> {
             return Ok(None);
         }
         let max_bytes = self.context.sources.policy().max_body_bytes;
-        let held = config_map
-            .and_then(|cm| {
-                read_stored_map(cm, &self.target.key, max_bytes)
-                    .ok()
-                    .flatten()
-            })
+        let held = read_stored(config_map, &self.target.key, max_bytes)
+            .ok()
+            .flatten()
             .filter(|held| held.digest() == pending.digest);
         let Some(held) = held else {
             // The write never happened: the ConfigMap still holds the artifact (or lost it,
@@ -213,7 +209,7 @@ impl<'a> Reconciler<'a> {
 
     /// The last good map named by `status.artifact`, from memory, read back from the
     /// ConfigMap, or from the history ring. None when none holds exactly those bytes.
-    async fn last_good(&self, config_map: Option<&ConfigMap>) -> Option<Arc<HeldMap>> {
+    async fn last_good(&self, config_map: &HeldConfigMaps) -> Option<Arc<HeldMap>> {
         if let Some(map) = self.last_good_at_hand(config_map) {
             return Some(map);
         }
@@ -229,7 +225,7 @@ impl<'a> Reconciler<'a> {
 
     /// [`Self::last_good`] from memory (this object's, or the copy another object with the
     /// same map holds) or the ConfigMap.
-    fn last_good_at_hand(&self, config_map: Option<&ConfigMap>) -> Option<Arc<HeldMap>> {
+    fn last_good_at_hand(&self, config_map: &HeldConfigMaps) -> Option<Arc<HeldMap>> {
         let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
         let remembered = self
             .context
@@ -247,7 +243,7 @@ impl<'a> Reconciler<'a> {
             return Some(map);
         }
         let max_bytes = self.context.sources.policy().max_body_bytes;
-        let read = read_stored_map(config_map?, &self.target.key, max_bytes).ok()??;
+        let read = read_stored(config_map, &self.target.key, max_bytes).ok()??;
         if &read.digest() != digest {
             return None;
         }
@@ -279,10 +275,10 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// The ConfigMap as it should be for the last good map in status. None when there is
-    /// no artifact, or it no longer renders (it did when it was stored).
-    fn desired(&self, map: &StoredMap) -> Option<ConfigMap> {
-        render_config_map(&self.target, map, &self.identity(self.artifact()?)).ok()
+    /// The ConfigMaps as they should be for the last good map in status. None when there
+    /// is no artifact, or it no longer renders (it did when it was stored).
+    fn desired(&self, map: &StoredMap) -> Option<Vec<ConfigMap>> {
+        render_config_maps(&self.target, map, &self.identity(self.artifact()?)).ok()
     }
 
     pub(super) fn artifact(&self) -> Option<&Artifact> {
@@ -293,43 +289,40 @@ impl<'a> Reconciler<'a> {
     /// is not a sync: nothing is fetched.
     async fn restore_if_changed(
         &self,
-        actual: Option<&ConfigMap>,
+        actual: &HeldConfigMaps,
         last_good: &StoredMap,
     ) -> Result<(), Error> {
         let Some(desired) = self.desired(last_good) else {
             return Ok(());
         };
-        if actual.is_some_and(|actual| holds_rendered(actual, &desired)) {
+        let stale: Vec<&ConfigMap> = stale(actual, &desired).collect();
+        let Some(first_stale) = stale.first() else {
             return Ok(());
-        }
-        self.apply_config_map(&desired).await?;
+        };
+        // A chunk alone may be stale: the Event names the first ConfigMap put back.
+        let name = first_stale.metadata.name.clone().unwrap_or_default();
+        let index = desired
+            .iter()
+            .position(|cm| cm.metadata.name == first_stale.metadata.name)
+            .unwrap_or(0);
+        let deleted = actual.get(index).is_none();
+        self.apply_config_maps(stale)
+            .await
+            .map_err(|failed| failed.error)?;
         // Distinct reasons, because Events with the same reason merge into one series that
         // keeps the first note.
-        let (reason, what) = match actual {
-            Some(_) => (EventReason::Restored, "edited"),
-            None => (EventReason::Recreated, "deleted"),
+        let (reason, what) = match deleted {
+            false => (EventReason::Restored, "edited"),
+            true => (EventReason::Recreated, "deleted"),
         };
-        info!(config_map = %self.target.name, what, "restored the ConfigMap");
+        info!(config_map = %name, what, "restored the ConfigMap");
         self.publish(Notice {
             type_: EventType::Normal,
             reason,
-            note: format!(
-                "ConfigMap {} was {what}; restored the last good map",
-                self.target.name
-            ),
+            note: format!("ConfigMap {name} was {what}; restored the last good map"),
         })
         .await;
         Ok(())
-    }
-
-    pub(super) async fn apply_config_map(
-        &self,
-        config_map: &ConfigMap,
-    ) -> Result<ConfigMap, kube::Error> {
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.config_maps
-            .patch(&self.target.name, &params, &Patch::Apply(config_map))
-            .await
     }
 
     /// Records an attempt in status (through [`status::next_status`]), the metrics and the

@@ -29,6 +29,8 @@ use crate::sync::render::{GunzipError, HISTORY_OF_LABEL};
 use crate::watch;
 use sha2::{Digest, Sha256};
 
+mod chunked;
+
 /// Which map: `/maps/{namespace}/{name}/{key}`, where name is the ModelCostMapSync's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MapKey {
@@ -61,6 +63,8 @@ struct Inner {
     served: HashMap<MapKey, Arc<ServedMap>>,
     /// Every map held, once however many ConfigMaps hold it.
     gzips: ServedByGzip,
+    /// The maps put together from chunks.
+    chunked: chunked::Assemblies,
 }
 
 /// The maps held, by the sha256 of their gzip: a thousand ConfigMaps with the same map are
@@ -91,6 +95,10 @@ struct StoredMaps {
     owner_uid: String,
     /// By key (file name without `.gz`).
     maps: Vec<(String, Arc<ServedMap>)>,
+    /// The chunks it holds of a map stored in chunks.
+    chunks: Vec<chunked::ChunkPart>,
+    /// On a first ConfigMap: the maps its chunk set puts together, by key.
+    assembled: Vec<(String, Arc<ServedMap>)>,
 }
 
 /// The digests a ModelCostMapSync's status names.
@@ -183,9 +191,18 @@ impl MapCache {
         max_bytes: u64,
     ) {
         self.update(|inner| match event {
-            Ok(event) => inner
-                .config_maps
-                .apply(scope, event, |cm| stored_maps(cm, max_bytes, &inner.gzips)),
+            Ok(event) => {
+                // One object changed: only its namespace's chunk sets can have.
+                let namespace = match &event {
+                    Event::Apply(cm) | Event::Delete(cm) => cm.namespace(),
+                    _ => None,
+                };
+                inner
+                    .config_maps
+                    .apply(scope, event, |cm| stored_maps(cm, max_bytes, &inner.gzips));
+                let items = &mut inner.config_maps.items;
+                inner.chunked.refresh(items, namespace.as_deref(), max_bytes);
+            }
             Err(error) => {
                 warn!(%error, scope, "the map cache's ConfigMap watch failed; not ready until it lists again");
                 inner.config_maps.fail(scope);
@@ -237,7 +254,7 @@ impl Inner {
             if vouched.uid != stored.owner_uid {
                 continue;
             }
-            for (key, map) in &stored.maps {
+            for (key, map) in stored.maps.iter().chain(&stored.assembled) {
                 if vouched.vouches(map.digest()) {
                     let key = MapKey {
                         namespace: namespace.clone(),
@@ -390,6 +407,8 @@ fn stored_maps(cm: &ConfigMap, max_bytes: u64, gzips: &ServedByGzip) -> Option<S
         owner: owner.name.clone(),
         owner_uid: owner.uid.clone(),
         maps,
+        chunks: chunked::chunk_parts(cm),
+        assembled: Vec::new(),
     })
 }
 
@@ -408,31 +427,16 @@ fn vouched(sync: &ModelCostMapSync) -> Option<Vouched> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::api::{Artifact, ModelCostMapSyncStatus};
-    use crate::sync::render::{MapIdentity, StoredMap, TargetRef, render_config_map};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
-    const MAX: u64 = 1 << 20;
+    const MAX: u64 = 64 << 20;
 
     fn managed(name: &str, owner: &str, bytes: &[u8]) -> ConfigMap {
-        let map = StoredMap::from_bytes(bytes.to_vec());
-        let target = TargetRef {
-            name: name.into(),
-            namespace: "llm".into(),
-            key: "map.json".into(),
-            owner: crate::sync::render::owner(owner, &format!("uid-{owner}")),
-        };
-        let identity = MapIdentity {
-            digest: map.digest(),
-            git_blob_id: String::new(),
-            models: 1,
-            source_url: String::new(),
-            updated_at: String::new(),
-        };
-        render_config_map(&target, &map, &identity).unwrap()
+        crate::sync::render::rendered_for(name, owner, bytes).remove(0)
     }
 
     fn artifact(bytes: &[u8]) -> Artifact {
@@ -447,7 +451,11 @@ mod tests {
     }
 
     /// The ModelCostMapSync `name` whose status names `artifact` (and `pending`).
-    fn sync(name: &str, artifact_of: &[u8], pending_of: Option<&[u8]>) -> ModelCostMapSync {
+    pub(super) fn sync(
+        name: &str,
+        artifact_of: &[u8],
+        pending_of: Option<&[u8]>,
+    ) -> ModelCostMapSync {
         let mut sync = ModelCostMapSync::new(name, serde_json::from_str("{}").unwrap());
         sync.metadata.namespace = Some("llm".into());
         sync.metadata.uid = Some(format!("uid-{name}"));
@@ -459,7 +467,7 @@ mod tests {
         sync
     }
 
-    fn key(name: &str) -> MapKey {
+    pub(super) fn key(name: &str) -> MapKey {
         MapKey {
             namespace: "llm".into(),
             name: name.into(),
@@ -468,7 +476,7 @@ mod tests {
     }
 
     /// A cache whose watches of the cluster have listed `syncs` and `config_maps`.
-    fn listed(syncs: Vec<ModelCostMapSync>, config_maps: Vec<ConfigMap>) -> MapCache {
+    pub(super) fn listed(syncs: Vec<ModelCostMapSync>, config_maps: Vec<ConfigMap>) -> MapCache {
         let cache = MapCache::default();
         cache.write().config_maps.expect(&[None]);
         cache.write().syncs.expect(&[None]);

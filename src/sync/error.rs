@@ -85,7 +85,9 @@ impl SyncError {
             SyncError::Override(_) => Reason::InvalidOverride,
             SyncError::Rejected { .. } => Reason::Rejected,
             SyncError::Render(RenderError::TooLarge { .. }) => Reason::TooLarge,
-            SyncError::Render(RenderError::Unreadable(_)) => Reason::WriteFailed,
+            SyncError::Render(RenderError::Unreadable(_) | RenderError::Chunks(_)) => {
+                Reason::WriteFailed
+            }
             SyncError::Write { .. } => Reason::WriteFailed,
             SyncError::Interrupted { .. } => Reason::WriteFailed,
         }

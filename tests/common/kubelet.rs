@@ -67,11 +67,21 @@ impl ConfigMapVolume {
 
     /// Writes every key of `config_map` (data and binaryData), as the kubelet mounts it.
     pub fn mount(&mut self, config_map: &k8s_openapi::api::core::v1::ConfigMap) {
-        let binary = config_map.binary_data.iter().flatten();
-        let text = config_map.data.iter().flatten();
-        let files: Vec<(&str, &[u8])> = binary
-            .map(|(key, value)| (key.as_str(), value.0.as_slice()))
-            .chain(text.map(|(key, value)| (key.as_str(), value.as_bytes())))
+        self.mount_projected(std::slice::from_ref(config_map));
+    }
+
+    /// Writes every key of every ConfigMap in one version, as the kubelet mounts a
+    /// projected volume of several ConfigMaps (the chunks of a map) in one directory.
+    pub fn mount_projected(&mut self, config_maps: &[k8s_openapi::api::core::v1::ConfigMap]) {
+        let files: Vec<(&str, &[u8])> = config_maps
+            .iter()
+            .flat_map(|config_map| {
+                let binary = config_map.binary_data.iter().flatten();
+                let text = config_map.data.iter().flatten();
+                binary
+                    .map(|(key, value)| (key.as_str(), value.0.as_slice()))
+                    .chain(text.map(|(key, value)| (key.as_str(), value.as_bytes())))
+            })
             .collect();
         self.write(&files);
     }

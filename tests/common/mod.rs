@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod agent;
+pub mod big_map;
 pub mod faults;
 pub mod hostile;
 pub mod kubelet;
