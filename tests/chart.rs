@@ -103,14 +103,16 @@ fn grants(docs: &[Value]) -> Vec<(String, String, String)> {
 }
 
 #[test]
-fn the_chart_crd_is_the_generated_crd_byte_for_byte() {
-    let generated = std::fs::read(testenv::workspace_root().join("crds/modelcostmapsync.yaml"));
-    let in_chart = std::fs::read(chart().join("crds/modelcostmapsync.yaml"));
-    assert_eq!(
-        in_chart.unwrap(),
-        generated.unwrap(),
-        "copy crds/modelcostmapsync.yaml into charts/costmap-operator/crds/"
-    );
+fn the_chart_crds_are_the_generated_crds_byte_for_byte() {
+    for file in ["modelcostmapsync.yaml", "clustermodelcostmapsync.yaml"] {
+        let generated = std::fs::read(testenv::workspace_root().join("crds").join(file));
+        let in_chart = std::fs::read(chart().join("crds").join(file));
+        assert_eq!(
+            in_chart.unwrap(),
+            generated.unwrap(),
+            "copy crds/{file} into charts/costmap-operator/crds/"
+        );
+    }
 }
 
 #[test]
