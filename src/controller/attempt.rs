@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::runtime::events::EventType;
 use tracing::info;
@@ -18,7 +17,7 @@ use crate::sync::fetch::{FetchOutcome, FetchRequest};
 use crate::sync::overrides::{Overrides, Published, apply};
 use crate::sync::render::{StoredMap, read_stored_map, render_config_map};
 use crate::sync::validate::guards::shrink_guard_by_count;
-use crate::sync::{SecretError, SyncError, prepare};
+use crate::sync::{SecretError, SyncError};
 
 /// A map the source sent (with the overrides merged in), to accept or refuse.
 struct NewMap {
@@ -35,7 +34,10 @@ struct NewMap {
 }
 
 /// `status.overrides` for `published`; none without overrides.
-fn overrides_status(overrides: &Overrides, published: &Published) -> Option<OverridesStatus> {
+pub(super) fn overrides_status(
+    overrides: &Overrides,
+    published: &Published,
+) -> Option<OverridesStatus> {
     if overrides.is_empty() {
         return None;
     }
@@ -260,37 +262,11 @@ impl Reconciler<'_> {
             source,
             overrides,
         } = new;
-        // Preparing holds the fetched body, the last good map and two parsed maps: tens of
-        // MiB. Bounding how many run at once bounds the operator's memory, however many
-        // objects come due together (at start-up, all of them). Fetches are not counted:
-        // a hanging source must not hold up the others.
-        let slot = self.context.sync_slots.acquire().await;
-        // Parsing, validating and compressing 3.5 MB takes a few hundred ms of CPU: keep it
-        // off the async workers that serve HTTP.
-        let prepared = tokio::task::spawn_blocking(move || {
-            let prepared = prepare(
-                bytes,
-                &rules,
-                compare_with.as_deref(),
-                accept_digest.as_deref(),
-            );
-            crate::heap::release_freed_memory();
-            prepared
-        })
-        .await
-        .map_err(|join_error| SyncError::Interrupted {
-            what: "validation",
-            detail: join_error.to_string(),
-        })??;
-        drop(slot);
-        let artifact = Artifact {
-            digest: prepared.map.digest(),
-            git_blob_id: git_blob_id(&prepared.map.bytes),
-            revision,
-            size: i64::try_from(prepared.map.bytes.len()).unwrap_or(i64::MAX),
-            models: i32::try_from(prepared.accepted.models).unwrap_or(i32::MAX),
-            last_update_time: Time(self.now),
-        };
+        let prepared = self
+            .context
+            .prepare(bytes, rules, compare_with, accept_digest)
+            .await?;
+        let artifact = super::status::artifact_of(&prepared, revision, self.now);
         let mut overridden = prepared.accepted.overridden;
         // The map's bytes are gone from the cluster: a count is all that is left to guard
         // against.

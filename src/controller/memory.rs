@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use crate::api::ModelCostMapSyncStatus;
+use crate::sync::render::{StoredMap, gunzip_bounded};
 
 /// How many superseded versions are remembered: a sync writes status at most three times.
 const SUPERSEDED_VERSIONS: usize = 8;
@@ -98,6 +99,29 @@ impl Memories {
                 superseded,
             });
         });
+    }
+
+    /// Remembers `map` as the last good map of `uid`.
+    pub(super) fn remember_last_good(&self, uid: &str, map: &StoredMap) {
+        let remembered = RememberedMap {
+            digest: map.digest(),
+            gz: Bytes::copy_from_slice(&map.gz),
+        };
+        self.update(uid, |m| m.last_good = Some(remembered));
+    }
+
+    /// The last good map of `uid`, if the one remembered has `digest` (checked against it
+    /// when it was remembered), decompressed within `max_bytes`.
+    pub(super) fn last_good(&self, uid: &str, digest: &str, max_bytes: u64) -> Option<StoredMap> {
+        let map = self
+            .read(uid, |m| m.last_good.clone())
+            .flatten()
+            .filter(|map| map.digest == digest)?;
+        let bytes = gunzip_bounded(&map.gz, max_bytes).ok()?;
+        Some(StoredMap {
+            bytes,
+            gz: map.gz.to_vec(),
+        })
     }
 
     /// Forgets every object but `live` (uids); returns how many were forgotten.

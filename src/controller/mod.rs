@@ -8,6 +8,7 @@
 //! between reconciles. This module only wires them to kube's `Controller`.
 
 mod attempt;
+mod cluster;
 pub mod conditions;
 mod consumers;
 mod history;
@@ -21,16 +22,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -123,10 +126,78 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Records an Event about `object`; a failure to record is logged, never fatal.
+    async fn publish(&self, notice: status::Notice, object: &ObjectReference) {
+        let event = Event {
+            type_: notice.type_,
+            reason: notice.reason.as_str().to_owned(),
+            note: Some(reconcile::truncate(notice.note, 1000)),
+            action: "Sync".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, object).await {
+            warn!(error = %err, "could not record an Event");
+        }
+    }
+
+    /// Accepts and compresses a fetched map ([`crate::sync::prepare`]) on a blocking thread,
+    /// at most `--concurrent-syncs` at once.
+    async fn prepare(
+        &self,
+        bytes: Vec<u8>,
+        rules: crate::sync::validate::Rules,
+        compare_with: Option<Vec<u8>>,
+        accept_digest: Option<String>,
+    ) -> Result<crate::sync::PreparedMap, crate::sync::SyncError> {
+        // Preparing holds the fetched body, the last good map and two parsed maps: tens of
+        // MiB. Bounding how many run at once bounds the operator's memory, however many
+        // objects come due together (at start-up, all of them). Fetches are not counted:
+        // a hanging source must not hold up the others.
+        let _slot = self.sync_slots.acquire().await;
+        // Parsing, validating and compressing 3.5 MB takes a few hundred ms of CPU: keep it
+        // off the async workers that serve HTTP.
+        tokio::task::spawn_blocking(move || {
+            let prepared = crate::sync::prepare(
+                bytes,
+                &rules,
+                compare_with.as_deref(),
+                accept_digest.as_deref(),
+            );
+            crate::heap::release_freed_memory();
+            prepared
+        })
+        .await
+        .map_err(|join_error| crate::sync::SyncError::Interrupted {
+            what: "validation",
+            detail: join_error.to_string(),
+        })?
+    }
+}
+
+/// Server-side applies the whole status of `name` (of kind `K`); the object written.
+async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<K, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&patch)).await
+}
+
 /// Runs the controller, one per watched namespace (or one for the cluster), until `stop`
 /// is cancelled; in-flight reconciles finish first.
 pub async fn run(client: Client, fetcher: Fetcher, settings: Settings, stop: CancellationToken) {
     let scopes = scope::scopes(&settings.namespaces);
+    let settings_namespaces_empty = settings.namespaces.is_empty();
     let context = Arc::new(Context::new(client.clone(), fetcher, settings));
     let controllers: Vec<Controller<ModelCostMapSync>> = scopes
         .iter()
@@ -135,9 +206,13 @@ pub async fn run(client: Client, fetcher: Fetcher, settings: Settings, stop: Can
     let stores = controllers.iter().map(Controller::store).collect();
     let forgetting = tokio::spawn(forget_deleted(stores, context.clone()));
     let running = controllers.into_iter().map(|controller| {
-        run_controller(controller, context.clone(), stop.clone().cancelled_owned())
+        run_controller(controller, context.clone(), stop.clone().cancelled_owned()).boxed()
     });
-    join_all(running).await;
+    // ClusterModelCostMapSyncs write into any namespace: only an operator that watches
+    // them all (and has the ClusterRole for it) reconciles them.
+    let cluster_wide = settings_namespaces_empty
+        .then(|| cluster::run(client.clone(), context.clone(), stop.clone()).boxed());
+    join_all(running.chain(cluster_wide)).await;
     forgetting.abort();
 }
 

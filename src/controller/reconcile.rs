@@ -9,9 +9,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::status::{self, Attempt, Notice, Outcome};
@@ -21,8 +20,7 @@ use crate::metrics::{MapLabels, SyncResult};
 use crate::sync::SyncError;
 use crate::sync::fetch::{sanitize_url, validate_source_url};
 use crate::sync::render::{
-    MapIdentity, StoredMap, TargetRef, gunzip_bounded, holds_rendered, read_stored_map,
-    render_config_map,
+    MapIdentity, StoredMap, TargetRef, holds_rendered, read_stored_map, render_config_map,
 };
 use crate::sync::schedule::{self, Decision, SyncCause};
 
@@ -231,19 +229,8 @@ impl<'a> Reconciler<'a> {
     fn last_good_at_hand(&self, config_map: Option<&ConfigMap>) -> Option<Arc<StoredMap>> {
         let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
         let max_bytes = self.context.fetcher.policy().max_body_bytes;
-        let remembered = self
-            .context
-            .memory
-            .read(&self.uid, |m| m.last_good.clone())
-            .flatten()
-            .filter(|map| &map.digest == digest);
-        if let Some(map) = remembered {
-            // Checked against the digest when it was remembered.
-            let bytes = gunzip_bounded(&map.gz, max_bytes).ok()?;
-            return Some(Arc::new(StoredMap {
-                bytes,
-                gz: map.gz.to_vec(),
-            }));
+        if let Some(map) = self.context.memory.last_good(&self.uid, digest, max_bytes) {
+            return Some(Arc::new(map));
         }
         let read = read_stored_map(config_map?, &self.target.key, max_bytes).ok()??;
         if &read.digest() != digest {
@@ -254,23 +241,11 @@ impl<'a> Reconciler<'a> {
     }
 
     pub(super) fn remember_last_good(&self, map: &StoredMap) {
-        let remembered = super::memory::RememberedMap {
-            digest: map.digest(),
-            gz: bytes::Bytes::copy_from_slice(&map.gz),
-        };
-        self.context
-            .memory
-            .update(&self.uid, |m| m.last_good = Some(remembered));
+        self.context.memory.remember_last_good(&self.uid, map);
     }
 
     pub(super) fn identity(&self, artifact: &Artifact) -> MapIdentity {
-        MapIdentity {
-            digest: artifact.digest.clone(),
-            git_blob_id: artifact.git_blob_id.clone(),
-            models: artifact.models,
-            source_url: redacted(&self.sync.spec.source.url),
-            updated_at: artifact.last_update_time.0.to_string(),
-        }
+        identity(artifact, &self.sync.spec.source.url)
     }
 
     /// The ConfigMap as it should be for the last good map in status. None when there is
@@ -400,15 +375,7 @@ impl<'a> Reconciler<'a> {
         }
         let api: Api<ModelCostMapSync> =
             Api::namespaced(self.context.client.clone(), &self.target.namespace);
-        let patch = json!({
-            "apiVersion": ModelCostMapSync::api_version(&()),
-            "kind": ModelCostMapSync::kind(&()),
-            "status": status,
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let written = api
-            .patch_status(&self.sync.name_any(), &params, &Patch::Apply(&patch))
-            .await?;
+        let written = super::apply_status(&api, &self.sync.name_any(), &status).await?;
         self.context.memory.record_write(
             &self.uid,
             status,
@@ -428,21 +395,8 @@ impl<'a> Reconciler<'a> {
 
     /// Records an Event; a failure to record is logged, never fatal.
     pub(super) async fn publish(&self, notice: Notice) {
-        let event = Event {
-            type_: notice.type_,
-            reason: notice.reason.as_str().to_owned(),
-            note: Some(truncate(notice.note, 1000)),
-            action: "Sync".to_owned(),
-            secondary: None,
-        };
-        if let Err(err) = self
-            .context
-            .recorder
-            .publish(&event, &self.sync.object_ref(&()))
-            .await
-        {
-            warn!(error = %err, "could not record an Event");
-        }
+        let object = self.sync.object_ref(&());
+        self.context.publish(notice, &object).await;
     }
 }
 
@@ -450,6 +404,17 @@ impl<'a> Reconciler<'a> {
 /// equal to the same status read back from the API server.
 pub(super) fn whole_seconds_now() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
+}
+
+/// The annotations' account of `artifact`, fetched from `url` (shown redacted).
+pub(super) fn identity(artifact: &Artifact, url: &str) -> MapIdentity {
+    MapIdentity {
+        digest: artifact.digest.clone(),
+        git_blob_id: artifact.git_blob_id.clone(),
+        models: artifact.models,
+        source_url: redacted(url),
+        updated_at: artifact.last_update_time.0.to_string(),
+    }
 }
 
 fn redacted(url: &str) -> String {

@@ -319,6 +319,22 @@ fn later(at: Timestamp, wait: Duration) -> Timestamp {
     at + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX)
 }
 
+/// The artifact of a map just accepted from the source (its `revision`), at `now`.
+pub(super) fn artifact_of(
+    prepared: &crate::sync::PreparedMap,
+    revision: Option<String>,
+    now: Timestamp,
+) -> Artifact {
+    Artifact {
+        digest: prepared.map.digest(),
+        git_blob_id: crate::digest::git_blob_id(&prepared.map.bytes),
+        revision,
+        size: i64::try_from(prepared.map.bytes.len()).unwrap_or(i64::MAX),
+        models: i32::try_from(prepared.accepted.models).unwrap_or(i32::MAX),
+        last_update_time: Time(now),
+    }
+}
+
 /// The Ready message of a successful sync.
 pub(super) fn synced_message(artifact: Option<&Artifact>, what: &str) -> String {
     match artifact {
