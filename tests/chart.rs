@@ -5,7 +5,7 @@
 
 mod common;
 
-use costmap_operator::api::{EventReason, Reason};
+use costmap_operator::api::{ClusterModelCostMapSync, EventReason, Reason};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -18,7 +18,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, PostParams};
 use serde::Deserialize;
 use serde_json::json;
 use serde_yaml::Value;
@@ -335,12 +335,42 @@ fn the_defaults_pass_a_security_review() {
             .any(|(_, _, verb)| verb == "delete" || verb == "*"),
         "nothing is ever deleted"
     );
+    // ClusterModelCostMapSyncs: the kind and its status, and Namespaces to select from,
+    // read-only; only in the ClusterRole.
+    for (resource, verb) in [
+        ("clustermodelcostmapsyncs", "watch"),
+        ("clustermodelcostmapsyncs/status", "patch"),
+        ("namespaces", "list"),
+        ("namespaces", "watch"),
+    ] {
+        let group = if resource == "namespaces" {
+            ""
+        } else {
+            "costmap.dev"
+        };
+        assert!(
+            default_grants.contains(&(group.into(), resource.into(), verb.into())),
+            "{verb} {resource}"
+        );
+    }
+    let namespace_verbs: Vec<&str> = default_grants
+        .iter()
+        .filter(|(_, resource, _)| resource == "namespaces")
+        .map(|(_, _, verb)| verb.as_str())
+        .collect();
+    assert_eq!(namespace_verbs, ["get", "list", "watch"]);
     let with_restarts = grants(&template(&["restartWorkloads.enabled=true"]));
     assert!(with_restarts.contains(&("apps".into(), "deployments".into(), "patch".into())));
 
     // A list of namespaces: a Role in each (plus the Lease's), no ClusterRole.
     let scoped = template(&["watchNamespaces={llm,team-b}"]);
     assert!(of_kind(&scoped, "ClusterRole").is_empty());
+    assert!(
+        !grants(&scoped).iter().any(|(_, resource, _)| resource
+            .starts_with("clustermodelcostmapsyncs")
+            || resource == "namespaces"),
+        "a namespaced install has no cluster rights"
+    );
     let mut role_namespaces: Vec<&str> = of_kind(&scoped, "Role")
         .iter()
         .map(|r| r["metadata"]["namespace"].as_str().unwrap())
@@ -513,6 +543,52 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     request_sync(&client, &ns, "litellm", "rbac").await;
     wait_handled(&client, &ns, "litellm", "rbac").await;
     wait_event(&client, &ns, EventReason::MapUpdated.as_str(), "day0-model").await;
+    // A ClusterModelCostMapSync, as the chart's ServiceAccount runs it: its copy in the
+    // labelled namespace, its status, its Event (in default), served by the endpoint.
+    let label = "costmap-rbac-test";
+    control_plane()
+        .kubectl(&["label", "namespace", &ns, &format!("{label}=yes")])
+        .unwrap();
+    let cluster_sync: ClusterModelCostMapSync = serde_json::from_value(json!({
+        "apiVersion": "costmap.dev/v1alpha1",
+        "kind": "ClusterModelCostMapSync",
+        "metadata": {"name": "rbac-shared"},
+        "spec": {"source": {"url": source.url}, "namespaceSelector": {"matchLabels": {label: "yes"}}},
+    }))
+    .unwrap();
+    let cluster_syncs = Api::<ClusterModelCostMapSync>::all(client.clone());
+    cluster_syncs
+        .create(&PostParams::default(), &cluster_sync)
+        .await
+        .unwrap();
+    eventually(
+        "the ClusterModelCostMapSync is Ready in the labelled namespace",
+        || async {
+            let sync = cluster_syncs.get("rbac-shared").await.ok()?;
+            let status = sync.status?;
+            let ready = status.sync.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.status == "True" && status.namespaces?.ready == 1).then_some(())
+        },
+    )
+    .await;
+    let copy = config_maps(&client, &ns).get("rbac-shared").await.unwrap();
+    assert_eq!(
+        copy.metadata.owner_references.unwrap()[0].kind,
+        "ClusterModelCostMapSync"
+    );
+    wait_event(
+        &client,
+        "default",
+        EventReason::MapSynced.as_str(),
+        "rbac-shared",
+    )
+    .await;
+    let cluster_url = format!("{}/maps/{ns}/rbac-shared/{DEFAULT_KEY}", operator.url);
+    eventually("the copy is served", || async {
+        let response = reqwest::get(&cluster_url).await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
     let log = operator.log_text();
     assert!(
         !log.to_lowercase().contains("forbidden"),
@@ -531,6 +607,10 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
         &["delete", "modelcostmapsyncs.costmap.dev", "-n", &ns],
         &["create", "clusterrolebindings"],
         &["get", "nodes"],
+        &["update", "clustermodelcostmapsyncs.costmap.dev"],
+        &["delete", "clustermodelcostmapsyncs.costmap.dev"],
+        &["patch", "namespaces"],
+        &["delete", "configmaps", "-A"],
         &["delete", "deployments", "-n", &ns],
         &["patch", "leases.coordination.k8s.io", "-n", &ns],
     ];
@@ -541,6 +621,13 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     let allowed: &[&[&str]] = &[
         &["get", "secrets", "-n", &ns],
         &["patch", "configmaps", "-n", &ns],
+        &["list", "namespaces"],
+        &["watch", "clustermodelcostmapsyncs.costmap.dev"],
+        &[
+            "patch",
+            "clustermodelcostmapsyncs.costmap.dev",
+            "--subresource=status",
+        ],
         &["patch", "deployments", "-n", &ns],
         &[
             "patch",
