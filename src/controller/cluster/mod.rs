@@ -34,7 +34,7 @@ use super::status::{self, Attempt, Notice, Outcome};
 use super::{Context, Error, FIELD_MANAGER};
 use crate::api::{
     Artifact, ClusterModelCostMapSync, ClusterModelCostMapSyncStatus, ModelCostMapSyncStatus,
-    NamespaceFailure, NamespaceReason, SourceMap, SpecError,
+    NamespaceFailure, NamespaceReason, Reason, SourceMap, SpecError,
 };
 use crate::digest::{git_blob_id, sha256_digest};
 use crate::metrics::SyncResult;
@@ -265,6 +265,15 @@ impl<'a> ClusterReconciler<'a> {
             Ok(checked) => checked,
             Err(err) => {
                 // Nothing to schedule with: say so once, and wait for the spec to change.
+                let said = self.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == self.sync.metadata.generation
+                        && s.conditions
+                            .iter()
+                            .any(|c| c.reason == Reason::InvalidSpec.as_str())
+                });
+                if said {
+                    return Ok(Action::await_change());
+                }
                 let attempt = self.attempt(schedule::MIN_INTERVAL, self.failures());
                 let next = status::next_status(
                     self.status.as_ref(),
@@ -315,8 +324,9 @@ impl<'a> ClusterReconciler<'a> {
                     .write_copies(&selected, &copies, published(&last_good))
                     .await;
                 let status = self.status.clone().unwrap_or_default();
+                let wait = selection::next_look(&written, remaining);
                 self.finish(status, Vec::new(), Some(written)).await?;
-                Ok(Action::requeue(remaining))
+                Ok(Action::requeue(wait))
             }
             Decision::Sync(cause) => {
                 info!(?cause, namespaces = selected.len(), "syncing");
@@ -328,13 +338,13 @@ impl<'a> ClusterReconciler<'a> {
                     .filter(|_| cause != schedule::SyncCause::SpecChanged);
                 let (outcome, to_write) = match self.sync_once(last_good.as_deref(), revision).await
                 {
-                    Ok((outcome, Some(new))) => (outcome, Some(new)),
+                    Ok((outcome, Some(new))) => {
+                        self.record_pending(&new.artifact).await?;
+                        (outcome, Some(new))
+                    }
                     Ok((outcome, None)) => (outcome, published(&last_good)),
                     Err(error) => (Outcome::Failed(error), published(&last_good)),
                 };
-                if let Some(new) = &to_write {
-                    self.record_pending(&new.artifact).await?;
-                }
                 let written = self.write_copies(&selected, &copies, to_write).await;
                 let result = match &outcome {
                     Outcome::NotModified => SyncResult::NotModified,
@@ -352,8 +362,9 @@ impl<'a> ClusterReconciler<'a> {
                 self.context
                     .memory
                     .update(&self.uid, |m| m.consecutive_failures = next.failures);
+                let wait = next.wait.map(|wait| selection::next_look(&written, wait));
                 self.finish(next.status, next.events, Some(written)).await?;
-                Ok(next.wait.map_or_else(Action::await_change, Action::requeue))
+                Ok(wait.map_or_else(Action::await_change, Action::requeue))
             }
         }
     }

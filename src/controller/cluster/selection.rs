@@ -2,6 +2,7 @@
 //! and why, and what status says about them: pure functions of what the cluster holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -165,6 +166,22 @@ pub(super) fn set_ready(
     conditions::set_condition(&mut status.conditions, condition);
 }
 
+/// How soon to look again after writing: a write that failed (a quota, a webhook, RBAC
+/// being fixed) is tried again within [`WRITE_RETRY`], not only at the next interval.
+pub(super) fn next_look(plan: &Plan, wait: Duration) -> Duration {
+    let write_failed = plan
+        .failing
+        .iter()
+        .any(|f| f.reason == NamespaceReason::WriteFailed.as_str());
+    match write_failed {
+        true => wait.min(WRITE_RETRY),
+        false => wait,
+    }
+}
+
+/// The longest a failed ConfigMap write waits for its retry.
+pub(super) const WRITE_RETRY: Duration = Duration::from_secs(30);
+
 /// Whether a sync failed and waits for its retry: a map that is synced but missing from
 /// some namespace is not a failed sync (its writes are retried at every reconcile).
 pub(super) fn retrying(status: &ModelCostMapSyncStatus) -> bool {
@@ -277,6 +294,25 @@ mod tests {
         assert_eq!(summary.failing.len(), MAX_LISTED_NAMESPACES);
         assert_eq!(summary.failing[0].namespace, "ns-00");
         assert_eq!(summary.no_longer_selected_count, 1);
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_within_half_a_minute() {
+        let hour = Duration::from_secs(3600);
+        let mut plan = Plan::default();
+        assert_eq!(next_look(&plan, hour), hour);
+        plan.failing.push(NamespaceFailure {
+            namespace: "a".into(),
+            reason: "OwnedByAnother".into(),
+            message: String::new(),
+        });
+        assert_eq!(next_look(&plan, hour), hour, "waiting will not change that");
+        plan.failing[0].reason = "WriteFailed".into();
+        assert_eq!(next_look(&plan, hour), WRITE_RETRY);
+        assert_eq!(
+            next_look(&plan, Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
