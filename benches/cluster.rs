@@ -92,18 +92,8 @@ async fn main() {
         &[],
         "warn",
     );
-    let sync: ClusterModelCostMapSync = serde_json::from_value(json!({
-        "apiVersion": "costmap.dev/v1alpha1",
-        "kind": "ClusterModelCostMapSync",
-        "metadata": {"name": NAME},
-        "spec": {"source": {"url": source.url}, "namespaceSelector": {"matchLabels": labels}},
-    }))
-    .unwrap();
     let started = Instant::now();
-    Api::<ClusterModelCostMapSync>::all(client.clone())
-        .create(&PostParams::default(), &sync)
-        .await
-        .expect("create ClusterModelCostMapSync");
+    create_cluster_sync(&client, NAME, &source.url, &labels).await;
     wait_all_ready(&client, namespaces, &sha256_digest(&first)).await;
     let all_ready = started.elapsed();
     let first_round = source.received();

@@ -18,7 +18,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use serde::Deserialize;
 use serde_json::json;
 use serde_yaml::Value;
@@ -549,18 +549,9 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     control_plane()
         .kubectl(&["label", "namespace", &ns, &format!("{label}=yes")])
         .unwrap();
-    let cluster_sync: ClusterModelCostMapSync = serde_json::from_value(json!({
-        "apiVersion": "costmap.dev/v1alpha1",
-        "kind": "ClusterModelCostMapSync",
-        "metadata": {"name": "rbac-shared"},
-        "spec": {"source": {"url": source.url}, "namespaceSelector": {"matchLabels": {label: "yes"}}},
-    }))
-    .unwrap();
+    let labels = std::collections::BTreeMap::from([(label.to_owned(), "yes".to_owned())]);
+    create_cluster_sync(&client, "rbac-shared", &source.url, &labels).await;
     let cluster_syncs = Api::<ClusterModelCostMapSync>::all(client.clone());
-    cluster_syncs
-        .create(&PostParams::default(), &cluster_sync)
-        .await
-        .unwrap();
     eventually(
         "the ClusterModelCostMapSync is Ready in the labelled namespace",
         || async {

@@ -150,17 +150,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
 
     let first = small_map(60, &[]);
     let source = Source::start(Answer::Map(first.clone())).await;
-    let sync: ClusterModelCostMapSync = serde_json::from_value(json!({
-        "apiVersion": "costmap.dev/v1alpha1",
-        "kind": "ClusterModelCostMapSync",
-        "metadata": {"name": NAME},
-        "spec": {"source": {"url": source.url}, "namespaceSelector": {"matchLabels": selected}},
-    }))
-    .unwrap();
-    cluster_syncs(&client)
-        .create(&PostParams::default(), &sync)
-        .await
-        .expect("create ClusterModelCostMapSync");
+    create_cluster_sync(&client, NAME, &source.url, &selected).await;
 
     // Every selected namespace gets the map; the one whose ConfigMap is someone else's
     // fails, by name, and keeps its own map.

@@ -24,7 +24,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use costmap_operator::api::{ModelCostMapSync, SYNC_REQUESTED_AT_ANNOTATION};
+use costmap_operator::api::{
+    ClusterModelCostMapSync, ModelCostMapSync, SYNC_REQUESTED_AT_ANNOTATION,
+};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::digest::sha256_digest;
 use costmap_operator::http::map_cache::MapCache;
@@ -399,6 +401,27 @@ pub async fn create_litellm_sync(client: &Client, namespace: &str, url: &str) ->
         json!({"source": {"url": url}}),
     )
     .await
+}
+
+/// Creates the ClusterModelCostMapSync `name` fetching from `url` into the namespaces
+/// labelled `labels`, every other field defaulted.
+pub async fn create_cluster_sync(
+    client: &Client,
+    name: &str,
+    url: &str,
+    labels: &BTreeMap<String, String>,
+) -> ClusterModelCostMapSync {
+    let sync: ClusterModelCostMapSync = serde_json::from_value(json!({
+        "apiVersion": "costmap.dev/v1alpha1",
+        "kind": "ClusterModelCostMapSync",
+        "metadata": {"name": name},
+        "spec": {"source": {"url": url}, "namespaceSelector": {"matchLabels": labels}},
+    }))
+    .unwrap();
+    Api::<ClusterModelCostMapSync>::all(client.clone())
+        .create(&PostParams::default(), &sync)
+        .await
+        .expect("create ClusterModelCostMapSync")
 }
 
 pub fn syncs(client: &Client, namespace: &str) -> Api<ModelCostMapSync> {
