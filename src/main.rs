@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use costmap_operator::agent;
-use costmap_operator::api::ModelCostMapSync;
+use costmap_operator::api::{ClusterModelCostMapSync, ModelCostMapSync};
 use costmap_operator::cli::{self, check::check};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::http::map_cache::MapCache;
@@ -38,8 +38,12 @@ struct Cli {
 enum Command {
     /// Run the operator: reconcile ModelCostMapSync objects and serve HTTP.
     Run(RunArgs),
-    /// Print the ModelCostMapSync CRD as YAML.
-    Crd,
+    /// Print a CRD as YAML: ModelCostMapSync's, or the one KIND names.
+    Crd {
+        /// Which CRD (crds/<kind>.yaml is its committed output).
+        #[arg(value_enum, default_value = "modelcostmapsync")]
+        kind: CrdKind,
+    },
     /// Fetch or read a map and validate it as the operator would (with --against, after
     /// that last good map). Exit 0 valid, 1 refused.
     Check(CheckArgs),
@@ -49,6 +53,15 @@ enum Command {
     /// Sidecar for a LiteLLM pod: serve the mounted map's ConfigMap directory on HTTP and
     /// reload the proxy when the kubelet swaps in a new map.
     Agent(AgentArgs),
+}
+
+/// The kinds this operator defines, as `crd` names them.
+#[derive(Clone, Copy, ValueEnum)]
+enum CrdKind {
+    /// ModelCostMapSync (namespaced).
+    Modelcostmapsync,
+    /// ClusterModelCostMapSync (cluster-scoped).
+    Clustermodelcostmapsync,
 }
 
 #[derive(clap::Args)]
@@ -248,7 +261,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => multi_thread(run(args)).and_then(|result| result),
-        Command::Crd => print_crd(),
+        Command::Crd { kind } => print_crd(kind),
         Command::Check(args) => {
             return multi_thread(run_check(args)).unwrap_or_else(|err| exit_code(Err(err)));
         }
@@ -345,8 +358,12 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_crd() -> anyhow::Result<()> {
-    print!("{}", serde_yaml::to_string(&ModelCostMapSync::crd())?);
+fn print_crd(kind: CrdKind) -> anyhow::Result<()> {
+    let crd = match kind {
+        CrdKind::Modelcostmapsync => ModelCostMapSync::crd(),
+        CrdKind::Clustermodelcostmapsync => ClusterModelCostMapSync::crd(),
+    };
+    print!("{}", serde_yaml::to_string(&crd)?);
     Ok(())
 }
 

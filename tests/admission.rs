@@ -476,3 +476,54 @@ fn explain(path: &str) -> anyhow::Result<String> {
     let out = control_plane().kubectl(&["explain", path])?;
     Ok(out.split_whitespace().collect::<Vec<_>>().join(" "))
 }
+
+#[tokio::test]
+async fn a_cluster_sync_is_explained_and_has_no_field_of_one_namespace() {
+    let explained = eventually(
+        "kubectl explain of cmcms.spec.namespaceSelector",
+        || async {
+            explain("cmcms.spec.namespaceSelector")
+                .ok()
+                .filter(|out| out.contains("picks the namespaces"))
+        },
+    )
+    .await;
+    assert!(
+        explained.contains("{} selects every namespace"),
+        "{explained}"
+    );
+    let kind = explain("clustermodelcostmapsync").expect("explain the kind");
+    assert!(
+        kind.contains("in every namespace its namespaceSelector picks"),
+        "{kind}"
+    );
+    let interval = explain("cmcms.spec.interval").expect("a shared field");
+    assert!(interval.contains("Defaults to 1h"), "{interval}");
+
+    // A field that names something inside one namespace is not in this kind: kubectl's
+    // strict field validation names it, and the server applies nothing.
+    let manifest = r#"
+apiVersion: costmap.dev/v1alpha1
+kind: ClusterModelCostMapSync
+metadata: {name: admission-headers}
+spec:
+  namespaceSelector: {}
+  source: {headersSecretRef: {name: mirror-auth}}
+"#;
+    let refused = control_plane()
+        .kubectl_with_input(&["apply", "--dry-run=server", "-f", "-"], manifest)
+        .expect_err("strict field validation refuses it");
+    assert!(
+        format!("{refused:#}").contains("headersSecretRef"),
+        "{refused:#}"
+    );
+    // And the selector is required.
+    let manifest = "apiVersion: costmap.dev/v1alpha1\nkind: ClusterModelCostMapSync\nmetadata: {name: admission-no-selector}\nspec: {}\n";
+    let refused = control_plane()
+        .kubectl_with_input(&["apply", "--dry-run=server", "-f", "-"], manifest)
+        .expect_err("namespaceSelector is required");
+    assert!(
+        format!("{refused:#}").contains("namespaceSelector"),
+        "{refused:#}"
+    );
+}

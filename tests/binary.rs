@@ -151,6 +151,12 @@ fn crd_prints_exactly_the_committed_crd() {
         "`costmap-operator crd` differs from crds/modelcostmapsync.yaml"
     );
     assert!(ran.stderr.is_empty(), "{}", ran.stderr);
+    let cluster = run_bin(["crd", "clustermodelcostmapsync"], |_| {});
+    assert_eq!(cluster.code(), 0, "{}", cluster.stderr);
+    assert!(
+        cluster.stdout == include_str!("../crds/clustermodelcostmapsync.yaml"),
+        "`costmap-operator crd clustermodelcostmapsync` differs from crds/clustermodelcostmapsync.yaml"
+    );
 }
 
 #[test]

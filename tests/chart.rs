@@ -5,7 +5,7 @@
 
 mod common;
 
-use costmap_operator::api::{EventReason, Reason};
+use costmap_operator::api::{ClusterModelCostMapSync, EventReason, Reason};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -103,14 +103,16 @@ fn grants(docs: &[Value]) -> Vec<(String, String, String)> {
 }
 
 #[test]
-fn the_chart_crd_is_the_generated_crd_byte_for_byte() {
-    let generated = std::fs::read(testenv::workspace_root().join("crds/modelcostmapsync.yaml"));
-    let in_chart = std::fs::read(chart().join("crds/modelcostmapsync.yaml"));
-    assert_eq!(
-        in_chart.unwrap(),
-        generated.unwrap(),
-        "copy crds/modelcostmapsync.yaml into charts/costmap-operator/crds/"
-    );
+fn the_chart_crds_are_the_generated_crds_byte_for_byte() {
+    for file in ["modelcostmapsync.yaml", "clustermodelcostmapsync.yaml"] {
+        let generated = std::fs::read(testenv::workspace_root().join("crds").join(file));
+        let in_chart = std::fs::read(chart().join("crds").join(file));
+        assert_eq!(
+            in_chart.unwrap(),
+            generated.unwrap(),
+            "copy crds/{file} into charts/costmap-operator/crds/"
+        );
+    }
 }
 
 #[test]
@@ -333,12 +335,42 @@ fn the_defaults_pass_a_security_review() {
             .any(|(_, _, verb)| verb == "delete" || verb == "*"),
         "nothing is ever deleted"
     );
+    // ClusterModelCostMapSyncs: the kind and its status, and Namespaces to select from,
+    // read-only; only in the ClusterRole.
+    for (resource, verb) in [
+        ("clustermodelcostmapsyncs", "watch"),
+        ("clustermodelcostmapsyncs/status", "patch"),
+        ("namespaces", "list"),
+        ("namespaces", "watch"),
+    ] {
+        let group = if resource == "namespaces" {
+            ""
+        } else {
+            "costmap.dev"
+        };
+        assert!(
+            default_grants.contains(&(group.into(), resource.into(), verb.into())),
+            "{verb} {resource}"
+        );
+    }
+    let namespace_verbs: Vec<&str> = default_grants
+        .iter()
+        .filter(|(_, resource, _)| resource == "namespaces")
+        .map(|(_, _, verb)| verb.as_str())
+        .collect();
+    assert_eq!(namespace_verbs, ["get", "list", "watch"]);
     let with_restarts = grants(&template(&["restartWorkloads.enabled=true"]));
     assert!(with_restarts.contains(&("apps".into(), "deployments".into(), "patch".into())));
 
     // A list of namespaces: a Role in each (plus the Lease's), no ClusterRole.
     let scoped = template(&["watchNamespaces={llm,team-b}"]);
     assert!(of_kind(&scoped, "ClusterRole").is_empty());
+    assert!(
+        !grants(&scoped).iter().any(|(_, resource, _)| resource
+            .starts_with("clustermodelcostmapsyncs")
+            || resource == "namespaces"),
+        "a namespaced install has no cluster rights"
+    );
     let mut role_namespaces: Vec<&str> = of_kind(&scoped, "Role")
         .iter()
         .map(|r| r["metadata"]["namespace"].as_str().unwrap())
@@ -511,6 +543,43 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     request_sync(&client, &ns, "litellm", "rbac").await;
     wait_handled(&client, &ns, "litellm", "rbac").await;
     wait_event(&client, &ns, EventReason::MapUpdated.as_str(), "day0-model").await;
+    // A ClusterModelCostMapSync, as the chart's ServiceAccount runs it: its copy in the
+    // labelled namespace, its status, its Event (in default), served by the endpoint.
+    let label = "costmap-rbac-test";
+    control_plane()
+        .kubectl(&["label", "namespace", &ns, &format!("{label}=yes")])
+        .unwrap();
+    let labels = std::collections::BTreeMap::from([(label.to_owned(), "yes".to_owned())]);
+    create_cluster_sync(&client, "rbac-shared", &source.url, &labels).await;
+    let cluster_syncs = Api::<ClusterModelCostMapSync>::all(client.clone());
+    eventually(
+        "the ClusterModelCostMapSync is Ready in the labelled namespace",
+        || async {
+            let sync = cluster_syncs.get("rbac-shared").await.ok()?;
+            let status = sync.status?;
+            let ready = status.sync.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.status == "True" && status.namespaces?.ready == 1).then_some(())
+        },
+    )
+    .await;
+    let copy = config_maps(&client, &ns).get("rbac-shared").await.unwrap();
+    assert_eq!(
+        copy.metadata.owner_references.unwrap()[0].kind,
+        "ClusterModelCostMapSync"
+    );
+    wait_event(
+        &client,
+        "default",
+        EventReason::MapSynced.as_str(),
+        "rbac-shared",
+    )
+    .await;
+    let cluster_url = format!("{}/maps/{ns}/rbac-shared/{DEFAULT_KEY}", operator.url);
+    eventually("the copy is served", || async {
+        let response = reqwest::get(&cluster_url).await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
     let log = operator.log_text();
     assert!(
         !log.to_lowercase().contains("forbidden"),
@@ -529,6 +598,10 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
         &["delete", "modelcostmapsyncs.costmap.dev", "-n", &ns],
         &["create", "clusterrolebindings"],
         &["get", "nodes"],
+        &["update", "clustermodelcostmapsyncs.costmap.dev"],
+        &["delete", "clustermodelcostmapsyncs.costmap.dev"],
+        &["patch", "namespaces"],
+        &["delete", "configmaps", "-A"],
         &["delete", "deployments", "-n", &ns],
         &["patch", "leases.coordination.k8s.io", "-n", &ns],
     ];
@@ -539,6 +612,13 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     let allowed: &[&[&str]] = &[
         &["get", "secrets", "-n", &ns],
         &["patch", "configmaps", "-n", &ns],
+        &["list", "namespaces"],
+        &["watch", "clustermodelcostmapsyncs.costmap.dev"],
+        &[
+            "patch",
+            "clustermodelcostmapsyncs.costmap.dev",
+            "--subresource=status",
+        ],
         &["patch", "deployments", "-n", &ns],
         &[
             "patch",

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use costmap_operator::api::ModelCostMapSyncSpec;
+use costmap_operator::api::{ClusterModelCostMapSyncSpec, ModelCostMapSyncSpec};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -17,8 +17,9 @@ const NAMESPACES: [&str; 4] = ["llm", "costmap-system", "argocd", "flux-system"]
 
 /// Files that must be there (relative to examples/), and folders that must hold at least
 /// two manifests.
-const EXPECTED_FILES: [&str; 6] = [
+const EXPECTED_FILES: [&str; 7] = [
     "basic.yaml",
+    "cluster.yaml",
     "air-gapped.yaml",
     "litellm-proxy.yaml",
     "litellm-proxy-no-db.yaml",
@@ -112,7 +113,8 @@ fn every_example_sync_spec_reads_as_written() {
                     && document.get("kind").is_some_and(Value::is_string),
                 "{where_}: every document needs apiVersion and kind"
             );
-            if document["kind"] != "ModelCostMapSync" {
+            let cluster = document["kind"] == "ClusterModelCostMapSync";
+            if document["kind"] != "ModelCostMapSync" && !cluster {
                 continue;
             }
             assert_eq!(
@@ -123,12 +125,16 @@ fn every_example_sync_spec_reads_as_written() {
                 .get("spec")
                 .cloned()
                 .unwrap_or_else(|| panic!("{where_}: a ModelCostMapSync needs a spec"));
-            let spec: ModelCostMapSyncSpec = serde_yaml::from_value(written.clone())
-                .unwrap_or_else(|err| panic!("{where_}: spec does not parse: {err}"));
+            let parsed = match cluster {
+                true => serde_yaml::from_value::<ClusterModelCostMapSyncSpec>(written.clone())
+                    .map(|spec| serde_yaml::to_value(&spec).unwrap()),
+                false => serde_yaml::from_value::<ModelCostMapSyncSpec>(written.clone())
+                    .map(|spec| serde_yaml::to_value(&spec).unwrap()),
+            };
             // serde skips fields it does not know: a misspelt field would parse, be pruned
             // by the API server, and quietly take its default. Every field written must
             // come back when the parsed spec is written out again.
-            let read = serde_yaml::to_value(&spec).unwrap();
+            let read = parsed.unwrap_or_else(|err| panic!("{where_}: spec does not parse: {err}"));
             let mut unknown = Vec::new();
             unknown_fields(&written, &read, "spec", &mut unknown);
             assert!(
@@ -138,10 +144,10 @@ fn every_example_sync_spec_reads_as_written() {
             syncs.push(where_);
         }
     }
-    // basic, air-gapped, litellm-proxy, litellm-proxy-no-db, litellm-agent-sidecar, overrides,
-    // Flux and Argo CD.
+    // basic, cluster, air-gapped, litellm-proxy, litellm-proxy-no-db, litellm-agent-sidecar,
+    // overrides, Flux and Argo CD.
     assert!(
-        syncs.len() >= 8,
+        syncs.len() >= 9,
         "ModelCostMapSyncs found in examples/: {syncs:#?}"
     );
 }

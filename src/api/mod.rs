@@ -6,13 +6,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod cluster;
 mod duration;
 mod reasons;
 mod status;
 
 use duration::parse_duration;
 
-pub use reasons::{ConditionType, ConsumersReason, EventReason, PricedReason, Reason};
+pub use cluster::{
+    ClusterModelCostMapSync, ClusterModelCostMapSyncSpec, ClusterModelCostMapSyncStatus,
+    MAX_LISTED_NAMESPACES, NOT_CLUSTER_WIDE, NamespaceFailure, NamespacesStatus,
+};
+pub use reasons::{
+    ConditionType, ConsumersReason, EventReason, NamespaceReason, PricedReason, Reason,
+};
 pub use status::{
     Artifact, ConsumerState, ConsumerStatus, HistoryEntry, LastChange, ModelCostMapSyncStatus,
     OverridesStatus, PriceChange, SourceMap,

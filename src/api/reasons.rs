@@ -47,6 +47,31 @@ pub enum Reason {
     InvalidSpec,
     /// Unchanged: syncing is suspended (`spec.suspend`); Ready keeps its status.
     Suspended,
+    /// False, on a ClusterModelCostMapSync: the map is synced, but some selected namespace
+    /// does not hold it (the message names them; `status.namespaces.failing` says why).
+    NamespacesFailing,
+}
+
+/// Why a selected namespace of a ClusterModelCostMapSync does not hold its map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceReason {
+    /// A ConfigMap of that name exists and is not this object's: it is left alone.
+    OwnedByAnother,
+    /// The ConfigMap could not be written.
+    WriteFailed,
+    /// There is no map to write yet (the first sync has not succeeded).
+    NotSynced,
+}
+
+impl NamespaceReason {
+    /// The name, as status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NamespaceReason::OwnedByAnother => "OwnedByAnother",
+            NamespaceReason::WriteFailed => "WriteFailed",
+            NamespaceReason::NotSynced => "NotSynced",
+        }
+    }
 }
 
 /// Why `ConsumersCurrent` is what it is.
@@ -131,6 +156,7 @@ impl Reason {
             Reason::InvalidOverride => "InvalidOverride",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::Suspended => "Suspended",
+            Reason::NamespacesFailing => "NamespacesFailing",
         }
     }
 }

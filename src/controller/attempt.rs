@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::Error;
+use super::prepared::Against;
 use super::reconcile::{Reconciler, api_error_message};
-use super::status::{Notice, Outcome};
+use super::status::{Notice, Outcome, artifact_of};
 use crate::api::{Artifact, EventReason};
 use crate::api::{OverridesStatus, SourceMap};
-use crate::digest::{git_blob_id, sha256_digest};
+use crate::digest::sha256_digest;
 use crate::sync::fetch::FetchRequest;
 use crate::sync::fetch::shared::{SharedOutcome, SharedRequest, SourceBody};
 use crate::sync::overrides::{Applied, Overrides, apply};
@@ -24,10 +24,9 @@ use crate::sync::render::{
     HeldConfigMaps, StoredMap, read_stored, render_config_maps, write_order,
 };
 use crate::sync::store::HeldMap;
+use crate::sync::validate::ModelMap;
 use crate::sync::validate::guards::shrink_guard_by_count;
-use crate::sync::validate::summary::MapSummary;
-use crate::sync::validate::{ModelMap, Rules};
-use crate::sync::{Accepted, NotAccepted, SecretError, SyncError, prepare};
+use crate::sync::{SecretError, SyncError};
 
 /// A map the source sent (with the overrides merged in), to accept or refuse.
 struct NewMap {
@@ -48,55 +47,11 @@ struct NewMap {
     overrides: Option<OverridesStatus>,
 }
 
-/// The map a new one is judged against.
-enum Against {
-    /// The last good map as it is (no overrides, or the same ones).
-    Held(Arc<HeldMap>),
-    /// The last good map with other overrides merged in.
-    Republished { digest: String, bytes: Vec<u8> },
-}
-
-impl Against {
-    fn digest(&self) -> &str {
-        match self {
-            Against::Held(map) => map.digest(),
-            Against::Republished { digest, .. } => digest,
-        }
-    }
-
-    /// Its summary (parsed now if never before): CPU, so called off the async workers.
-    fn summary(&self) -> Option<Arc<MapSummary>> {
-        match self {
-            Against::Held(map) => map.summary(),
-            Against::Republished { bytes, .. } => ModelMap::parse(bytes)
-                .ok()
-                .map(|map| Arc::new(MapSummary::of(&map))),
-        }
-    }
-}
-
-/// What preparing a map depends on: the same inputs give the same answer, worked out once
-/// for every object that asks ([`Context::prepared`](super::Context)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct PrepareInputs {
-    digest: String,
-    against: Option<String>,
-    rules: Rules,
-    accept_digest: Option<String>,
-}
-
-/// A map prepared and held, with how it was accepted.
-#[derive(Debug)]
-pub(super) struct Prepared {
-    map: Arc<HeldMap>,
-    accepted: Accepted,
-}
-
-/// What preparing answers, shared by every object that asked.
-pub(super) type PrepareAnswer = Result<Arc<Prepared>, NotAccepted>;
-
 /// `status.overrides` for what `applied`; none without overrides.
-fn overrides_status(overrides: &Overrides, applied: &Applied) -> Option<OverridesStatus> {
+pub(super) fn overrides_status(
+    overrides: &Overrides,
+    applied: &Applied,
+) -> Option<OverridesStatus> {
     if overrides.is_empty() {
         return None;
     }
@@ -223,7 +178,7 @@ impl Reconciler<'_> {
         let against = match last_good {
             None => None,
             Some(map) if overrides.is_empty() => Some(Against::Held(Arc::clone(map))),
-            Some(map) => Some(self.republished(map, &overrides).await?),
+            Some(map) => Some(Against::republished(map, &overrides).await?),
         };
         let new = NewMap {
             bytes,
@@ -236,30 +191,6 @@ impl Reconciler<'_> {
             overrides: overrides_status,
         };
         self.accept_new_map(new, source_counted).await
-    }
-
-    /// The last good map with `overrides` merged in: itself when that changes nothing.
-    async fn republished(
-        &self,
-        map: &Arc<HeldMap>,
-        overrides: &Overrides,
-    ) -> Result<Against, SyncError> {
-        let (held, overrides) = (Arc::clone(map), overrides.clone());
-        let republished = tokio::task::spawn_blocking(move || {
-            let bytes = apply(&held.stored().bytes, &overrides).bytes;
-            let digest = sha256_digest(&bytes);
-            if digest == held.digest() {
-                Against::Held(held)
-            } else {
-                Against::Republished { digest, bytes }
-            }
-        });
-        republished
-            .await
-            .map_err(|join_error| SyncError::Interrupted {
-                what: "merging the overrides",
-                detail: join_error.to_string(),
-            })
     }
 
     /// The fetched map; None when the source says it did not change and the overrides did
@@ -296,6 +227,7 @@ impl Reconciler<'_> {
                 revision,
             },
             follower: &self.uid,
+            kind: "ModelCostMapSync",
             max_age: self.answer_max_age(),
         };
         match self.context.sources.fetch(&request).await? {
@@ -391,28 +323,20 @@ impl Reconciler<'_> {
             mut source,
             overrides,
         } = new;
-        let inputs = PrepareInputs {
-            digest: digest.clone(),
-            against: against.as_ref().map(|a| a.digest().to_owned()),
-            rules: self.sync.spec.validation.rules(),
-            accept_digest: self.sync.accept_digest().map(str::to_owned),
-        };
+        let rules = self.sync.spec.validation.rules();
+        let accept_digest = self.sync.accept_digest().map(str::to_owned);
         let prepared = self
             .context
-            .prepared
-            .get_or_try(inputs.clone(), || {
-                self.prepare(bytes, digest, against, inputs)
-            })
-            .await??;
+            .prepared(bytes, digest, against, rules, accept_digest)
+            .await?;
         let map = prepared.map.stored();
-        let artifact = Artifact {
-            digest: prepared.map.digest().to_owned(),
-            git_blob_id: known_git_blob_id.unwrap_or_else(|| git_blob_id(&map.bytes)),
+        let artifact = artifact_of(
+            &prepared.map,
+            prepared.accepted.models,
+            known_git_blob_id,
             revision,
-            size: i64::try_from(map.bytes.len()).unwrap_or(i64::MAX),
-            models: count(prepared.accepted.models),
-            last_update_time: Time(self.now),
-        };
+            self.now,
+        );
         if let Some(source) = source.as_mut().filter(|_| !source_counted) {
             source.models = artifact.models;
         }
@@ -446,45 +370,6 @@ impl Reconciler<'_> {
             source,
             overrides,
             history,
-        })
-    }
-
-    /// Parses, validates, judges and compresses a new map, off the async workers.
-    async fn prepare(
-        &self,
-        bytes: Bytes,
-        digest: String,
-        against: Option<Against>,
-        inputs: PrepareInputs,
-    ) -> Result<PrepareAnswer, SyncError> {
-        // Preparing holds the new map, its parsed form and its gzip: tens of MiB. Bounding
-        // how many run at once bounds the operator's memory, however many distinct maps
-        // come due together. Fetches are not counted: a hanging source must not hold up
-        // the others.
-        let _slot = self.context.sync_slots.acquire().await;
-        let held = Arc::clone(&self.context.held);
-        let prepared = tokio::task::spawn_blocking(move || {
-            let summary = against.as_ref().and_then(Against::summary);
-            drop(against);
-            let answer = prepare(
-                bytes.to_vec(),
-                &inputs.rules,
-                summary.as_deref(),
-                inputs.accept_digest.as_deref(),
-            )
-            .map(|prepared| {
-                let map = held.hold(prepared.map, digest, Some(Arc::new(prepared.summary)));
-                Arc::new(Prepared {
-                    map,
-                    accepted: prepared.accepted,
-                })
-            });
-            crate::heap::release_freed_memory();
-            answer
-        });
-        prepared.await.map_err(|join_error| SyncError::Interrupted {
-            what: "validation",
-            detail: join_error.to_string(),
         })
     }
 

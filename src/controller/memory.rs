@@ -102,6 +102,18 @@ impl Memories {
         });
     }
 
+    /// Remembers `map` as the last good map of `uid`.
+    pub(super) fn remember_last_good(&self, uid: &str, map: Arc<HeldMap>) {
+        self.update(uid, |m| m.last_good = Some(map));
+    }
+
+    /// The last good map of `uid`, if the one remembered has `digest`.
+    pub(super) fn last_good(&self, uid: &str, digest: &str) -> Option<Arc<HeldMap>> {
+        self.read(uid, |m| m.last_good.clone())
+            .flatten()
+            .filter(|map| map.digest() == digest)
+    }
+
     /// Forgets every object but `live` (uids); returns how many were forgotten.
     pub(super) fn retain(&self, live: &HashSet<String>) -> usize {
         let mut by_uid = crate::locks::lock(&self.by_uid);

@@ -9,11 +9,13 @@
 
 mod attempt;
 mod chunks;
+mod cluster;
 pub mod conditions;
 mod consumers;
 mod history;
 mod memory;
 mod overrides;
+mod prepared;
 mod reconcile;
 mod status;
 
@@ -22,16 +24,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -87,7 +91,7 @@ pub struct Context {
     /// The maps held in memory, once each.
     held: Arc<MapStore>,
     /// New maps prepared for some object: the others with the same inputs take the answer.
-    prepared: Memo<attempt::PrepareInputs, attempt::PrepareAnswer>,
+    prepared: Memo<prepared::PrepareInputs, prepared::PrepareAnswer>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     proxies: ProxyClient,
@@ -143,10 +147,45 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Records an Event about `object`; a failure to record is logged, never fatal.
+    async fn publish(&self, notice: status::Notice, object: &ObjectReference) {
+        let event = Event {
+            type_: notice.type_,
+            reason: notice.reason.as_str().to_owned(),
+            note: Some(reconcile::truncate(notice.note, 1000)),
+            action: "Sync".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, object).await {
+            warn!(error = %err, "could not record an Event");
+        }
+    }
+}
+
+/// Server-side applies the whole status of `name` (of kind `K`); the object written.
+async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<K, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&patch)).await
+}
+
 /// Runs the controller, one per watched namespace (or one for the cluster), until `stop`
 /// is cancelled; in-flight reconciles finish first.
 pub async fn run(client: Client, fetcher: Fetcher, settings: Settings, stop: CancellationToken) {
     let scopes = scope::scopes(&settings.namespaces);
+    let settings_namespaces_empty = settings.namespaces.is_empty();
     let context = Arc::new(Context::new(client.clone(), fetcher, settings));
     let controllers: Vec<Controller<ModelCostMapSync>> = scopes
         .iter()
@@ -155,9 +194,13 @@ pub async fn run(client: Client, fetcher: Fetcher, settings: Settings, stop: Can
     let stores = controllers.iter().map(Controller::store).collect();
     let forgetting = tokio::spawn(forget_deleted(stores, context.clone()));
     let running = controllers.into_iter().map(|controller| {
-        run_controller(controller, context.clone(), stop.clone().cancelled_owned())
+        run_controller(controller, context.clone(), stop.clone().cancelled_owned()).boxed()
     });
-    join_all(running).await;
+    // ClusterModelCostMapSyncs write into any namespace: only an operator that watches
+    // them all (and has the ClusterRole for it) reconciles them.
+    let cluster_wide = settings_namespaces_empty
+        .then(|| cluster::run(client.clone(), context.clone(), stop.clone()).boxed());
+    join_all(running.chain(cluster_wide)).await;
     forgetting.abort();
 }
 
@@ -297,7 +340,7 @@ async fn forget_deleted(stores: Vec<Store<ModelCostMapSync>>, context: Arc<Conte
             })
             .collect();
         let forgotten = context.memory.retain(&uids);
-        context.sources.forget_except(&uids);
+        context.sources.forget_except("ModelCostMapSync", &uids);
         let series = context.metrics.forget_maps_except(&maps);
         if forgotten + series > 0 {
             info!(

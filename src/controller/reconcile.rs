@@ -7,15 +7,13 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::status::{self, Attempt, Notice, Outcome};
-use super::{Context, Error, FIELD_MANAGER, conditions, consumers};
+use super::{Context, Error, conditions, consumers};
 use crate::api::{Artifact, EventReason, ModelCostMapSync, ModelCostMapSyncStatus, SpecError};
 use crate::metrics::{MapLabels, SyncResult};
 use crate::sync::SyncError;
@@ -227,19 +225,11 @@ impl<'a> Reconciler<'a> {
     /// same map holds) or the ConfigMap.
     fn last_good_at_hand(&self, config_map: &HeldConfigMaps) -> Option<Arc<HeldMap>> {
         let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
-        let remembered = self
-            .context
-            .memory
-            .read(&self.uid, |m| m.last_good.clone())
-            .flatten()
-            .filter(|map| map.digest() == digest);
-        if let Some(map) = remembered {
+        if let Some(map) = self.context.memory.last_good(&self.uid, digest) {
             return Some(map);
         }
         if let Some(map) = self.context.held.get(digest) {
-            self.context
-                .memory
-                .update(&self.uid, |m| m.last_good = Some(map.clone()));
+            self.remember_held(map.clone());
             return Some(map);
         }
         let max_bytes = self.context.sources.policy().max_body_bytes;
@@ -260,19 +250,11 @@ impl<'a> Reconciler<'a> {
 
     /// Keeps a map already held as this object's last good map.
     pub(super) fn remember_held(&self, map: Arc<HeldMap>) {
-        self.context
-            .memory
-            .update(&self.uid, |m| m.last_good = Some(map));
+        self.context.memory.remember_last_good(&self.uid, map);
     }
 
     pub(super) fn identity(&self, artifact: &Artifact) -> MapIdentity {
-        MapIdentity {
-            digest: artifact.digest.clone(),
-            git_blob_id: artifact.git_blob_id.clone(),
-            models: artifact.models,
-            source_url: redacted(&self.sync.spec.source.url),
-            updated_at: artifact.last_update_time.0.to_string(),
-        }
+        identity(artifact, &self.sync.spec.source.url)
     }
 
     /// The ConfigMaps as they should be for the last good map in status. None when there
@@ -401,15 +383,7 @@ impl<'a> Reconciler<'a> {
         }
         let api: Api<ModelCostMapSync> =
             Api::namespaced(self.context.client.clone(), &self.target.namespace);
-        let patch = json!({
-            "apiVersion": ModelCostMapSync::api_version(&()),
-            "kind": ModelCostMapSync::kind(&()),
-            "status": status,
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let written = api
-            .patch_status(&self.sync.name_any(), &params, &Patch::Apply(&patch))
-            .await?;
+        let written = super::apply_status(&api, &self.sync.name_any(), &status).await?;
         self.context.memory.record_write(
             &self.uid,
             status,
@@ -429,21 +403,8 @@ impl<'a> Reconciler<'a> {
 
     /// Records an Event; a failure to record is logged, never fatal.
     pub(super) async fn publish(&self, notice: Notice) {
-        let event = Event {
-            type_: notice.type_,
-            reason: notice.reason.as_str().to_owned(),
-            note: Some(truncate(notice.note, 1000)),
-            action: "Sync".to_owned(),
-            secondary: None,
-        };
-        if let Err(err) = self
-            .context
-            .recorder
-            .publish(&event, &self.sync.object_ref(&()))
-            .await
-        {
-            warn!(error = %err, "could not record an Event");
-        }
+        let object = self.sync.object_ref(&());
+        self.context.publish(notice, &object).await;
     }
 }
 
@@ -451,6 +412,17 @@ impl<'a> Reconciler<'a> {
 /// equal to the same status read back from the API server.
 pub(super) fn whole_seconds_now() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
+}
+
+/// The annotations' account of `artifact`, fetched from `url` (shown redacted).
+pub(super) fn identity(artifact: &Artifact, url: &str) -> MapIdentity {
+    MapIdentity {
+        digest: artifact.digest.clone(),
+        git_blob_id: artifact.git_blob_id.clone(),
+        models: artifact.models,
+        source_url: redacted(url),
+        updated_at: artifact.last_update_time.0.to_string(),
+    }
 }
 
 fn redacted(url: &str) -> String {

@@ -319,6 +319,26 @@ fn later(at: Timestamp, wait: Duration) -> Timestamp {
     at + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX)
 }
 
+/// The artifact of a newly accepted map with `models` models; `git_blob_id` when known
+/// (the fetched map's, when no override changed it), else hashed here.
+pub(super) fn artifact_of(
+    map: &crate::sync::store::HeldMap,
+    models: usize,
+    git_blob_id: Option<String>,
+    revision: Option<String>,
+    now: Timestamp,
+) -> Artifact {
+    let bytes = &map.stored().bytes;
+    Artifact {
+        digest: map.digest().to_owned(),
+        git_blob_id: git_blob_id.unwrap_or_else(|| crate::digest::git_blob_id(bytes)),
+        revision,
+        size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+        models: i32::try_from(models).unwrap_or(i32::MAX),
+        last_update_time: Time(now),
+    }
+}
+
 /// The Ready message of a successful sync.
 pub(super) fn synced_message(artifact: Option<&Artifact>, what: &str) -> String {
     match artifact {

@@ -2,7 +2,9 @@
 //! server and a replica that is not the leader serves too.
 //!
 //! Two watches feed it: the managed ConfigMaps (the map bytes) and the ModelCostMapSync
-//! objects (what their status vouches for). A map is served only when its bytes hash to the
+//! objects (what their status vouches for); a third, of the ClusterModelCostMapSync objects,
+//! when the operator watches the whole cluster: their copies are served at
+//! `/maps/{namespace}/{cluster object's name}/{key}`. A map is served only when its bytes hash to the
 //! digest that status names, `status.artifact` or the `status.pendingArtifact` being
 //! written; never on the word of the ConfigMap's own annotations, which anyone who can edit
 //! the ConfigMap can edit too. A map served before stays served while status still names it,
@@ -17,12 +19,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::ListParams;
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::api::ModelCostMapSync;
+use crate::api::{ClusterModelCostMapSync, ModelCostMapSync, ModelCostMapSyncStatus};
 use crate::http::maps::ServedMap;
 use crate::scope;
 use crate::sync::render::{GunzipError, HISTORY_OF_LABEL};
@@ -59,6 +62,8 @@ struct Inner {
     config_maps: Mirror<StoredMaps>,
     /// What each ModelCostMapSync's status vouches for.
     syncs: Mirror<Vouched>,
+    /// What each ClusterModelCostMapSync's status vouches for (namespace "").
+    cluster_syncs: Mirror<Vouched>,
     /// The maps served now.
     served: HashMap<MapKey, Arc<ServedMap>>,
     /// Every map held, once however many ConfigMaps hold it.
@@ -88,10 +93,13 @@ impl ServedByGzip {
     }
 }
 
-/// The maps of one ConfigMap, and the ModelCostMapSync that owns it.
+/// The maps of one ConfigMap, and the ModelCostMapSync (or ClusterModelCostMapSync) that
+/// owns it.
 #[derive(Debug, Clone)]
 struct StoredMaps {
     owner: String,
+    /// The owner is a ClusterModelCostMapSync.
+    cluster: bool,
     owner_uid: String,
     /// By key (file name without `.gz`).
     maps: Vec<(String, Arc<ServedMap>)>,
@@ -142,8 +150,7 @@ impl MapCache {
     /// Whether every watch has listed its objects and has not failed since: what the cache
     /// serves is then what the cluster holds.
     pub fn is_watching(&self) -> bool {
-        let inner = self.read();
-        inner.config_maps.is_watching() && inner.syncs.is_watching()
+        self.read().is_watching()
     }
 
     /// Keeps the cache current from the managed ConfigMaps and the ModelCostMapSyncs in
@@ -151,12 +158,33 @@ impl MapCache {
     pub async fn run(self, client: Client, namespaces: Vec<String>, max_bytes: u64) {
         let managed = crate::controller::managed_targets();
         let scopes = scope::scopes(&namespaces);
+        let cluster_syncs = Api::<ClusterModelCostMapSync>::all(client.clone());
+        // An operator upgraded without applying the new CRD serves the namespaced maps.
+        let watch_cluster_syncs = namespaces.is_empty()
+            && cluster_syncs
+                .list_metadata(&ListParams::default().limit(1))
+                .await
+                .is_ok();
         {
             let mut inner = self.write();
             inner.config_maps.expect(&scopes);
             inner.syncs.expect(&scopes);
+            if watch_cluster_syncs {
+                inner.cluster_syncs.expect(&[None]);
+            }
         }
         let mut watches = Vec::new();
+        if watch_cluster_syncs {
+            let cache = self.clone();
+            watches.push(
+                watch::resilient(cluster_syncs, watcher::Config::default())
+                    .for_each(move |event| {
+                        cache.on_cluster_sync_event(event);
+                        futures::future::ready(())
+                    })
+                    .boxed(),
+            );
+        }
         for scope in scopes {
             let config_maps = scope::api::<ConfigMap>(&client, scope.as_deref());
             let syncs = scope::api::<ModelCostMapSync>(&client, scope.as_deref());
@@ -212,7 +240,9 @@ impl MapCache {
 
     fn on_sync_event(&self, scope: &str, event: Result<Event<ModelCostMapSync>, watcher::Error>) {
         self.update(|inner| match event {
-            Ok(event) => inner.syncs.apply(scope, event, vouched),
+            Ok(event) => inner
+                .syncs
+                .apply(scope, event, |sync| vouched(sync.status.as_ref(), sync.uid())),
             Err(error) => {
                 warn!(%error, scope, "the map cache's ModelCostMapSync watch failed; not ready until it lists again");
                 inner.syncs.fail(scope);
@@ -220,12 +250,24 @@ impl MapCache {
         });
     }
 
+    fn on_cluster_sync_event(&self, event: Result<Event<ClusterModelCostMapSync>, watcher::Error>) {
+        self.update(|inner| match event {
+            Ok(event) => inner.cluster_syncs.apply("", event, |sync| {
+                vouched(sync.status.as_ref().map(|s| &s.sync), sync.uid())
+            }),
+            Err(error) => {
+                warn!(%error, "the map cache's ClusterModelCostMapSync watch failed; not ready until it lists again");
+                inner.cluster_syncs.fail("");
+            }
+        });
+    }
+
     fn update(&self, change: impl FnOnce(&mut Inner)) {
         let mut inner = self.write();
-        let was_watching = inner.config_maps.is_watching() && inner.syncs.is_watching();
+        let was_watching = inner.is_watching();
         change(&mut inner);
         inner.refresh_served();
-        if !was_watching && inner.config_maps.is_watching() && inner.syncs.is_watching() {
+        if !was_watching && inner.is_watching() {
             info!("the map cache is watching");
         }
         drop(inner);
@@ -242,13 +284,33 @@ impl MapCache {
 }
 
 impl Inner {
+    fn is_watching(&self) -> bool {
+        // Without cluster objects to watch, none is expected.
+        let cluster = self.cluster_syncs.scopes.is_empty() || self.cluster_syncs.is_watching();
+        self.config_maps.is_watching() && self.syncs.is_watching() && cluster
+    }
+
+    /// What the owner of a ConfigMap in `namespace` vouches for.
+    fn vouched(&self, namespace: &str, owner: &str, cluster: bool) -> Option<&Vouched> {
+        match cluster {
+            true => self
+                .cluster_syncs
+                .items
+                .get(&(String::new(), owner.to_owned())),
+            false => self
+                .syncs
+                .items
+                .get(&(namespace.to_owned(), owner.to_owned())),
+        }
+    }
+
     /// Serves each stored map that status vouches for; keeps serving a map served before
-    /// while status still vouches for it.
+    /// while status still vouches for it. Where a namespaced object and a cluster one of
+    /// the same name both have a map, the namespaced one is served.
     fn refresh_served(&mut self) {
         let mut served = HashMap::new();
         for ((namespace, _), stored) in &self.config_maps.items {
-            let owner = (namespace.clone(), stored.owner.clone());
-            let Some(vouched) = self.syncs.items.get(&owner) else {
+            let Some(vouched) = self.vouched(namespace, &stored.owner, stored.cluster) else {
                 continue;
             };
             if vouched.uid != stored.owner_uid {
@@ -261,18 +323,21 @@ impl Inner {
                         name: stored.owner.clone(),
                         key: key.clone(),
                     };
-                    served.insert(key, Arc::clone(map));
+                    if stored.cluster {
+                        served.entry(key).or_insert_with(|| Arc::clone(map));
+                    } else {
+                        served.insert(key, Arc::clone(map));
+                    }
                 } else {
                     debug!(namespace, owner = %stored.owner, key, digest = map.digest(), "not serving a map its status does not name");
                 }
             }
         }
-        for (key, map) in self.served.drain() {
-            let still_vouched = self
-                .syncs
-                .items
-                .get(&(key.namespace.clone(), key.name.clone()))
-                .is_some_and(|vouched| vouched.vouches(map.digest()));
+        for (key, map) in std::mem::take(&mut self.served) {
+            let still_vouched = [false, true].into_iter().any(|cluster| {
+                self.vouched(&key.namespace, &key.name, cluster)
+                    .is_some_and(|vouched| vouched.vouches(map.digest()))
+            });
             if still_vouched {
                 served.entry(key).or_insert(map);
             }
@@ -386,7 +451,11 @@ fn stored_maps(cm: &ConfigMap, max_bytes: u64, gzips: &ServedByGzip) -> Option<S
         return None;
     }
     let owner = cm.owner_references().iter().find(|owner| {
-        owner.kind == ModelCostMapSync::kind(&()) && owner.controller == Some(true)
+        let kind = [
+            ModelCostMapSync::kind(&()),
+            ClusterModelCostMapSync::kind(&()),
+        ];
+        kind.contains(&owner.kind.as_str().into()) && owner.controller == Some(true)
     })?;
     let maps = cm
         .binary_data
@@ -405,6 +474,7 @@ fn stored_maps(cm: &ConfigMap, max_bytes: u64, gzips: &ServedByGzip) -> Option<S
         .collect();
     Some(StoredMaps {
         owner: owner.name.clone(),
+        cluster: owner.kind == ClusterModelCostMapSync::kind(&()),
         owner_uid: owner.uid.clone(),
         maps,
         chunks: chunked::chunk_parts(cm),
@@ -412,18 +482,15 @@ fn stored_maps(cm: &ConfigMap, max_bytes: u64, gzips: &ServedByGzip) -> Option<S
     })
 }
 
-/// The digests a ModelCostMapSync's status names: its artifact, and the map being written.
-fn vouched(sync: &ModelCostMapSync) -> Option<Vouched> {
-    let status = sync.status.as_ref()?;
+/// The digests a status names: its artifact, and the map being written.
+fn vouched(status: Option<&ModelCostMapSyncStatus>, uid: Option<String>) -> Option<Vouched> {
+    let status = status?;
     let digests: Vec<String> = [&status.artifact, &status.pending_artifact]
         .into_iter()
         .flatten()
         .map(|artifact| artifact.digest.clone())
         .collect();
-    Some(Vouched {
-        uid: sync.uid()?,
-        digests,
-    })
+    Some(Vouched { uid: uid?, digests })
 }
 
 #[cfg(test)]
@@ -636,6 +703,58 @@ pub(super) mod tests {
             mirror.items.keys().collect::<Vec<_>>(),
             [&("team-b".to_owned(), "litellm".to_owned())]
         );
+    }
+
+    #[test]
+    fn copies_of_a_cluster_object_are_served_in_each_namespace_once_its_status_vouches() {
+        use crate::api::{ClusterModelCostMapSync, ClusterModelCostMapSyncStatus};
+        let bytes = b"{\"a\": {}}";
+        let copy = |namespace: &str| {
+            let mut cm = managed("shared", "ignored", bytes);
+            cm.metadata.namespace = Some(namespace.into());
+            let owner = &mut cm.metadata.owner_references.as_mut().unwrap()[0];
+            owner.kind = ClusterModelCostMapSync::kind(&()).into_owned();
+            owner.name = "shared".into();
+            owner.uid = "uid-cluster".into();
+            cm
+        };
+        let cache = listed(vec![], vec![copy("llm"), copy("team-b")]);
+        cache.write().cluster_syncs.expect(&[None]);
+        assert!(
+            !cache.is_watching(),
+            "the cluster objects are not listed yet"
+        );
+        let mut cluster = ClusterModelCostMapSync::new(
+            "shared",
+            serde_json::from_str("{\"namespaceSelector\": {}}").unwrap(),
+        );
+        cluster.metadata.uid = Some("uid-cluster".into());
+        cluster.status = Some(ClusterModelCostMapSyncStatus {
+            sync: ModelCostMapSyncStatus {
+                artifact: Some(artifact(bytes)),
+                ..ModelCostMapSyncStatus::default()
+            },
+            namespaces: None,
+        });
+        cache.on_cluster_sync_event(Ok(Event::Init));
+        cache.on_cluster_sync_event(Ok(Event::InitApply(cluster.clone())));
+        cache.on_cluster_sync_event(Ok(Event::InitDone));
+        assert!(cache.is_watching());
+        for namespace in ["llm", "team-b"] {
+            let key = MapKey {
+                namespace: namespace.into(),
+                name: "shared".into(),
+                key: "map.json".into(),
+            };
+            let served = cache.get(&key).expect("served");
+            assert_eq!(served.digest(), crate::digest::sha256_digest(bytes));
+        }
+        // A namespaced object's ConfigMap is not vouched for by a cluster object of the
+        // same name.
+        assert!(cache.get(&key("litellm")).is_none());
+        cluster.status.as_mut().unwrap().sync.artifact = Some(artifact(b"{}"));
+        cache.on_cluster_sync_event(Ok(Event::Apply(cluster)));
+        assert!(cache.get(&key("shared")).is_none(), "no longer vouched");
     }
 
     #[tokio::test]

@@ -25,7 +25,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use costmap_operator::api::{ModelCostMapSync, SYNC_REQUESTED_AT_ANNOTATION};
+use costmap_operator::api::{
+    ClusterModelCostMapSync, ModelCostMapSync, SYNC_REQUESTED_AT_ANNOTATION,
+};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::digest::sha256_digest;
 use costmap_operator::http::map_cache::MapCache;
@@ -73,8 +75,9 @@ pub fn control_plane_with_crds() -> ControlPlane {
             "--for=condition=Established",
             "--timeout=60s",
             "crd/modelcostmapsyncs.costmap.dev",
+            "crd/clustermodelcostmapsyncs.costmap.dev",
         ])
-        .unwrap_or_else(|err| panic!("waiting for the CRD: {err:#}"));
+        .unwrap_or_else(|err| panic!("waiting for the CRDs: {err:#}"));
     plane
 }
 
@@ -122,12 +125,22 @@ impl Operator {
 
     /// Starts the controller with a given fetch policy.
     pub fn start_with(client: &Client, namespace: &str, policy: FetchPolicy) -> Operator {
+        Self::start_in(client, vec![namespace.to_owned()], policy)
+    }
+
+    /// Starts the controller for the whole cluster: ModelCostMapSyncs in every namespace
+    /// and ClusterModelCostMapSyncs. Only one may run per control plane.
+    pub fn start_cluster_wide(client: &Client) -> Operator {
+        Self::start_in(client, Vec::new(), test_policy())
+    }
+
+    fn start_in(client: &Client, namespaces: Vec<String>, policy: FetchPolicy) -> Operator {
         let stop = CancellationToken::new();
         let fetcher = Fetcher::new(policy).expect("fetcher");
         let maps = MapCache::default();
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
-            namespaces: vec![namespace.to_owned()],
+            namespaces: namespaces.clone(),
             instance: Some("test".into()),
             metrics: metrics.clone(),
             proxies: ProxyClient::new(ProxyClientConfig {
@@ -149,9 +162,9 @@ impl Operator {
         state.set_ready(true);
         let controller = controller::run(client.clone(), fetcher, settings, stop.clone());
         let serve = server::serve(listener, state, stop.clone().cancelled_owned());
-        let (client, namespace) = (client.clone(), namespace.to_owned());
+        let client = client.clone();
         let task = tokio::spawn(async move {
-            let cache = tokio::spawn(maps.run(client, vec![namespace], max_bytes));
+            let cache = tokio::spawn(maps.run(client, namespaces, max_bytes));
             let (_, served) = tokio::join!(controller, serve);
             served.expect("server");
             cache.abort();
@@ -389,6 +402,27 @@ pub async fn create_litellm_sync(client: &Client, namespace: &str, url: &str) ->
         json!({"source": {"url": url}}),
     )
     .await
+}
+
+/// Creates the ClusterModelCostMapSync `name` fetching from `url` into the namespaces
+/// labelled `labels`, every other field defaulted.
+pub async fn create_cluster_sync(
+    client: &Client,
+    name: &str,
+    url: &str,
+    labels: &BTreeMap<String, String>,
+) -> ClusterModelCostMapSync {
+    let sync: ClusterModelCostMapSync = serde_json::from_value(json!({
+        "apiVersion": "costmap.dev/v1alpha1",
+        "kind": "ClusterModelCostMapSync",
+        "metadata": {"name": name},
+        "spec": {"source": {"url": url}, "namespaceSelector": {"matchLabels": labels}},
+    }))
+    .unwrap();
+    Api::<ClusterModelCostMapSync>::all(client.clone())
+        .create(&PostParams::default(), &sync)
+        .await
+        .expect("create ClusterModelCostMapSync")
 }
 
 pub fn syncs(client: &Client, namespace: &str) -> Api<ModelCostMapSync> {

@@ -49,6 +49,9 @@ pub struct SharedRequest<'a> {
     pub fetch: FetchRequest<'a>,
     /// Who asks: the object's uid.
     pub follower: &'a str,
+    /// Which kind of object asks: each kind forgets its own deleted objects
+    /// ([`SharedFetcher::forget_except`]).
+    pub kind: &'static str,
     /// An answer of the source younger than this is reused rather than asked again. Zero
     /// asks the source, unless a fetch of it is in flight (its answer is as fresh).
     pub max_age: Duration,
@@ -96,6 +99,7 @@ impl SourceKey {
 /// What a follower follows, and whether another's fetch brought it news since its own.
 struct Following {
     source: SourceKey,
+    kind: &'static str,
     news: bool,
 }
 
@@ -202,7 +206,7 @@ impl SharedFetcher {
     pub async fn fetch(&self, request: &SharedRequest<'_>) -> Result<SharedOutcome, FetchError> {
         let asked_at = Instant::now();
         let key = SourceKey::of(request.fetch.url, request.fetch.headers);
-        let source = self.follow(request.follower, &key);
+        let source = self.follow(request.follower, request.kind, &key);
         let mut state = source.lock().await;
         let revision = request.fetch.revision;
         let now = Instant::now();
@@ -253,12 +257,12 @@ impl SharedFetcher {
         Ok(state.answer(revision).unwrap_or(SharedOutcome::NotModified))
     }
 
-    /// Forgets every follower but `live` (uids), and the sources nobody follows (their
-    /// bodies with them); returns how many followers were forgotten.
-    pub fn forget_except(&self, live: &HashSet<String>) -> usize {
+    /// Forgets every follower of `kind` but `live` (uids), and the sources nobody follows
+    /// (their bodies with them); returns how many followers were forgotten.
+    pub fn forget_except(&self, kind: &str, live: &HashSet<String>) -> usize {
         let mut followers = lock(&self.followers);
         let before = followers.len();
-        followers.retain(|uid, _| live.contains(uid));
+        followers.retain(|uid, following| following.kind != kind || live.contains(uid));
         let followed: HashSet<&SourceKey> = followers.values().map(|f| &f.source).collect();
         lock(&self.sources).retain(|key, _| followed.contains(key));
         before - followers.len()
@@ -266,11 +270,17 @@ impl SharedFetcher {
 
     /// Records that `follower` follows `key` (and is about to get its latest answer), and
     /// returns the source's state.
-    fn follow(&self, follower: &str, key: &SourceKey) -> Arc<tokio::sync::Mutex<SourceState>> {
+    fn follow(
+        &self,
+        follower: &str,
+        kind: &'static str,
+        key: &SourceKey,
+    ) -> Arc<tokio::sync::Mutex<SourceState>> {
         lock(&self.followers).insert(
             follower.to_owned(),
             Following {
                 source: key.clone(),
+                kind,
                 news: false,
             },
         );

@@ -1,0 +1,361 @@
+//! Which namespaces of a ClusterModelCostMapSync get a write, which hold its map, which fail
+//! and why, and what status says about them: pure functions of what the cluster holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{
+    ConditionType, MAX_LISTED_NAMESPACES, ModelCostMapSyncStatus, NamespaceFailure,
+    NamespaceReason, NamespacesStatus, Reason,
+};
+use crate::controller::conditions;
+
+/// A ConfigMap of the target's name found in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Copy {
+    /// Controlled by this ClusterModelCostMapSync (by name: a deleted and recreated object
+    /// takes its predecessor's copies over).
+    Ours {
+        /// Its `costmap.dev/digest` annotation.
+        digest: Option<String>,
+        /// Its resourceVersion.
+        version: Option<String>,
+    },
+    /// Anyone else's: left alone. Says whose.
+    Others(String),
+}
+
+/// What to do in the namespaces.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct Plan {
+    /// Selected namespaces whose ConfigMap is written (missing, edited, an older map, or
+    /// not known to hold this map since the operator started).
+    pub(super) write: Vec<String>,
+    /// Selected namespaces that hold the map as this operator last wrote it.
+    pub(super) holding: Vec<String>,
+    /// Selected namespaces that cannot get the map.
+    pub(super) failing: Vec<NamespaceFailure>,
+    /// Namespaces with a copy of ours that the selector no longer picks: left as they are.
+    pub(super) no_longer_selected: Vec<String>,
+}
+
+/// Plans the writes. `written` is the resourceVersion of each copy as this operator last
+/// wrote it: a copy at another version was changed by someone (or by an operator before a
+/// restart) and is written again; a write with nothing to change writes nothing on the
+/// server.
+pub(super) fn plan(
+    selected: &BTreeSet<String>,
+    copies: &BTreeMap<String, Copy>,
+    digest: Option<&str>,
+    written: &HashMap<String, String>,
+    config_map: &str,
+) -> Plan {
+    let mut plan = Plan::default();
+    for namespace in selected {
+        let copy = copies.get(namespace);
+        if let Some(Copy::Others(owner)) = copy {
+            plan.failing.push(NamespaceFailure {
+                namespace: namespace.clone(),
+                reason: NamespaceReason::OwnedByAnother.as_str().to_owned(),
+                message: format!(
+                    "ConfigMap {config_map} exists and is controlled by {owner}; it is left \
+                     alone (rename one of them with target.configMapName)"
+                ),
+            });
+            continue;
+        }
+        let Some(digest) = digest else {
+            plan.failing.push(NamespaceFailure {
+                namespace: namespace.clone(),
+                reason: NamespaceReason::NotSynced.as_str().to_owned(),
+                message: "no map has been synced yet".to_owned(),
+            });
+            continue;
+        };
+        let holds = matches!(copy, Some(Copy::Ours { digest: held, version: Some(version) })
+            if held.as_deref() == Some(digest) && written.get(namespace) == Some(version));
+        if holds {
+            plan.holding.push(namespace.clone());
+        } else {
+            plan.write.push(namespace.clone());
+        }
+    }
+    plan.no_longer_selected = copies
+        .iter()
+        .filter(|(namespace, copy)| {
+            matches!(copy, Copy::Ours { .. }) && !selected.contains(*namespace)
+        })
+        .map(|(namespace, _)| namespace.clone())
+        .collect();
+    plan
+}
+
+/// The namespaces part of status, once the writes of `plan` are done (the ones that
+/// failed moved to `failing`).
+pub(super) fn summary(plan: &Plan) -> NamespacesStatus {
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let selected = plan.holding.len() + plan.failing.len() + plan.write.len();
+    let mut failing = plan.failing.clone();
+    failing.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    let failing_count = failing.len();
+    failing.truncate(MAX_LISTED_NAMESPACES);
+    let mut no_longer_selected = plan.no_longer_selected.clone();
+    no_longer_selected.truncate(MAX_LISTED_NAMESPACES);
+    NamespacesStatus {
+        selected: count(selected),
+        ready: count(plan.holding.len()),
+        summary: format!("{}/{}", plan.holding.len(), selected),
+        failing_count: count(failing_count),
+        failing,
+        no_longer_selected,
+        no_longer_selected_count: count(plan.no_longer_selected.len()),
+    }
+}
+
+/// Ready as a cluster object has it: True only when the map is synced and every selected
+/// namespace holds it. A synced map that some namespace lacks is Ready=False, reason
+/// NamespacesFailing, naming them; once none fails, Synced again.
+pub(super) fn set_ready(
+    status: &mut ModelCostMapSyncStatus,
+    namespaces: &NamespacesStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let Some(ready) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
+    else {
+        return;
+    };
+    let synced = ready.status == "True" || ready.reason == Reason::NamespacesFailing.as_str();
+    if !synced {
+        // The sync itself failed: its reason says more than the namespaces.
+        return;
+    }
+    let synced_message = super::super::status::synced_message(status.artifact.as_ref(), "synced");
+    let condition = if namespaces.failing_count == 0 {
+        if ready.reason != Reason::NamespacesFailing.as_str() {
+            return;
+        }
+        conditions::ready(true, Reason::Synced, synced_message, generation, now)
+    } else {
+        let names: Vec<String> = namespaces
+            .failing
+            .iter()
+            .map(|f| format!("{} ({})", f.namespace, f.reason))
+            .collect();
+        let more = usize::try_from(namespaces.failing_count)
+            .unwrap_or(0)
+            .saturating_sub(names.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let message = format!(
+            "{synced_message}; {} of {} selected namespaces do not hold it: {}{more}",
+            namespaces.failing_count,
+            namespaces.selected,
+            names.join(", ")
+        );
+        conditions::ready(false, Reason::NamespacesFailing, message, generation, now)
+    };
+    conditions::set_condition(&mut status.conditions, condition);
+}
+
+/// How soon to look again after writing: a write that failed (a quota, a webhook, RBAC
+/// being fixed) is tried again within [`WRITE_RETRY`], not only at the next interval.
+pub(super) fn next_look(plan: &Plan, wait: Duration) -> Duration {
+    let write_failed = plan
+        .failing
+        .iter()
+        .any(|f| f.reason == NamespaceReason::WriteFailed.as_str());
+    match write_failed {
+        true => wait.min(WRITE_RETRY),
+        false => wait,
+    }
+}
+
+/// The longest a failed ConfigMap write waits for its retry.
+pub(super) const WRITE_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether a sync failed and waits for its retry: a map that is synced but missing from
+/// some namespace is not a failed sync (its writes are retried at every reconcile).
+pub(super) fn retrying(status: &ModelCostMapSyncStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
+        .is_some_and(|c| c.status != "True" && c.reason != Reason::NamespacesFailing.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn ours(digest: &str, version: &str) -> Copy {
+        Copy::Ours {
+            digest: Some(digest.into()),
+            version: Some(version.into()),
+        }
+    }
+
+    #[test]
+    fn new_changed_and_unknown_copies_are_written_and_the_ones_we_wrote_are_held() {
+        let copies = BTreeMap::from([
+            ("held".to_owned(), ours("sha256:a", "7")),
+            ("old-map".to_owned(), ours("sha256:old", "8")),
+            ("edited".to_owned(), ours("sha256:a", "10")),
+            ("after-restart".to_owned(), ours("sha256:a", "11")),
+        ]);
+        let written = HashMap::from([
+            ("held".to_owned(), "7".to_owned()),
+            ("old-map".to_owned(), "8".to_owned()),
+            ("edited".to_owned(), "9".to_owned()),
+        ]);
+        let selected = set(&["held", "old-map", "edited", "after-restart", "new"]);
+        let plan = plan(&selected, &copies, Some("sha256:a"), &written, "litellm");
+        assert_eq!(plan.holding, ["held"]);
+        assert_eq!(plan.write, ["after-restart", "edited", "new", "old-map"]);
+        assert!(plan.failing.is_empty() && plan.no_longer_selected.is_empty());
+    }
+
+    #[test]
+    fn a_copy_of_someone_else_fails_its_namespace_and_is_not_written() {
+        let copies = BTreeMap::from([(
+            "team-b".to_owned(),
+            Copy::Others("ModelCostMapSync team-b/litellm".into()),
+        )]);
+        let plan = plan(
+            &set(&["team-b", "team-a"]),
+            &copies,
+            Some("sha256:a"),
+            &HashMap::new(),
+            "litellm",
+        );
+        assert_eq!(plan.write, ["team-a"]);
+        assert_eq!(plan.failing.len(), 1);
+        assert_eq!(plan.failing[0].namespace, "team-b");
+        assert_eq!(plan.failing[0].reason, "OwnedByAnother");
+        assert!(
+            plan.failing[0]
+                .message
+                .contains("controlled by ModelCostMapSync team-b/litellm"),
+            "{}",
+            plan.failing[0].message
+        );
+    }
+
+    #[test]
+    fn copies_outside_the_selection_are_no_longer_selected_and_left_alone() {
+        let copies = BTreeMap::from([
+            ("gone".to_owned(), ours("sha256:a", "1")),
+            ("theirs".to_owned(), Copy::Others("someone".into())),
+        ]);
+        let plan = plan(&set(&[]), &copies, Some("sha256:a"), &HashMap::new(), "x");
+        assert_eq!(plan.no_longer_selected, ["gone"]);
+        assert!(plan.write.is_empty() && plan.failing.is_empty());
+    }
+
+    #[test]
+    fn before_the_first_sync_every_namespace_waits_for_a_map() {
+        let plan = plan(&set(&["a"]), &BTreeMap::new(), None, &HashMap::new(), "x");
+        assert_eq!(plan.failing[0].reason, "NotSynced");
+        assert!(plan.write.is_empty());
+    }
+
+    #[test]
+    fn the_summary_counts_everything_and_lists_at_most_twenty() {
+        let failing = (0..25)
+            .map(|i| NamespaceFailure {
+                namespace: format!("ns-{i:02}"),
+                reason: "WriteFailed".into(),
+                message: "forbidden".into(),
+            })
+            .collect();
+        let plan = Plan {
+            holding: vec!["ok".into(); 3],
+            failing,
+            no_longer_selected: vec!["left".into()],
+            write: vec![],
+        };
+        let summary = summary(&plan);
+        assert_eq!(summary.selected, 28);
+        assert_eq!(summary.ready, 3);
+        assert_eq!(summary.summary, "3/28");
+        assert_eq!(summary.failing_count, 25);
+        assert_eq!(summary.failing.len(), MAX_LISTED_NAMESPACES);
+        assert_eq!(summary.failing[0].namespace, "ns-00");
+        assert_eq!(summary.no_longer_selected_count, 1);
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_within_half_a_minute() {
+        let hour = Duration::from_secs(3600);
+        let mut plan = Plan::default();
+        assert_eq!(next_look(&plan, hour), hour);
+        plan.failing.push(NamespaceFailure {
+            namespace: "a".into(),
+            reason: "OwnedByAnother".into(),
+            message: String::new(),
+        });
+        assert_eq!(next_look(&plan, hour), hour, "waiting will not change that");
+        plan.failing[0].reason = "WriteFailed".into();
+        assert_eq!(next_look(&plan, hour), WRITE_RETRY);
+        assert_eq!(
+            next_look(&plan, Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn ready_is_true_only_when_every_namespace_holds_the_map() {
+        let at = Timestamp::from_second(100).unwrap();
+        let mut status = ModelCostMapSyncStatus::default();
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::ready(true, Reason::Synced, "ok".into(), Some(1), at),
+        );
+        let failing = NamespacesStatus {
+            selected: 2,
+            ready: 1,
+            failing_count: 1,
+            failing: vec![NamespaceFailure {
+                namespace: "team-b".into(),
+                reason: "OwnedByAnother".into(),
+                message: String::new(),
+            }],
+            ..NamespacesStatus::default()
+        };
+        set_ready(&mut status, &failing, Some(1), at);
+        let ready = &status.conditions[0];
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, "NamespacesFailing");
+        assert!(ready.message.contains("1 of 2 selected namespaces"));
+        assert!(ready.message.contains("team-b (OwnedByAnother)"));
+        assert!(
+            !retrying(&status),
+            "a namespace failing is not a failed sync"
+        );
+
+        set_ready(&mut status, &NamespacesStatus::default(), Some(1), at);
+        assert_eq!(status.conditions[0].status, "True");
+        assert_eq!(status.conditions[0].reason, "Synced");
+
+        // A failed sync keeps its own reason.
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::ready(false, Reason::FetchFailed, "down".into(), Some(1), at),
+        );
+        set_ready(&mut status, &failing, Some(1), at);
+        assert_eq!(status.conditions[0].reason, "FetchFailed");
+        assert!(retrying(&status));
+    }
+}

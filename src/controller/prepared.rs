@@ -1,0 +1,151 @@
+//! New maps prepared once: however many objects (namespaced or cluster-wide) ask about the
+//! same map against the same last good map under the same rules, one parses, validates,
+//! judges and compresses it, and the others take its answer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Context;
+use crate::digest::sha256_digest;
+use crate::sync::overrides::{Overrides, apply};
+use crate::sync::store::HeldMap;
+use crate::sync::validate::summary::MapSummary;
+use crate::sync::validate::{ModelMap, Rules};
+use crate::sync::{Accepted, NotAccepted, SyncError, prepare};
+
+/// The map a new one is judged against.
+pub(super) enum Against {
+    /// The last good map as it is (no overrides, or the same ones).
+    Held(Arc<HeldMap>),
+    /// The last good map with other overrides merged in.
+    Republished { digest: String, bytes: Vec<u8> },
+}
+
+impl Against {
+    /// The last good map with `overrides` merged in: itself when that changes nothing.
+    pub(super) async fn republished(
+        map: &Arc<HeldMap>,
+        overrides: &Overrides,
+    ) -> Result<Against, SyncError> {
+        if overrides.is_empty() {
+            return Ok(Against::Held(Arc::clone(map)));
+        }
+        let (held, overrides) = (Arc::clone(map), overrides.clone());
+        let republished = tokio::task::spawn_blocking(move || {
+            let bytes = apply(&held.stored().bytes, &overrides).bytes;
+            let digest = sha256_digest(&bytes);
+            if digest == held.digest() {
+                Against::Held(held)
+            } else {
+                Against::Republished { digest, bytes }
+            }
+        });
+        republished
+            .await
+            .map_err(|join_error| SyncError::Interrupted {
+                what: "merging the overrides",
+                detail: join_error.to_string(),
+            })
+    }
+
+    fn digest(&self) -> &str {
+        match self {
+            Against::Held(map) => map.digest(),
+            Against::Republished { digest, .. } => digest,
+        }
+    }
+
+    /// Its summary (parsed now if never before): CPU, so called off the async workers.
+    fn summary(&self) -> Option<Arc<MapSummary>> {
+        match self {
+            Against::Held(map) => map.summary(),
+            Against::Republished { bytes, .. } => ModelMap::parse(bytes)
+                .ok()
+                .map(|map| Arc::new(MapSummary::of(&map))),
+        }
+    }
+}
+
+/// What preparing a map depends on: the same inputs give the same answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PrepareInputs {
+    digest: String,
+    against: Option<String>,
+    rules: Rules,
+    accept_digest: Option<String>,
+}
+
+/// A map prepared and held, with how it was accepted.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    pub(super) map: Arc<HeldMap>,
+    pub(super) accepted: Accepted,
+}
+
+/// What preparing answers, shared by every object that asked.
+pub(super) type PrepareAnswer = Result<Arc<Prepared>, NotAccepted>;
+
+impl Context {
+    /// The new map `bytes` (with `digest`) accepted against `against` under `rules`, or
+    /// why not: worked out once for every caller with the same inputs, on a blocking
+    /// thread, at most `--concurrent-syncs` at once.
+    pub(super) async fn prepared(
+        &self,
+        bytes: Bytes,
+        digest: String,
+        against: Option<Against>,
+        rules: Rules,
+        accept_digest: Option<String>,
+    ) -> Result<Arc<Prepared>, SyncError> {
+        let inputs = PrepareInputs {
+            digest,
+            against: against.as_ref().map(|a| a.digest().to_owned()),
+            rules,
+            accept_digest,
+        };
+        let answer = self
+            .prepared
+            .get_or_try(inputs.clone(), || self.prepare(bytes, against, inputs))
+            .await?;
+        Ok(answer?)
+    }
+
+    async fn prepare(
+        &self,
+        bytes: Bytes,
+        against: Option<Against>,
+        inputs: PrepareInputs,
+    ) -> Result<PrepareAnswer, SyncError> {
+        // Preparing holds the new map, its parsed form and its gzip: tens of MiB. Bounding
+        // how many run at once bounds the operator's memory, however many distinct maps
+        // come due together. Fetches are not counted: a hanging source must not hold up
+        // the others.
+        let _slot = self.sync_slots.acquire().await;
+        let held = Arc::clone(&self.held);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let summary = against.as_ref().and_then(Against::summary);
+            drop(against);
+            let answer = prepare(
+                bytes.to_vec(),
+                &inputs.rules,
+                summary.as_deref(),
+                inputs.accept_digest.as_deref(),
+            )
+            .map(|prepared| {
+                let summary = Some(Arc::new(prepared.summary));
+                let map = held.hold(prepared.map, inputs.digest, summary);
+                Arc::new(Prepared {
+                    map,
+                    accepted: prepared.accepted,
+                })
+            });
+            crate::heap::release_freed_memory();
+            answer
+        });
+        prepared.await.map_err(|join_error| SyncError::Interrupted {
+            what: "validation",
+            detail: join_error.to_string(),
+        })
+    }
+}

@@ -1,0 +1,285 @@
+//! ClusterModelCostMapSync on the real control plane: one fetch fills every selected
+//! namespace, follows label changes, and leaves a ConfigMap of someone else alone.
+//!
+//! One test, told as a story: the operator here watches the whole cluster, and two such
+//! operators on one control plane would both reconcile every cluster object.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use costmap_operator::api::{
+    ClusterModelCostMapSync, DEFAULT_KEY, EventReason, NamespacesStatus, Reason,
+    SYNC_REQUESTED_AT_ANNOTATION,
+};
+use costmap_operator::digest::sha256_digest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const NAME: &str = "shared";
+
+fn cluster_syncs(client: &Client) -> Api<ClusterModelCostMapSync> {
+    Api::all(client.clone())
+}
+
+/// Creates namespace `name`, labelled `labels`.
+async fn labelled_namespace(client: &Client, name: &str, labels: &BTreeMap<String, String>) {
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+}
+
+/// Sets (Some) or removes (None) the selector label on a namespace.
+async fn set_label(client: &Client, namespace: &str, key: &str, value: Option<&str>) {
+    let patch = json!({"metadata": {"labels": {key: value}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("label namespace");
+}
+
+/// The digest of the map the cluster object's copy in `namespace` holds, if it is one of
+/// its copies (controller owner reference to it), read from the bytes themselves.
+async fn held_digest(client: &Client, namespace: &str) -> Option<String> {
+    let cm: ConfigMap = config_maps(client, namespace).get_opt(NAME).await.ok()??;
+    let owner = cm
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))?
+        .clone();
+    (owner.kind == "ClusterModelCostMapSync" && owner.name == NAME).then_some(())?;
+    Some(sha256_digest(&stored_bytes(&cm, DEFAULT_KEY)))
+}
+
+/// Waits until every namespace of `namespaces` holds the map `bytes`.
+async fn wait_held(client: &Client, namespaces: &[&str], bytes: &[u8]) {
+    let digest = sha256_digest(bytes);
+    for namespace in namespaces {
+        eventually(&format!("{namespace} holds {digest}"), || async {
+            (held_digest(client, namespace).await? == digest).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Waits until the namespaces summary satisfies `check`; returns it.
+async fn wait_namespaces(
+    client: &Client,
+    what: &str,
+    check: impl Fn(&NamespacesStatus) -> bool,
+) -> ClusterModelCostMapSync {
+    eventually(what, || async {
+        let sync = cluster_syncs(client).get(NAME).await.ok()?;
+        let namespaces = sync.status.as_ref()?.namespaces.as_ref()?;
+        check(namespaces).then_some(sync)
+    })
+    .await
+}
+
+fn ready_of(sync: &ClusterModelCostMapSync) -> (String, String, String) {
+    let ready = sync
+        .status
+        .as_ref()
+        .and_then(|s| s.sync.conditions.iter().find(|c| c.type_ == "Ready"))
+        .expect("a Ready condition");
+    (
+        ready.status.clone(),
+        ready.reason.clone(),
+        ready.message.clone(),
+    )
+}
+
+async fn served(operator: &Operator, namespace: &str) -> Option<Vec<u8>> {
+    let url = format!(
+        "{}/maps/{namespace}/{NAME}/{DEFAULT_KEY}",
+        operator.base_url
+    );
+    let response = reqwest::get(&url).await.ok()?;
+    (response.status() == 200).then_some(())?;
+    Some(response.bytes().await.ok()?.to_vec())
+}
+
+async fn wait_served(operator: &Operator, namespace: &str, bytes: &[u8]) {
+    eventually(
+        &format!("/maps/{namespace}/{NAME} serves the map"),
+        || async { (served(operator, namespace).await? == bytes).then_some(()) },
+    )
+    .await;
+}
+
+async fn request_cluster_sync(client: &Client, value: &str) {
+    let patch = json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: value}}});
+    cluster_syncs(client)
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotate");
+}
+
+#[tokio::test]
+async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes() {
+    let client = client().await;
+    let operator = Operator::start_cluster_wide(&client);
+    let label = format!("costmap-test-{}", std::process::id());
+    let selected = BTreeMap::from([(label.clone(), "yes".to_owned())]);
+    let ns = |n: &str| format!("cluster-{n}-{}", std::process::id());
+    let (a, b, c, d, taken, later) = (ns("a"), ns("b"), ns("c"), ns("d"), ns("taken"), ns("later"));
+    for name in [&a, &b, &c, &taken] {
+        labelled_namespace(&client, name, &selected).await;
+    }
+    labelled_namespace(&client, &d, &BTreeMap::new()).await;
+
+    // In one selected namespace a namespaced ModelCostMapSync already owns a ConfigMap of
+    // the same name (from a source of its own, so the cluster source's count is its own).
+    let other_source = Source::start(Answer::Map(small_map(55, &[]))).await;
+    create_sync(
+        &client,
+        &taken,
+        NAME,
+        json!({"source": {"url": other_source.url}}),
+    )
+    .await;
+    wait_ready(&client, &taken, NAME, "True", Reason::Synced).await;
+
+    let first = small_map(60, &[]);
+    let source = Source::start(Answer::Map(first.clone())).await;
+    create_cluster_sync(&client, NAME, &source.url, &selected).await;
+
+    // Every selected namespace gets the map; the one whose ConfigMap is someone else's
+    // fails, by name, and keeps its own map.
+    wait_held(&client, &[&a, &b, &c], &first).await;
+    let sync = wait_namespaces(&client, "3 of 4 namespaces ready", |n| {
+        n.selected == 4 && n.ready == 3 && n.failing_count == 1
+    })
+    .await;
+    let namespaces = sync.status.as_ref().unwrap().namespaces.clone().unwrap();
+    assert_eq!(namespaces.summary, "3/4");
+    let failing = &namespaces.failing[0];
+    assert_eq!(failing.namespace, taken);
+    assert_eq!(failing.reason, "OwnedByAnother");
+    assert!(
+        failing
+            .message
+            .contains(&format!("ModelCostMapSync {taken}/{NAME}")),
+        "{}",
+        failing.message
+    );
+    let (ready, reason, message) = ready_of(&sync);
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "NamespacesFailing")
+    );
+    assert!(message.contains(&taken), "{message}");
+    let theirs = config_maps(&client, &taken).get(NAME).await.unwrap();
+    assert_eq!(
+        sha256_digest(&stored_bytes(&theirs, DEFAULT_KEY)),
+        sha256_digest(&small_map(55, &[])),
+        "the namespaced object's ConfigMap is left alone"
+    );
+    assert!(
+        held_digest(&client, &d).await.is_none(),
+        "{d} is not selected"
+    );
+    let artifact = sync.status.as_ref().unwrap().sync.artifact.clone().unwrap();
+    assert_eq!(artifact.digest, sha256_digest(&first));
+    assert_eq!(artifact.models, 60);
+    for namespace in [&a, &b, &c] {
+        wait_served(&operator, namespace, &first).await;
+    }
+    assert!(served(&operator, &d).await.is_none());
+    assert_eq!(source.received(), 1, "one fetch for every namespace");
+    wait_event(
+        &client,
+        "default",
+        EventReason::MapSynced.as_str(),
+        "first sync",
+    )
+    .await;
+
+    // A namespace that gets the label, and one created with it, are filled within seconds,
+    // without a fetch.
+    set_label(&client, &d, &label, Some("yes")).await;
+    labelled_namespace(&client, &later, &selected).await;
+    wait_held(&client, &[&d, &later], &first).await;
+    wait_namespaces(&client, "5 of 6 ready", |n| n.selected == 6 && n.ready == 5).await;
+    wait_served(&operator, &later, &first).await;
+
+    // A namespace that loses it keeps its ConfigMap as it was, and status says so.
+    set_label(&client, &b, &label, None).await;
+    let sync = wait_namespaces(&client, "b no longer selected", |n| {
+        n.no_longer_selected == [b.clone()] && n.selected == 5
+    })
+    .await;
+    assert_eq!(
+        sync.status
+            .unwrap()
+            .namespaces
+            .unwrap()
+            .no_longer_selected_count,
+        1
+    );
+
+    // A new map at the source reaches every selected namespace, from one fetch; b keeps
+    // the map it had.
+    let second = small_map(60, &["day0-model"]);
+    source.set(Answer::Map(second.clone()));
+    request_cluster_sync(&client, "new-map").await;
+    wait_held(&client, &[&a, &c, &d, &later], &second).await;
+    wait_served(&operator, &a, &second).await;
+    assert_eq!(source.received(), 2, "one fetch for the round");
+    assert_eq!(
+        held_digest(&client, &b).await,
+        Some(sha256_digest(&first)),
+        "{b} is no longer updated"
+    );
+    wait_event(
+        &client,
+        "default",
+        EventReason::MapUpdated.as_str(),
+        "day0-model",
+    )
+    .await;
+
+    // The label back: b gets the current map, without a fetch.
+    set_label(&client, &b, &label, Some("yes")).await;
+    wait_held(&client, &[&b], &second).await;
+    wait_namespaces(&client, "b selected again", |n| {
+        n.no_longer_selected.is_empty() && n.ready == 5
+    })
+    .await;
+
+    // A deleted copy is put back without a fetch.
+    config_maps(&client, &a)
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_held(&client, &[&a], &second).await;
+    assert_eq!(source.received(), 2, "restoring a copy fetches nothing");
+
+    // Once the other ConfigMap is gone (no garbage collector runs here), that namespace
+    // gets the map too and Ready is True.
+    syncs(&client, &taken)
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    config_maps(&client, &taken)
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_held(&client, &[&taken], &second).await;
+    let sync = wait_namespaces(&client, "every namespace ready", |n| {
+        n.ready == 6 && n.failing_count == 0
+    })
+    .await;
+    let (ready, reason, _) = ready_of(&sync);
+    assert_eq!((ready.as_str(), reason.as_str()), ("True", "Synced"));
+    assert_eq!(source.received(), 2);
+    operator.stop().await;
+}
