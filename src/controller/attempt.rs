@@ -11,20 +11,18 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::Error;
-use super::prepared::Against;
+use super::prepared::{Against, ToPublish, answer_max_age};
 use super::reconcile::{Reconciler, api_error_message};
 use super::status::{Notice, Outcome, artifact_of};
 use crate::api::{Artifact, EventReason};
 use crate::api::{OverridesStatus, SourceMap};
-use crate::digest::sha256_digest;
 use crate::sync::fetch::FetchRequest;
 use crate::sync::fetch::shared::{SharedOutcome, SharedRequest, SourceBody};
-use crate::sync::overrides::{Applied, Overrides, apply};
+use crate::sync::overrides::{Applied, Overrides};
 use crate::sync::render::{
     HeldConfigMaps, StoredMap, read_stored, render_config_maps, write_order,
 };
 use crate::sync::store::HeldMap;
-use crate::sync::validate::ModelMap;
 use crate::sync::validate::guards::shrink_guard_by_count;
 use crate::sync::{SecretError, SyncError};
 
@@ -66,14 +64,6 @@ pub(super) fn overrides_status(
     })
 }
 
-/// The fetched map's model count, when overrides changed it (else it is the published
-/// map's, known without parsing again).
-fn fetched_models(fetched: &[u8], applied: &Applied) -> Option<usize> {
-    (*applied != Applied::default())
-        .then(|| ModelMap::parse(fetched).ok().map(|map| map.model_count()))
-        .flatten()
-}
-
 fn count(models: usize) -> i32 {
     i32::try_from(models).unwrap_or(i32::MAX)
 }
@@ -112,23 +102,17 @@ impl Reconciler<'_> {
         if !overrides.is_empty() {
             self.remember_source(&fetched.bytes);
         }
-        // Without overrides the published map is the fetched one: no copy, no second hash.
-        let (bytes, digest, applied) = if overrides.is_empty() {
-            (
-                fetched.bytes.clone(),
-                fetched.digest.clone(),
-                Applied::default(),
-            )
-        } else {
-            let published = apply(&fetched.bytes, &overrides);
-            let digest = sha256_digest(&published.bytes);
-            (Bytes::from(published.bytes), digest, published.applied)
-        };
+        let ToPublish {
+            bytes,
+            digest,
+            applied,
+            fetched_models,
+        } = ToPublish::of(&fetched, &overrides);
         let mut source = SourceMap {
             digest: fetched.digest.clone(),
             git_blob_id: fetched.git_blob_id.clone(),
             revision: fetched.revision.clone(),
-            models: fetched_models(&fetched.bytes, &applied).map_or(0, count),
+            models: fetched_models.map_or(0, count),
         };
         let source_counted = source.models > 0;
         let overrides_status = overrides_status(&overrides, &applied);
@@ -248,12 +232,11 @@ impl Reconciler<'_> {
         let spec_changed = status.is_some_and(|s| {
             s.last_attempt_time.is_some() && s.observed_generation != self.sync.metadata.generation
         });
-        match (&self.interval, requested || spec_changed) {
-            // The answer that brought the news, however long the others took to get to it.
-            _ if self.context.sources.has_news(&self.uid) => Duration::MAX,
-            (Ok(interval), false) => *interval,
-            _ => Duration::ZERO,
-        }
+        answer_max_age(
+            self.context.sources.has_news(&self.uid),
+            self.interval.as_ref().ok().copied(),
+            requested || spec_changed,
+        )
     }
 
     /// The source sent the last good map again while the cluster had lost it (ConfigMap

@@ -3,16 +3,71 @@
 //! judges and compresses it, and the others take its answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::Context;
 use crate::digest::sha256_digest;
-use crate::sync::overrides::{Overrides, apply};
+use crate::sync::fetch::shared::SourceBody;
+use crate::sync::overrides::{Applied, Overrides, apply};
 use crate::sync::store::HeldMap;
 use crate::sync::validate::summary::MapSummary;
 use crate::sync::validate::{ModelMap, Rules};
 use crate::sync::{Accepted, NotAccepted, SyncError, prepare};
+
+/// The map to publish from a fetched body, and what the overrides did to it.
+pub(super) struct ToPublish {
+    pub(super) bytes: Bytes,
+    pub(super) digest: String,
+    pub(super) applied: Applied,
+    /// The fetched map's model count, when the overrides changed it (else it is the
+    /// published map's, known without parsing again).
+    pub(super) fetched_models: Option<usize>,
+}
+
+impl ToPublish {
+    /// Without overrides the published map is the fetched one: no copy, no second hash.
+    pub(super) fn of(fetched: &SourceBody, overrides: &Overrides) -> ToPublish {
+        if overrides.is_empty() {
+            return ToPublish {
+                bytes: fetched.bytes.clone(),
+                digest: fetched.digest.clone(),
+                applied: Applied::default(),
+                fetched_models: None,
+            };
+        }
+        let published = apply(&fetched.bytes, overrides);
+        let fetched_models = (published.applied != Applied::default())
+            .then(|| {
+                ModelMap::parse(&fetched.bytes)
+                    .ok()
+                    .map(|map| map.model_count())
+            })
+            .flatten();
+        ToPublish {
+            digest: sha256_digest(&published.bytes),
+            bytes: Bytes::from(published.bytes),
+            applied: published.applied,
+            fetched_models,
+        }
+    }
+}
+
+/// How old an answer of a shared source a sync takes: the answer that brought news, however
+/// long ago; one from within the interval for a scheduled sync (so the source is asked once
+/// per interval); none, but a fetch in flight, for a sync someone asked for or a new spec.
+pub(super) fn answer_max_age(
+    news: bool,
+    interval: Option<Duration>,
+    asked_fresh: bool,
+) -> Duration {
+    match interval {
+        _ if news => Duration::MAX,
+        Some(interval) if !asked_fresh => interval,
+        _ => Duration::ZERO,
+    }
+}
 
 /// The map a new one is judged against.
 pub(super) enum Against {

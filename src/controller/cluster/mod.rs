@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::memory::{Memories, newer_status};
-use super::prepared::Against;
+use super::prepared::{Against, ToPublish, answer_max_age};
 use super::reconcile::{api_error_message, identity, whole_seconds_now};
 use super::status::{self, Attempt, Notice, Outcome};
 use super::{Context, Error, FIELD_MANAGER};
@@ -37,19 +37,17 @@ use crate::api::{
     Artifact, ClusterModelCostMapSync, ClusterModelCostMapSyncStatus, ModelCostMapSyncStatus,
     NamespaceFailure, NamespaceReason, Reason, SourceMap, SpecError,
 };
-use crate::digest::sha256_digest;
 use crate::metrics::SyncResult;
 use crate::sync::SyncError;
 use crate::sync::fetch::FetchRequest;
 use crate::sync::fetch::shared::{SharedOutcome, SharedRequest};
-use crate::sync::overrides::{Applied, Overrides, apply, inline_layer};
+use crate::sync::overrides::{Overrides, inline_layer};
 use crate::sync::render::{
     DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, MapIdentity, StoredMap, TargetRef,
     read_stored_map, render_config_maps,
 };
 use crate::sync::schedule::{self, Decision};
 use crate::sync::store::HeldMap;
-use bytes::Bytes;
 use selection::Copy;
 
 /// ConfigMaps written at once: enough to fill 200 namespaces in a few seconds, few enough
@@ -517,11 +515,7 @@ impl<'a> ClusterReconciler<'a> {
             false => Overrides::new(vec![inline_layer(&spec.overrides.models)?]),
         };
         let news = self.context.base.sources.has_news(&self.uid);
-        let max_age = match spec.interval() {
-            _ if news => Duration::MAX,
-            Ok(interval) if !asked_fresh => interval,
-            _ => Duration::ZERO,
-        };
+        let max_age = answer_max_age(news, spec.interval().ok(), asked_fresh);
         let request = SharedRequest {
             fetch: FetchRequest {
                 url: &spec.source.url,
@@ -537,19 +531,14 @@ impl<'a> ClusterReconciler<'a> {
             SharedOutcome::NotModified => return Ok((Outcome::NotModified, None)),
             SharedOutcome::Fetched(body) => body,
         };
-        let (bytes, digest, applied) = match overrides.is_empty() {
-            true => (body.bytes.clone(), body.digest.clone(), Applied::default()),
-            false => {
-                let published = apply(&body.bytes, &overrides);
-                let digest = sha256_digest(&published.bytes);
-                (Bytes::from(published.bytes), digest, published.applied)
-            }
-        };
+        let ToPublish {
+            bytes,
+            digest,
+            applied,
+            fetched_models,
+        } = ToPublish::of(&body, &overrides);
         let overrides_status = super::attempt::overrides_status(&overrides, &applied);
-        let source_models = (!overrides.is_empty())
-            .then(|| crate::sync::validate::ModelMap::parse(&body.bytes).ok())
-            .flatten()
-            .map(|map| i32::try_from(map.model_count()).unwrap_or(i32::MAX));
+        let source_models = fetched_models.map(|models| i32::try_from(models).unwrap_or(i32::MAX));
         let source = |models: i32| SourceMap {
             digest: body.digest.clone(),
             git_blob_id: body.git_blob_id.clone(),
