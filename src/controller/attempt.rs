@@ -75,7 +75,7 @@ impl Reconciler<'_> {
         overrides: Result<Overrides, SyncError>,
         last_good: Option<&Arc<HeldMap>>,
         holds_last_good: bool,
-        config_map: &HeldConfigMaps,
+        config_map: Option<&HeldConfigMaps>,
     ) -> Outcome {
         match self
             .try_sync(overrides, last_good, holds_last_good, config_map)
@@ -91,7 +91,7 @@ impl Reconciler<'_> {
         overrides: Result<Overrides, SyncError>,
         last_good: Option<&Arc<HeldMap>>,
         holds_last_good: bool,
-        config_map: &HeldConfigMaps,
+        config_map: Option<&HeldConfigMaps>,
     ) -> Result<Outcome, SyncError> {
         // Overrides first: a broken one fails the sync before anything is fetched.
         let overrides = overrides?;
@@ -271,7 +271,7 @@ impl Reconciler<'_> {
 
     /// With no last good map to compare a new one with: what the ConfigMap held instead,
     /// for the Event (a sync is "first" only when the cluster holds no map at all).
-    fn unverified_predecessor(&self, config_map: &HeldConfigMaps) -> Option<String> {
+    fn unverified_predecessor(&self, config_map: Option<&HeldConfigMaps>) -> Option<String> {
         if let Some(artifact) = self.artifact() {
             return Some(format!(
                 "the ConfigMap no longer held the last good map {} (deleted or edited while \
@@ -280,7 +280,7 @@ impl Reconciler<'_> {
             ));
         }
         let max_bytes = self.context.sources.policy().max_body_bytes;
-        let held = read_stored(config_map, &self.target.key, max_bytes)
+        let held = read_stored(config_map?, &self.target.key, max_bytes)
             .ok()
             .flatten()?;
         Some(format!(
@@ -381,13 +381,17 @@ impl Reconciler<'_> {
         map: &StoredMap,
         artifact: &Artifact,
     ) -> Result<(), SyncError> {
-        let desired = render_config_maps(&self.target, map, &self.identity(artifact))?;
-        self.apply_config_maps(write_order(&desired))
+        let identity = self.identity(artifact);
+        let desired = render_config_maps(&self.target, map, &identity)?;
+        let versions = self
+            .apply_config_maps(write_order(&desired))
             .await
             .map_err(|failed| SyncError::Write {
                 what: format!("ConfigMap {}", failed.name),
                 message: api_error_message(&failed.error),
-            })
+            })?;
+        self.remember_written(identity, versions);
+        Ok(())
     }
 
     /// Request headers from `spec.source.headersSecretRef`. Errors name the Secret, never

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::targets::WrittenTarget;
 use crate::api::ModelCostMapSyncStatus;
 use crate::sync::store::HeldMap;
 
@@ -37,6 +38,8 @@ pub(super) struct Memory {
     pub(super) source: Option<RememberedMap>,
     /// What the last attempt read as its overrides (a digest), to tell an edit from a retry.
     pub(super) override_inputs: Option<String>,
+    /// The target's ConfigMaps as this operator last wrote (or checked) them.
+    pub(super) written_target: Option<WrittenTarget>,
 }
 
 /// A status this operator wrote, the resourceVersion the write produced, and the versions

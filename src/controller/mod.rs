@@ -18,6 +18,7 @@ mod overrides;
 mod prepared;
 mod reconcile;
 mod status;
+mod targets;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -33,7 +34,7 @@ use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Semaphore, broadcast};
@@ -101,6 +102,8 @@ pub struct Context {
     /// First wait after a failed sync.
     retry_backoff: Duration,
     memory: Memories,
+    /// The watched metadata of the targets.
+    targets: targets::WatchedTargets,
 }
 
 /// Settings of the controller.
@@ -143,6 +146,7 @@ impl Context {
             sync_slots: Semaphore::new(settings.concurrent_syncs.max(1)),
             retry_backoff: settings.retry_backoff,
             memory: Memories::default(),
+            targets: targets::WatchedTargets::default(),
         }
     }
 }
@@ -215,16 +219,34 @@ fn controller(
     // A change to a target ConfigMap (deleted, edited) reconciles its owner; only metadata
     // is watched, as a target is a quarter of a MB. History ConfigMaps are left out: their
     // owner has nothing to do when one changes.
-    let targets = watcher::watcher(
-        scope::api::<PartialObjectMeta<ConfigMap>>(client, scope),
-        managed_targets(),
+    // The store also tells a reconcile whether its target is as it was written
+    // ([`targets`]). Who wrote what is in managedFields: not kept.
+    let (reader, writer) = reflector::store();
+    context.targets.add(reader);
+    let targets = reflector(
+        writer,
+        watcher::watcher(
+            scope::api::<PartialObjectMeta<ConfigMap>>(client, scope),
+            managed_targets(),
+        )
+        .modify(|meta| meta.managed_fields_mut().clear()),
     )
     .touched_objects();
-    let controller = Controller::new(
-        scope::api::<ModelCostMapSync>(client, scope),
-        watcher::Config::default(),
+    // As `Controller::new`, but the store keeps no managedFields: nothing reads them, and
+    // each object's lists every status field (several KB each of a thousand objects).
+    let (reader, writer) = reflector::store();
+    let syncs = reflector(
+        writer,
+        watcher::watcher(
+            scope::api::<ModelCostMapSync>(client, scope),
+            watcher::Config::default(),
+        )
+        .modify(|sync| sync.managed_fields_mut().clear()),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENT_RECONCILES));
+    .applied_objects();
+    let controller = Controller::for_stream(syncs, reader).with_config(
+        kube::runtime::controller::Config::default().concurrency(CONCURRENT_RECONCILES),
+    );
     let news = news_of_sources(controller.store(), context.sources.subscribe());
     // A proxy pod that appears behind a Service is checked as it appears.
     let syncs_by_service = consumers::SyncsByService::new(controller.store());
@@ -261,16 +283,19 @@ pub fn managed_targets() -> watcher::Config {
 }
 
 /// The objects of `store` that a shared source has news for, as the news comes.
-fn news_of_sources(
-    store: Store<ModelCostMapSync>,
+fn news_of_sources<K>(
+    store: Store<K>,
     news: broadcast::Receiver<Vec<String>>,
-) -> impl futures::Stream<Item = ObjectRef<ModelCostMapSync>> + Send + 'static {
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
     futures::stream::unfold((store, news), |(store, mut news)| async move {
         loop {
             match news.recv().await {
                 Ok(uids) => {
                     let uids: HashSet<String> = uids.into_iter().collect();
-                    let told: Vec<ObjectRef<ModelCostMapSync>> = store
+                    let told: Vec<ObjectRef<K>> = store
                         .state()
                         .iter()
                         .filter(|sync| sync.uid().is_some_and(|uid| uids.contains(&uid)))

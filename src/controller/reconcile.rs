@@ -13,6 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::status::{self, Attempt, Notice, Outcome};
+use super::targets::WrittenTarget;
 use super::{Context, Error, conditions, consumers};
 use crate::api::{Artifact, EventReason, ModelCostMapSync, ModelCostMapSyncStatus, SpecError};
 use crate::metrics::{MapLabels, SyncResult};
@@ -24,6 +25,24 @@ use crate::sync::render::{
 };
 use crate::sync::schedule::{self, Decision, SyncCause};
 use crate::sync::store::HeldMap;
+
+/// The target's ConfigMaps, as one reconcile knows them.
+pub(super) enum Target {
+    /// As this operator wrote them for the last good map: not read.
+    AsWritten,
+    /// As read.
+    Read(HeldConfigMaps),
+}
+
+impl Target {
+    /// The ConfigMaps as read; None when not read (they hold the last good map).
+    pub(super) fn read(&self) -> Option<&HeldConfigMaps> {
+        match self {
+            Target::AsWritten => None,
+            Target::Read(held) => Some(held),
+        }
+    }
+}
 
 /// One reconcile of one object.
 pub(super) struct Reconciler<'a> {
@@ -78,20 +97,24 @@ impl<'a> Reconciler<'a> {
 
     pub(super) async fn reconcile(mut self) -> Result<Action, Error> {
         if let Err(err) = &self.interval {
-            // Nothing to schedule with: say so once, and wait for the spec to change.
+            // Nothing to schedule with: say so once, and wait for the spec to change. Once:
+            // the status write is itself a change that reconciles again.
+            if self.said_invalid_spec() {
+                return Ok(Action::await_change());
+            }
             let outcome = Outcome::Failed(SyncError::Spec(err.clone()));
             self.write_outcome(SyncCause::SpecChanged, outcome, Instant::now())
                 .await?;
             return Ok(Action::await_change());
         }
-        let config_map = self.read_held(&self.target.name).await?;
-        if let Some(action) = self.adopt_interrupted_write(&config_map).await? {
+        let target = self.read_target().await?;
+        if let Some(action) = self.adopt_interrupted_write(target.read()).await? {
             return Ok(action);
         }
         if let Some(action) = self.handle_reject().await? {
             return Ok(action);
         }
-        let last_good = self.last_good(&config_map).await;
+        let last_good = self.last_good(target.read()).await;
         self.last_good_lost = self.artifact().is_some() && last_good.is_none();
         // A broken override counts as a change: the sync then says what is wrong with it.
         let overrides = self.read_overrides().await;
@@ -123,9 +146,8 @@ impl<'a> Reconciler<'a> {
                 Ok(Action::await_change())
             }
             Decision::Wait(remaining) => {
-                if let Some(last_good) = &last_good {
-                    self.restore_if_changed(&config_map, last_good.stored())
-                        .await?;
+                if let (Some(last_good), Target::Read(held)) = (&last_good, &target) {
+                    self.restore_if_changed(held, last_good.stored()).await?;
                 }
                 let recheck = self.recheck_consumers().await?;
                 Ok(Action::requeue(
@@ -134,10 +156,18 @@ impl<'a> Reconciler<'a> {
             }
             Decision::Sync(cause) => {
                 info!(?cause, "syncing");
-                let holds_last_good = last_good.as_ref().is_some_and(|map| {
-                    self.desired(map.stored())
-                        .is_some_and(|desired| holds_all(&config_map, &desired))
-                });
+                let holds_last_good = match &target {
+                    Target::AsWritten => true,
+                    Target::Read(held) => last_good.as_ref().is_some_and(|map| {
+                        let holds = self
+                            .desired(map.stored())
+                            .is_some_and(|desired| holds_all(held, &desired));
+                        if holds {
+                            self.note_as_written(held);
+                        }
+                        holds
+                    }),
+                };
                 let started = Instant::now();
                 self.record_override_inputs(&overrides);
                 let outcome = self
@@ -145,12 +175,22 @@ impl<'a> Reconciler<'a> {
                         overrides.overrides,
                         last_good.as_ref(),
                         holds_last_good,
-                        &config_map,
+                        target.read(),
                     )
                     .await;
                 self.write_outcome(cause, outcome, started).await
             }
         }
+    }
+
+    /// Whether status already says this generation of the spec is invalid.
+    fn said_invalid_spec(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.observed_generation == self.sync.metadata.generation
+                && s.conditions
+                    .iter()
+                    .any(|c| c.reason == crate::api::Reason::InvalidSpec.as_str())
+        })
     }
 
     /// Finishes a content change that a restart interrupted between the ConfigMap write and
@@ -160,7 +200,7 @@ impl<'a> Reconciler<'a> {
     /// fetched or written to the ConfigMap.
     async fn adopt_interrupted_write(
         &mut self,
-        config_map: &HeldConfigMaps,
+        config_map: Option<&HeldConfigMaps>,
     ) -> Result<Option<Action>, Error> {
         let Some(pending) = self
             .status
@@ -172,6 +212,10 @@ impl<'a> Reconciler<'a> {
         if self.artifact().is_some_and(|a| a.digest == pending.digest) {
             return Ok(None);
         }
+        // Unread only when it holds the artifact (see [`Self::read_target`]).
+        let Some(config_map) = config_map else {
+            return Ok(None);
+        };
         let max_bytes = self.context.sources.policy().max_body_bytes;
         let held = read_stored(config_map, &self.target.key, max_bytes)
             .ok()
@@ -207,7 +251,7 @@ impl<'a> Reconciler<'a> {
 
     /// The last good map named by `status.artifact`, from memory, read back from the
     /// ConfigMap, or from the history ring. None when none holds exactly those bytes.
-    async fn last_good(&self, config_map: &HeldConfigMaps) -> Option<Arc<HeldMap>> {
+    async fn last_good(&self, config_map: Option<&HeldConfigMaps>) -> Option<Arc<HeldMap>> {
         if let Some(map) = self.last_good_at_hand(config_map) {
             return Some(map);
         }
@@ -223,7 +267,7 @@ impl<'a> Reconciler<'a> {
 
     /// [`Self::last_good`] from memory (this object's, or the copy another object with the
     /// same map holds) or the ConfigMap.
-    fn last_good_at_hand(&self, config_map: &HeldConfigMaps) -> Option<Arc<HeldMap>> {
+    fn last_good_at_hand(&self, config_map: Option<&HeldConfigMaps>) -> Option<Arc<HeldMap>> {
         let digest = &self.status.as_ref()?.artifact.as_ref()?.digest;
         if let Some(map) = self.context.memory.last_good(&self.uid, digest) {
             return Some(map);
@@ -233,7 +277,7 @@ impl<'a> Reconciler<'a> {
             return Some(map);
         }
         let max_bytes = self.context.sources.policy().max_body_bytes;
-        let read = read_stored(config_map, &self.target.key, max_bytes).ok()??;
+        let read = read_stored(config_map?, &self.target.key, max_bytes).ok()??;
         if &read.digest() != digest {
             return None;
         }
@@ -251,6 +295,65 @@ impl<'a> Reconciler<'a> {
     /// Keeps a map already held as this object's last good map.
     pub(super) fn remember_held(&self, map: Arc<HeldMap>) {
         self.context.memory.remember_last_good(&self.uid, map);
+    }
+
+    /// The target's ConfigMaps: not read when the watch shows them as this operator wrote
+    /// them for the last good map, which memory holds ([`super::targets`]). A pending map
+    /// that is not the artifact needs them read ([`Self::adopt_interrupted_write`]).
+    async fn read_target(&self) -> Result<Target, Error> {
+        let as_written = self.artifact().is_some_and(|artifact| {
+            let pending = self
+                .status
+                .as_ref()
+                .and_then(|s| s.pending_artifact.as_ref());
+            let identity = self.identity(artifact);
+            pending.is_none_or(|pending| pending.digest == artifact.digest)
+                && self
+                    .context
+                    .memory
+                    .last_good(&self.uid, &artifact.digest)
+                    .is_some()
+                && self
+                    .context
+                    .memory
+                    .read(&self.uid, |m| m.written_target.clone())
+                    .flatten()
+                    .is_some_and(|written| {
+                        written.renders(&self.target, &identity)
+                            && self.context.targets.unchanged(&written)
+                    })
+        });
+        if as_written {
+            return Ok(Target::AsWritten);
+        }
+        Ok(Target::Read(self.read_held(&self.target.name).await?))
+    }
+
+    /// Remembers that `held`, as read, is the target as this operator would write it for
+    /// the artifact: the next reconcile need not read it while it stays at these versions.
+    fn note_as_written(&self, held: &HeldConfigMaps) {
+        let Some(artifact) = self.artifact() else {
+            return;
+        };
+        let versions = held
+            .maps
+            .iter()
+            .flatten()
+            .filter_map(|cm| Some((cm.metadata.name.clone()?, cm.resource_version()?)))
+            .collect();
+        self.remember_written(self.identity(artifact), versions);
+    }
+
+    /// Remembers the target's ConfigMaps at `versions` as holding the map of `identity`.
+    pub(super) fn remember_written(&self, identity: MapIdentity, versions: Vec<(String, String)>) {
+        let written = WrittenTarget {
+            target: self.target.clone(),
+            identity,
+            versions,
+        };
+        self.context
+            .memory
+            .update(&self.uid, |m| m.written_target = Some(written));
     }
 
     pub(super) fn identity(&self, artifact: &Artifact) -> MapIdentity {
@@ -279,6 +382,7 @@ impl<'a> Reconciler<'a> {
         };
         let stale: Vec<&ConfigMap> = stale(actual, &desired).collect();
         let Some(first_stale) = stale.first() else {
+            self.note_as_written(actual);
             return Ok(());
         };
         // A chunk alone may be stale: the Event names the first ConfigMap put back.

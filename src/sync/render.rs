@@ -15,6 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 use crate::digest::sha256_digest;
 
+mod patch;
+pub use patch::{WritePatch, write_patch};
+
 /// Label on every ConfigMap this operator writes.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::core::{PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -28,11 +28,12 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::chunks::write_config_maps;
 use super::memory::{Memories, newer_status};
 use super::prepared::{Against, ToPublish, answer_max_age};
 use super::reconcile::{api_error_message, identity, whole_seconds_now};
 use super::status::{self, Attempt, Notice, Outcome};
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error};
 use crate::api::{
     Artifact, ClusterModelCostMapSync, ClusterModelCostMapSyncStatus, ModelCostMapSyncStatus,
     NamespaceFailure, NamespaceReason, Reason, SourceMap, SpecError,
@@ -107,6 +108,8 @@ pub(super) async fn run(client: Client, base: Arc<Context>, stop: CancellationTo
         let store = store.clone();
         move |config_map: PartialObjectMeta<ConfigMap>| concerned(&store, &config_map)
     };
+    // Another object fetched a new map from a source this one follows: sync now.
+    let news = super::news_of_sources(store.clone(), context.base.sources.subscribe());
     let forgetting = tokio::spawn(forget_deleted(store, context.clone()));
     controller
         .trigger_backoff(crate::watch::Backoff::default())
@@ -114,6 +117,7 @@ pub(super) async fn run(client: Client, base: Arc<Context>, stop: CancellationTo
         // Not `owns`: kube gives the owner of a namespaced child the child's namespace,
         // which a cluster-scoped owner does not have.
         .watches_stream(copies, by_config_map)
+        .reconcile_on(news)
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -691,8 +695,7 @@ impl<'a> ClusterReconciler<'a> {
         };
         // Chunks are not written across namespaces (yet): a map that needs more than one
         // ConfigMap is refused for the cluster kind, never truncated.
-        let mut rendered =
-            render_config_maps(&target, map, identity).map_err(|err| err.to_string())?;
+        let rendered = render_config_maps(&target, map, identity).map_err(|err| err.to_string())?;
         if rendered.len() != 1 {
             return Err(format!(
                 "the map's gzip needs {} ConfigMaps (chunks), which a ClusterModelCostMapSync \
@@ -700,18 +703,14 @@ impl<'a> ClusterReconciler<'a> {
                 rendered.len()
             ));
         }
-        let desired = rendered.remove(0);
-        let api = Api::<ConfigMap>::namespaced(self.context.base.client.clone(), namespace);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        match api
-            .patch(&self.config_map, &params, &Patch::Apply(&desired))
-            .await
-        {
-            Ok(written) => Ok(written.resource_version()),
-            Err(err) => Err(format!(
+        let client = &self.context.base.client;
+        let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+        match write_config_maps(client, &api, &rendered, &[&self.key]).await {
+            Ok(mut versions) => Ok(versions.pop().map(|(_, version)| version)),
+            Err(failed) => Err(format!(
                 "writing ConfigMap {}: {}",
-                self.config_map,
-                api_error_message(&err)
+                failed.name,
+                api_error_message(&failed.error)
             )),
         }
     }
