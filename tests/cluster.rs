@@ -281,5 +281,22 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
     let (ready, reason, _) = ready_of(&sync);
     assert_eq!((ready.as_str(), reason.as_str()), ("True", "Synced"));
     assert_eq!(source.received(), 2);
+
+    // A namespaced object on the same source: when it fetches a new map, the cluster
+    // object takes it at once from that fetch (its own interval is an hour away).
+    create_sync(
+        &client,
+        &a,
+        "follower",
+        json!({"source": {"url": source.url}}),
+    )
+    .await;
+    wait_ready(&client, &a, "follower", "True", Reason::Synced).await;
+    assert_eq!(source.received(), 2, "the follower took the answer at hand");
+    let third = small_map(60, &["day0-model", "day1-model"]);
+    source.set(Answer::Map(third.clone()));
+    request_sync(&client, &a, "follower", "news").await;
+    wait_held(&client, &[&a, &b, &c, &d, &later, &taken], &third).await;
+    assert_eq!(source.received(), 3, "one fetch for both objects");
     operator.stop().await;
 }
