@@ -351,11 +351,14 @@ pub struct Target {
     #[schemars(length(min = 1, max = 253), regex(pattern = CONFIG_MAP_NAME_PATTERN))]
     pub config_map_name: Option<String>,
 
-    /// Key is the file name of the map in the ConfigMap. The gzipped map is always stored
-    /// under binaryData "<key>.gz"; the plain map is also stored under data "<key>" when it
-    /// is small enough to fit. Defaults to model_prices_and_context_window.json.
+    /// Key is the file name of the map in the ConfigMap. The gzipped map is stored under
+    /// binaryData "<key>.gz" while it fits one ConfigMap, else in chunks "<key>.gz.000",
+    /// "<key>.gz.001", ... across ConfigMaps <name>, <name>-1, ..., the first of which also
+    /// holds the chunk manifest under data "<key>.gz.chunks". The plain map is also stored
+    /// under data "<key>" when it is small enough to fit. At most 243 characters, so that
+    /// "<key>.gz.chunks" is a valid key. Defaults to model_prices_and_context_window.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 250), regex(pattern = CONFIG_MAP_KEY_PATTERN))]
+    #[schemars(length(min = 1, max = 243), regex(pattern = CONFIG_MAP_KEY_PATTERN))]
     pub key: Option<String>,
 }
 
