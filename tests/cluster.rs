@@ -15,7 +15,7 @@ use costmap_operator::api::{
 };
 use costmap_operator::digest::sha256_digest;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -23,16 +23,6 @@ const NAME: &str = "shared";
 
 fn cluster_syncs(client: &Client) -> Api<ClusterModelCostMapSync> {
     Api::all(client.clone())
-}
-
-/// Creates namespace `name`, labelled `labels`.
-async fn labelled_namespace(client: &Client, name: &str, labels: &BTreeMap<String, String>) {
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
 }
 
 /// Sets (Some) or removes (None) the selector label on a namespace.
@@ -98,13 +88,7 @@ fn ready_of(sync: &ClusterModelCostMapSync) -> (String, String, String) {
 }
 
 async fn served(operator: &Operator, namespace: &str) -> Option<Vec<u8>> {
-    let url = format!(
-        "{}/maps/{namespace}/{NAME}/{DEFAULT_KEY}",
-        operator.base_url
-    );
-    let response = reqwest::get(&url).await.ok()?;
-    (response.status() == 200).then_some(())?;
-    Some(response.bytes().await.ok()?.to_vec())
+    served_map(operator, namespace, NAME).await
 }
 
 async fn wait_served(operator: &Operator, namespace: &str, bytes: &[u8]) {

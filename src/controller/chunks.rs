@@ -25,20 +25,9 @@ pub(super) struct WriteFailed {
 }
 
 impl Reconciler<'_> {
-    /// The ConfigMaps holding the map whose first ConfigMap is `name`: the first, then as
-    /// many chunk ConfigMaps as it names (bounded by the chunk count's range). Chunk
-    /// ConfigMaps left over from a larger map are not read: the first does not name them.
+    /// The ConfigMaps holding the map whose first ConfigMap is `name` (see [`read_held`]).
     pub(super) async fn read_held(&self, name: &str) -> Result<HeldConfigMaps, kube::Error> {
-        let first = self.config_maps.get_opt(name).await?;
-        let count = first
-            .as_ref()
-            .and_then(|first| chunk_count(first).ok().flatten())
-            .unwrap_or(1);
-        let mut maps = vec![first];
-        for index in 1..count {
-            maps.push(self.config_maps.get_opt(&chunk_name(name, index)).await?);
-        }
-        Ok(HeldConfigMaps { maps })
+        read_held(&self.config_maps, name).await
     }
 
     /// Writes each ConfigMap in turn (each under its own name; see
@@ -67,6 +56,26 @@ impl Reconciler<'_> {
         keys.extend(before.filter(|key| key != &self.target.key));
         keys
     }
+}
+
+/// The ConfigMaps holding the map whose first ConfigMap is `name`, in the namespace of
+/// `api`: the first, then as many chunk ConfigMaps as it names (bounded by the chunk
+/// count's range). Chunk ConfigMaps left over from a larger map are not read: the first
+/// does not name them.
+pub(super) async fn read_held(
+    api: &Api<ConfigMap>,
+    name: &str,
+) -> Result<HeldConfigMaps, kube::Error> {
+    let first = api.get_opt(name).await?;
+    let count = first
+        .as_ref()
+        .and_then(|first| chunk_count(first).ok().flatten())
+        .unwrap_or(1);
+    let mut maps = vec![first];
+    for index in 1..count {
+        maps.push(api.get_opt(&chunk_name(name, index)).await?);
+    }
+    Ok(HeldConfigMaps { maps })
 }
 
 /// Writes each of `config_maps` into the namespace of `api` in turn, as

@@ -401,8 +401,12 @@ impl HeldConfigMaps {
 /// How many chunks the first ConfigMap of a map names: `None` for a map in one ConfigMap.
 /// A count out of range (an edit) is an error, so no reader fetches a thousand ConfigMaps.
 pub fn chunk_count(first: &ConfigMap) -> Result<Option<usize>, ChunkError> {
+    chunk_count_of(&first.metadata)
+}
+
+/// [`chunk_count`] from the first ConfigMap's metadata (as a metadata watch has it).
+pub fn chunk_count_of(first: &ObjectMeta) -> Result<Option<usize>, ChunkError> {
     let Some(count) = first
-        .metadata
         .annotations
         .as_ref()
         .and_then(|annotations| annotations.get(CHUNKS_ANNOTATION))

@@ -701,3 +701,30 @@ pub fn can_i(user: &str, args: &[&str]) -> bool {
         .expect("kubectl");
     String::from_utf8_lossy(&output.stdout).trim() == "yes"
 }
+
+/// What the operator's endpoint serves at `/maps/{namespace}/{name}/{key}` (the default
+/// key), decompressed; None for no 200.
+pub async fn served_map(operator: &Operator, namespace: &str, name: &str) -> Option<Vec<u8>> {
+    let url = format!(
+        "{}/maps/{namespace}/{name}/{}",
+        operator.base_url,
+        costmap_operator::api::DEFAULT_KEY
+    );
+    let response = reqwest::get(&url).await.ok()?;
+    (response.status() == 200).then_some(())?;
+    Some(response.bytes().await.ok()?.to_vec())
+}
+
+/// Creates namespace `name`, labelled `labels`.
+pub async fn labelled_namespace(
+    client: &Client,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) {
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+}

@@ -22,13 +22,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::core::{PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::chunks::write_config_maps;
+use super::chunks::{read_held, write_config_maps};
 use super::memory::{Memories, newer_status};
 use super::prepared::{Against, ToPublish, answer_max_age};
 use super::reconcile::{api_error_message, identity, whole_seconds_now};
@@ -45,7 +45,7 @@ use crate::sync::fetch::shared::{SharedOutcome, SharedRequest};
 use crate::sync::overrides::{Overrides, inline_layer};
 use crate::sync::render::{
     DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, MapIdentity, StoredMap, TargetRef,
-    read_stored_map, render_config_maps,
+    chunk_count_of, chunk_name, read_stored, render_config_maps, write_order,
 };
 use crate::sync::schedule::{self, Decision};
 use crate::sync::store::HeldMap;
@@ -64,8 +64,11 @@ struct ClusterContext {
     /// keeps them, by uid.
     memory: Memories,
     /// Per object (by uid): the namespaces it selected at its last reconcile, and the
-    /// resourceVersion of each copy as it was written.
+    /// resourceVersions of each copy as it was written.
     copies: Mutex<HashMap<String, Copies>>,
+    /// The watched metadata of every managed ConfigMap: the chunks of a copy are checked
+    /// against it, not read.
+    watched: Store<PartialObjectMeta<ConfigMap>>,
 }
 
 #[derive(Default, Clone)]
@@ -82,10 +85,12 @@ pub(super) async fn run(client: Client, base: Arc<Context>, stop: CancellationTo
         warn!(error = %err, "ClusterModelCostMapSync objects are not reconciled: listing them failed (is crds/clustermodelcostmapsync.yaml applied?)");
         return;
     }
+    let (watched, writer) = reflector::store();
     let context = Arc::new(ClusterContext {
         base,
         memory: Memories::default(),
         copies: Mutex::default(),
+        watched,
     });
     let controller = Controller::new(api, watcher::Config::default());
     let store = controller.store();
@@ -99,9 +104,13 @@ pub(super) async fn run(client: Client, base: Arc<Context>, stop: CancellationTo
     )
     .touched_objects();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let copies = watcher::watcher(
-        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-        managed,
+    let copies = reflector(
+        writer,
+        watcher::watcher(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            managed,
+        )
+        .modify(|meta| meta.managed_fields_mut().clear()),
     )
     .touched_objects();
     let by_config_map = {
@@ -453,7 +462,7 @@ impl<'a> ClusterReconciler<'a> {
             Some(owner) if is_cluster_owner(owner) && owner.name == self.sync.name_any() => {
                 Copy::Ours {
                     digest: cm.annotations().get(DIGEST_ANNOTATION).cloned(),
-                    version: cm.resource_version(),
+                    version: self.versions_of(cm),
                 }
             }
             Some(owner) => {
@@ -465,6 +474,20 @@ impl<'a> ClusterReconciler<'a> {
             }
             None => Copy::Others("no controller (not written by this operator)".to_owned()),
         }
+    }
+
+    /// The resourceVersions of a copy whose first ConfigMap is `first`: its own, then its
+    /// chunks' as the watch last saw them, in one string. None when a chunk is not seen
+    /// (missing, or not watched yet): the copy is then written again.
+    fn versions_of(&self, first: &PartialObjectMeta<ConfigMap>) -> Option<String> {
+        let namespace = first.namespace()?;
+        let count = chunk_count_of(&first.metadata).ok().flatten().unwrap_or(1);
+        let mut versions = vec![first.resource_version()?];
+        for index in 1..count {
+            let chunk = ObjectRef::new(&chunk_name(&self.config_map, index)).within(&namespace);
+            versions.push(self.context.watched.get(&chunk)?.resource_version()?);
+        }
+        Some(versions.join(","))
     }
 
     /// The last good map named by status: from memory (this object's, or the copy another
@@ -489,10 +512,10 @@ impl<'a> ClusterReconciler<'a> {
         });
         for (namespace, _) in candidates {
             let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-            let Ok(Some(cm)) = api.get_opt(&self.config_map).await else {
+            let Ok(held) = read_held(&api, &self.config_map).await else {
                 continue;
             };
-            let read = read_stored_map(&cm, &self.key, max_bytes).ok().flatten();
+            let read = read_stored(&held, &self.key, max_bytes).ok().flatten();
             if let Some(map) = read.filter(|map| map.digest() == digest) {
                 let map = self.context.base.held.hold(map, digest, None);
                 self.context
@@ -680,7 +703,7 @@ impl<'a> ClusterReconciler<'a> {
         plan
     }
 
-    /// Server-side applies one copy; its new resourceVersion.
+    /// Writes one copy (in chunks when it needs them); its new resourceVersions.
     async fn write_copy(
         &self,
         namespace: &str,
@@ -693,20 +716,16 @@ impl<'a> ClusterReconciler<'a> {
             key: self.key.clone(),
             owner: self.owner.clone(),
         };
-        // Chunks are not written across namespaces (yet): a map that needs more than one
-        // ConfigMap is refused for the cluster kind, never truncated.
         let rendered = render_config_maps(&target, map, identity).map_err(|err| err.to_string())?;
-        if rendered.len() != 1 {
-            return Err(format!(
-                "the map's gzip needs {} ConfigMaps (chunks), which a ClusterModelCostMapSync \
-                 does not write yet; use a ModelCostMapSync per namespace for a map this big",
-                rendered.len()
-            ));
-        }
         let client = &self.context.base.client;
         let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-        match write_config_maps(client, &api, &rendered, &[&self.key]).await {
-            Ok(mut versions) => Ok(versions.pop().map(|(_, version)| version)),
+        match write_config_maps(client, &api, write_order(&rendered), &[&self.key]).await {
+            // Written chunks first; kept first first, as [`Self::versions_of`] reads them.
+            Ok(mut versions) => {
+                versions.rotate_right(1);
+                let versions: Vec<String> = versions.into_iter().map(|(_, v)| v).collect();
+                Ok((versions.len() == rendered.len()).then(|| versions.join(",")))
+            }
             Err(failed) => Err(format!(
                 "writing ConfigMap {}: {}",
                 failed.name,
