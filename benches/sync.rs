@@ -51,7 +51,7 @@ async fn main() {
         // A map never seen before, every run: a map the operator prepared already (for
         // another object, or two runs ago) is taken from memory, which is not what a new
         // upstream map costs.
-        source.set(Answer::Map(never_seen(&maps[(run + 1) % 2], run)));
+        source.set(Answer::Map(timing::never_seen(&maps[(run + 1) % 2], run)));
         changed.push(timed_sync(&client, &ns, &format!("change-{run}")).await);
         unchanged.push(timed_sync(&client, &ns, &format!("same-{run}")).await);
     }
@@ -169,19 +169,4 @@ async fn override_edits(client: &kube::Client, ns: &str, operator: &OperatorProc
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     times
-}
-
-/// `map` with one more model, named for `run`, so that every run has a map of its own.
-fn never_seen(map: &[u8], run: usize) -> bytes::Bytes {
-    let entry = format!(
-        r#"{{"bench-model-{run}": {{"litellm_provider": "openai", "mode": "chat", "max_tokens": 8192, "input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}},"#
-    );
-    let open = map
-        .iter()
-        .position(|&b| b == b'{')
-        .expect("the map is a JSON object");
-    let mut changed = map[..open].to_vec();
-    changed.extend_from_slice(entry.as_bytes());
-    changed.extend_from_slice(&map[open + 1..]);
-    changed.into()
 }

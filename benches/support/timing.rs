@@ -27,3 +27,18 @@ pub async fn timed_sync(client: &kube::Client, ns: &str, token: &str) -> f64 {
         .expect("watch");
     started.elapsed().as_secs_f64() * 1000.0
 }
+
+/// `map` with one more model, named for `run`, so that every run has a map of its own.
+pub fn never_seen(map: &[u8], run: usize) -> bytes::Bytes {
+    let entry = format!(
+        r#"{{"bench-model-{run}": {{"litellm_provider": "openai", "mode": "chat", "max_tokens": 8192, "input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}},"#
+    );
+    let open = map
+        .iter()
+        .position(|&b| b == b'{')
+        .expect("the map is a JSON object");
+    let mut changed = map[..open].to_vec();
+    changed.extend_from_slice(entry.as_bytes());
+    changed.extend_from_slice(&map[open + 1..]);
+    changed.into()
+}
