@@ -384,7 +384,7 @@ impl Reconciler<'_> {
         let identity = self.identity(artifact);
         let desired = render_config_maps(&self.target, map, &identity)?;
         let versions = self
-            .apply_config_maps(write_order(&desired))
+            .write_rendered(write_order(&desired))
             .await
             .map_err(|failed| SyncError::Write {
                 what: format!("ConfigMap {}", failed.name),

@@ -34,7 +34,7 @@ impl Reconciler<'_> {
     /// [`crate::sync::render::write_patch`]), stopping at the first that fails. Give them in
     /// [`crate::sync::render::write_order`]. Returns the name and the resourceVersion the
     /// write produced of each.
-    pub(super) async fn apply_config_maps<'a>(
+    pub(super) async fn write_rendered<'a>(
         &self,
         config_maps: impl IntoIterator<Item = &'a ConfigMap>,
     ) -> Result<Vec<(String, String)>, WriteFailed> {
@@ -79,7 +79,7 @@ pub(super) async fn read_held(
 }
 
 /// Writes each of `config_maps` into the namespace of `api` in turn, as
-/// [`Reconciler::apply_config_maps`] says; `keys` are the layout's keys to clear.
+/// [`Reconciler::write_rendered`] says; `keys` are the layout's keys to clear.
 pub(super) async fn write_config_maps<'a>(
     client: &Client,
     api: &Api<ConfigMap>,
@@ -113,10 +113,13 @@ async fn write_config_map(
         ..PatchParams::default()
     };
     let request = kube::core::Request::new(api.resource_url());
-    let patched = request
-        .patch(name, &patch_params, &Patch::Strategic(&patch))
-        .map_err(kube::Error::BuildRequest)?;
-    match client.request(metadata_answer(patched, "patch")).await {
+    let patch_it = || {
+        let patched = request
+            .patch(name, &patch_params, &Patch::Strategic(&patch))
+            .map_err(kube::Error::BuildRequest);
+        async move { client.request(metadata_answer(patched?, "patch")).await }
+    };
+    match patch_it().await {
         Err(kube::Error::Api(status)) if status.code == 404 => {}
         written => return written,
     }
@@ -130,12 +133,7 @@ async fn write_config_map(
         .map_err(kube::Error::BuildRequest)?;
     match client.request(metadata_answer(created, "create")).await {
         // Created by someone else in between: patch it after all.
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            let patched = request
-                .patch(name, &patch_params, &Patch::Strategic(&patch))
-                .map_err(kube::Error::BuildRequest)?;
-            client.request(metadata_answer(patched, "patch")).await
-        }
+        Err(kube::Error::Api(status)) if status.code == 409 => patch_it().await,
         written => written,
     }
 }

@@ -106,7 +106,7 @@ impl Reconciler<'_> {
                 .get_or_insert_default()
                 .insert(HISTORY_OF_LABEL.to_owned(), self.target.name.clone());
         }
-        match self.apply_config_maps(write_order(&rendered)).await {
+        match self.write_rendered(write_order(&rendered)).await {
             Ok(_) => Some(ring),
             Err(failed) => {
                 warn!(config_map = %failed.name, error = %api_error_message(&failed.error), "cannot keep the map in history");

@@ -54,7 +54,8 @@ use crate::sync::store::MapStore;
 use memory::Memories;
 use reconcile::Reconciler;
 
-/// Field manager of every server-side apply this operator makes.
+/// Field manager of every write this operator makes (status by server-side apply,
+/// ConfigMaps by patch).
 pub const FIELD_MANAGER: &str = "costmap-operator";
 /// How often what is remembered of deleted objects (memory, metric series) is dropped.
 const FORGET_EVERY: Duration = Duration::from_secs(10);

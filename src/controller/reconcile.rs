@@ -99,7 +99,7 @@ impl<'a> Reconciler<'a> {
         if let Err(err) = &self.interval {
             // Nothing to schedule with: say so once, and wait for the spec to change. Once:
             // the status write is itself a change that reconciles again.
-            if self.said_invalid_spec() {
+            if status::says_invalid_spec(self.status.as_ref(), self.sync.metadata.generation) {
                 return Ok(Action::await_change());
             }
             let outcome = Outcome::Failed(SyncError::Spec(err.clone()));
@@ -181,16 +181,6 @@ impl<'a> Reconciler<'a> {
                 self.write_outcome(cause, outcome, started).await
             }
         }
-    }
-
-    /// Whether status already says this generation of the spec is invalid.
-    fn said_invalid_spec(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| {
-            s.observed_generation == self.sync.metadata.generation
-                && s.conditions
-                    .iter()
-                    .any(|c| c.reason == crate::api::Reason::InvalidSpec.as_str())
-        })
     }
 
     /// Finishes a content change that a restart interrupted between the ConfigMap write and
@@ -392,7 +382,7 @@ impl<'a> Reconciler<'a> {
             .position(|cm| cm.metadata.name == first_stale.metadata.name)
             .unwrap_or(0);
         let deleted = actual.get(index).is_none();
-        self.apply_config_maps(stale)
+        self.write_rendered(stale)
             .await
             .map_err(|failed| failed.error)?;
         // Distinct reasons, because Events with the same reason merge into one series that

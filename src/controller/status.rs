@@ -319,6 +319,20 @@ fn later(at: Timestamp, wait: Duration) -> Timestamp {
     at + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX)
 }
 
+/// Whether `status` already says that spec `generation` is invalid: a reconcile then has
+/// nothing to write (its own status write would reconcile it again).
+pub(super) fn says_invalid_spec(
+    status: Option<&ModelCostMapSyncStatus>,
+    generation: Option<i64>,
+) -> bool {
+    status.is_some_and(|s| {
+        s.observed_generation == generation
+            && s.conditions
+                .iter()
+                .any(|c| c.reason == Reason::InvalidSpec.as_str())
+    })
+}
+
 /// The artifact of a newly accepted map with `models` models; `git_blob_id` when known
 /// (the fetched map's, when no override changed it), else hashed here.
 pub(super) fn artifact_of(
@@ -356,6 +370,29 @@ mod tests {
     use crate::api::SpecError;
     use crate::sync::fetch::FetchError;
     use crate::sync::validate::ValidationError;
+
+    #[test]
+    fn only_for_the_generation_status_called_invalid() {
+        let mut status = ModelCostMapSyncStatus {
+            observed_generation: Some(2),
+            ..Default::default()
+        };
+        assert!(
+            !says_invalid_spec(Some(&status), Some(2)),
+            "no condition yet"
+        );
+        let ready = conditions::ready(
+            false,
+            Reason::InvalidSpec,
+            "bad".to_owned(),
+            Some(2),
+            Timestamp::UNIX_EPOCH,
+        );
+        conditions::set_condition(&mut status.conditions, ready);
+        assert!(says_invalid_spec(Some(&status), Some(2)));
+        assert!(!says_invalid_spec(Some(&status), Some(3)), "a new spec");
+        assert!(!says_invalid_spec(None, Some(2)));
+    }
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(seconds).unwrap()

@@ -36,7 +36,7 @@ use super::status::{self, Attempt, Notice, Outcome};
 use super::{Context, Error};
 use crate::api::{
     Artifact, ClusterModelCostMapSync, ClusterModelCostMapSyncStatus, ModelCostMapSyncStatus,
-    NamespaceFailure, NamespaceReason, Reason, SourceMap, SpecError,
+    NamespaceFailure, NamespaceReason, SourceMap, SpecError,
 };
 use crate::metrics::SyncResult;
 use crate::sync::SyncError;
@@ -284,13 +284,8 @@ impl<'a> ClusterReconciler<'a> {
             Ok(checked) => checked,
             Err(err) => {
                 // Nothing to schedule with: say so once, and wait for the spec to change.
-                let said = self.status.as_ref().is_some_and(|s| {
-                    s.observed_generation == self.sync.metadata.generation
-                        && s.conditions
-                            .iter()
-                            .any(|c| c.reason == Reason::InvalidSpec.as_str())
-                });
-                if said {
+                let generation = self.sync.metadata.generation;
+                if status::says_invalid_spec(self.status.as_ref(), generation) {
                     return Ok(Action::await_change());
                 }
                 let attempt = self.attempt(schedule::MIN_INTERVAL, self.failures());
