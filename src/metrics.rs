@@ -51,13 +51,42 @@ pub struct SyncLabels {
     pub result: SyncResult,
 }
 
-/// Labels of the per-map gauges: which ModelCostMapSync.
+/// Labels of the per-map gauges: which ModelCostMapSync, or which ClusterModelCostMapSync
+/// (an empty namespace, as exporters label cluster-scoped objects).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
-    /// Its namespace.
+    /// Its namespace; empty for a ClusterModelCostMapSync.
     pub namespace: String,
     /// Its name.
     pub name: String,
+}
+
+impl MapLabels {
+    /// A ClusterModelCostMapSync's labels.
+    pub fn cluster(name: &str) -> Self {
+        MapLabels {
+            namespace: String::new(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn scope(&self) -> ObjectScope {
+        if self.namespace.is_empty() {
+            ObjectScope::Cluster
+        } else {
+            ObjectScope::Namespaced
+        }
+    }
+}
+
+/// Which kind of object a set of per-map series belongs to: each kind's controller forgets
+/// its own deleted objects, and must not drop the other kind's series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectScope {
+    /// ModelCostMapSync.
+    Namespaced,
+    /// ClusterModelCostMapSync.
+    Cluster,
 }
 
 /// Labels of `costmap_consumers`.
@@ -279,11 +308,15 @@ impl Metrics {
         self.sync_interval.get_or_create(map).set(seconds);
     }
 
-    /// Drops the per-map series of every ModelCostMapSync but `live`; returns how many
+    /// Drops the per-map series of every object of `scope` but `live`; returns how many
     /// objects' series went.
-    pub fn forget_maps_except(&self, live: &HashSet<MapLabels>) -> usize {
+    pub fn forget_maps_except(&self, scope: ObjectScope, live: &HashSet<MapLabels>) -> usize {
         let mut known = crate::locks::lock(&self.known_maps);
-        let gone: Vec<MapLabels> = known.difference(live).cloned().collect();
+        let gone: Vec<MapLabels> = known
+            .iter()
+            .filter(|map| map.scope() == scope && !live.contains(map))
+            .cloned()
+            .collect();
         for map in &gone {
             self.models.remove(map);
             self.last_success.remove(map);
@@ -414,13 +447,27 @@ mod tests {
             metrics.record_map(map, 10, 1);
             metrics.record_consumers(map, &[("Current", 1), ("Stale", 0), ("Unreachable", 0)]);
         }
+        let cluster = MapLabels::cluster("everywhere");
+        metrics.record_map(&cluster, 10, 1);
         assert_eq!(
-            metrics.forget_maps_except(&HashSet::from([kept.clone()])),
+            metrics.forget_maps_except(ObjectScope::Namespaced, &HashSet::from([kept.clone()])),
             1
         );
         let text = metrics.encode();
         assert!(text.contains("name=\"kept\""), "{text}");
         assert!(!text.contains("name=\"gone\""), "{text}");
-        assert_eq!(metrics.forget_maps_except(&HashSet::from([kept])), 0);
+        assert!(
+            text.contains("costmap_map_models{namespace=\"\",name=\"everywhere\"} 10"),
+            "a namespaced forget keeps the cluster objects' series: {text}"
+        );
+        assert_eq!(
+            metrics.forget_maps_except(ObjectScope::Namespaced, &HashSet::from([kept.clone()])),
+            0
+        );
+        assert_eq!(
+            metrics.forget_maps_except(ObjectScope::Cluster, &HashSet::new()),
+            1
+        );
+        assert!(metrics.encode().contains("name=\"kept\""));
     }
 }

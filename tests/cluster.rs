@@ -282,5 +282,45 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
     request_sync(&client, &a, "follower", "news").await;
     wait_held(&client, &[&a, &b, &c, &d, &later, &taken], &third).await;
     assert_eq!(source.received(), 3, "one fetch for both objects");
+
+    // The cluster object has its own per-map series (no namespace), and they outlive the
+    // namespaced object's: each kind forgets only its own deleted objects.
+    let cluster_series = format!("costmap_map_models{{namespace=\"\",name=\"{NAME}\"}} 62");
+    eventually("the cluster object's models series", || async {
+        operator
+            .metrics
+            .encode()
+            .contains(&cluster_series)
+            .then_some(())
+    })
+    .await;
+    let text = operator.metrics.encode();
+    assert!(
+        text.contains(&format!(
+            "costmap_sync_interval_seconds{{namespace=\"\",name=\"{NAME}\"}} 3600"
+        )),
+        "{text}"
+    );
+    let follower_series = format!("namespace=\"{a}\",name=\"follower\"");
+    assert!(text.contains(&follower_series), "{text}");
+    syncs(&client, &a)
+        .delete("follower", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the follower's series to go", || async {
+        let text = operator.metrics.encode();
+        (!text.contains(&follower_series)).then_some(())
+    })
+    .await;
+    assert!(operator.metrics.encode().contains(&cluster_series));
+    cluster_syncs(&client)
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the cluster object's series to go", || async {
+        let text = operator.metrics.encode();
+        (!text.contains(&format!("namespace=\"\",name=\"{NAME}\""))).then_some(())
+    })
+    .await;
     operator.stop().await;
 }

@@ -45,7 +45,7 @@ use crate::api::ModelCostMapSync;
 use crate::http::map_cache::MapCache;
 use crate::litellm::ProxyClient;
 use crate::memo::Memo;
-use crate::metrics::{MapLabels, Metrics};
+use crate::metrics::{MapLabels, Metrics, ObjectScope};
 use crate::scope;
 use crate::sync::fetch::Fetcher;
 use crate::sync::fetch::shared::SharedFetcher;
@@ -367,7 +367,9 @@ async fn forget_deleted(stores: Vec<Store<ModelCostMapSync>>, context: Arc<Conte
             .collect();
         let forgotten = context.memory.retain(&uids);
         context.sources.forget_except("ModelCostMapSync", &uids);
-        let series = context.metrics.forget_maps_except(&maps);
+        let series = context
+            .metrics
+            .forget_maps_except(ObjectScope::Namespaced, &maps);
         if forgotten + series > 0 {
             info!(
                 objects = forgotten,

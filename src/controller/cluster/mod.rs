@@ -38,7 +38,7 @@ use crate::api::{
     Artifact, ClusterModelCostMapSync, ClusterModelCostMapSyncStatus, ModelCostMapSyncStatus,
     NamespaceFailure, NamespaceReason, SourceMap, SpecError,
 };
-use crate::metrics::SyncResult;
+use crate::metrics::{MapLabels, ObjectScope, SyncResult};
 use crate::sync::SyncError;
 use crate::sync::fetch::FetchRequest;
 use crate::sync::fetch::shared::{SharedOutcome, SharedRequest};
@@ -202,8 +202,17 @@ async fn forget_deleted(store: Store<ClusterModelCostMapSync>, context: Arc<Clus
     let mut ticks = tokio::time::interval_at(start, FORGET_EVERY);
     loop {
         ticks.tick().await;
-        let live: HashSet<String> = store.state().iter().filter_map(|s| s.uid()).collect();
+        let objects = store.state();
+        let live: HashSet<String> = objects.iter().filter_map(|s| s.uid()).collect();
+        let maps: HashSet<MapLabels> = objects
+            .iter()
+            .map(|sync| MapLabels::cluster(&sync.name_any()))
+            .collect();
         context.memory.retain(&live);
+        context
+            .base
+            .metrics
+            .forget_maps_except(ObjectScope::Cluster, &maps);
         context
             .base
             .sources
@@ -377,9 +386,16 @@ impl<'a> ClusterReconciler<'a> {
                     }
                 };
                 let seconds = started.elapsed().as_secs_f64();
-                self.context.base.metrics.count_sync(result, seconds);
+                let metrics = &self.context.base.metrics;
+                metrics.count_sync(result, seconds);
                 let attempt = self.attempt(interval, self.failures());
                 let next = status::next_status(self.status.as_ref(), outcome, &attempt);
+                let labels = MapLabels::cluster(&self.sync.name_any());
+                metrics.record_interval(&labels, interval);
+                if let Some(artifact) = next.status.artifact.as_ref().filter(|_| next.failures == 0)
+                {
+                    metrics.record_map(&labels, i64::from(artifact.models), self.now.as_second());
+                }
                 self.context
                     .memory
                     .update(&self.uid, |m| m.consecutive_failures = next.failures);
