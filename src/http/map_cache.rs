@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ListParams;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -220,53 +221,90 @@ impl MapCache {
     ) {
         self.update(|inner| match event {
             Ok(event) => {
-                // One object changed: only its namespace's chunk sets can have.
+                // One object changed: only its namespace's chunk sets can have, and only
+                // its owner's maps.
                 let namespace = match &event {
                     Event::Apply(cm) | Event::Delete(cm) => cm.namespace(),
                     _ => None,
+                };
+                let refresh = match &event {
+                    Event::Apply(cm) | Event::Delete(cm) => match owner_of(cm) {
+                        Some(owner) => Refresh::Of {
+                            namespace: cm.namespace(),
+                            name: owner.name.clone(),
+                        },
+                        // Served maps stay while status vouches: nothing to do.
+                        None => Refresh::Nothing,
+                    },
+                    event => Refresh::after_listing(event),
                 };
                 inner
                     .config_maps
                     .apply(scope, event, |cm| stored_maps(cm, max_bytes, &inner.gzips));
                 let items = &mut inner.config_maps.items;
                 inner.chunked.refresh(items, namespace.as_deref(), max_bytes);
+                refresh
             }
             Err(error) => {
                 warn!(%error, scope, "the map cache's ConfigMap watch failed; not ready until it lists again");
                 inner.config_maps.fail(scope);
+                Refresh::All
             }
         });
     }
 
     fn on_sync_event(&self, scope: &str, event: Result<Event<ModelCostMapSync>, watcher::Error>) {
         self.update(|inner| match event {
-            Ok(event) => inner
-                .syncs
-                .apply(scope, event, |sync| vouched(sync.status.as_ref(), sync.uid())),
+            Ok(event) => {
+                let refresh = match &event {
+                    Event::Apply(sync) | Event::Delete(sync) => Refresh::Of {
+                        namespace: sync.namespace(),
+                        name: sync.name_any(),
+                    },
+                    event => Refresh::after_listing(event),
+                };
+                inner
+                    .syncs
+                    .apply(scope, event, |sync| vouched(sync.status.as_ref(), sync.uid()));
+                refresh
+            }
             Err(error) => {
                 warn!(%error, scope, "the map cache's ModelCostMapSync watch failed; not ready until it lists again");
                 inner.syncs.fail(scope);
+                Refresh::All
             }
         });
     }
 
     fn on_cluster_sync_event(&self, event: Result<Event<ClusterModelCostMapSync>, watcher::Error>) {
         self.update(|inner| match event {
-            Ok(event) => inner.cluster_syncs.apply("", event, |sync| {
-                vouched(sync.status.as_ref().map(|s| &s.sync), sync.uid())
-            }),
+            Ok(event) => {
+                let refresh = match &event {
+                    // Its copies, in every namespace.
+                    Event::Apply(sync) | Event::Delete(sync) => Refresh::Of {
+                        namespace: None,
+                        name: sync.name_any(),
+                    },
+                    event => Refresh::after_listing(event),
+                };
+                inner.cluster_syncs.apply("", event, |sync| {
+                    vouched(sync.status.as_ref().map(|s| &s.sync), sync.uid())
+                });
+                refresh
+            }
             Err(error) => {
                 warn!(%error, "the map cache's ClusterModelCostMapSync watch failed; not ready until it lists again");
                 inner.cluster_syncs.fail("");
+                Refresh::All
             }
         });
     }
 
-    fn update(&self, change: impl FnOnce(&mut Inner)) {
+    fn update(&self, change: impl FnOnce(&mut Inner) -> Refresh) {
         let mut inner = self.write();
         let was_watching = inner.is_watching();
-        change(&mut inner);
-        inner.refresh_served();
+        let refresh = change(&mut inner);
+        inner.refresh_served(&refresh);
         if !was_watching && inner.is_watching() {
             info!("the map cache is watching");
         }
@@ -306,10 +344,18 @@ impl Inner {
 
     /// Serves each stored map that status vouches for; keeps serving a map served before
     /// while status still vouches for it. Where a namespaced object and a cluster one of
-    /// the same name both have a map, the namespaced one is served.
-    fn refresh_served(&mut self) {
+    /// the same name both have a map, the namespaced one is served. Only the maps
+    /// `refresh` names are looked at: with a thousand objects, going over all of them at
+    /// every event of every one was most of the operator's CPU.
+    fn refresh_served(&mut self, refresh: &Refresh) {
+        if matches!(refresh, Refresh::Nothing) {
+            return;
+        }
         let mut served = HashMap::new();
         for ((namespace, _), stored) in &self.config_maps.items {
+            if !refresh.concerns(namespace, &stored.owner) {
+                continue;
+            }
             let Some(vouched) = self.vouched(namespace, &stored.owner, stored.cluster) else {
                 continue;
             };
@@ -333,7 +379,11 @@ impl Inner {
                 }
             }
         }
-        for (key, map) in std::mem::take(&mut self.served) {
+        let previous: Vec<(MapKey, Arc<ServedMap>)> = self
+            .served
+            .extract_if(|key, _| refresh.concerns(&key.namespace, &key.name))
+            .collect();
+        for (key, map) in previous {
             let still_vouched = [false, true].into_iter().any(|cluster| {
                 self.vouched(&key.namespace, &key.name, cluster)
                     .is_some_and(|vouched| vouched.vouches(map.digest()))
@@ -342,7 +392,44 @@ impl Inner {
                 served.entry(key).or_insert(map);
             }
         }
-        self.served = served;
+        self.served.extend(served);
+    }
+}
+
+/// Which served maps an event can change.
+#[derive(Debug, PartialEq, Eq)]
+enum Refresh {
+    /// Every one: a watch listed again, or failed.
+    All,
+    /// Those at `/maps/{namespace}/{name}/...`, of either kind; in every namespace when
+    /// `namespace` is None (a cluster object's copies).
+    Of {
+        namespace: Option<String>,
+        name: String,
+    },
+    /// None.
+    Nothing,
+}
+
+impl Refresh {
+    /// After a listing event: everything once the list is complete, nothing before (the
+    /// listed objects wait aside until then).
+    fn after_listing<K>(event: &Event<K>) -> Refresh {
+        match event {
+            Event::InitDone => Refresh::All,
+            _ => Refresh::Nothing,
+        }
+    }
+
+    fn concerns(&self, namespace: &str, name: &str) -> bool {
+        match self {
+            Refresh::All => true,
+            Refresh::Of {
+                namespace: only,
+                name: of,
+            } => of == name && only.as_deref().is_none_or(|only| only == namespace),
+            Refresh::Nothing => false,
+        }
     }
 }
 
@@ -443,6 +530,17 @@ fn object_id<K: Resource>(object: &K) -> ObjectId {
     (object.namespace().unwrap_or_default(), object.name_any())
 }
 
+/// The ModelCostMapSync or ClusterModelCostMapSync that controls `cm`.
+fn owner_of(cm: &ConfigMap) -> Option<&OwnerReference> {
+    cm.owner_references().iter().find(|owner| {
+        let kind = [
+            ModelCostMapSync::kind(&()),
+            ClusterModelCostMapSync::kind(&()),
+        ];
+        kind.contains(&owner.kind.as_str().into()) && owner.controller == Some(true)
+    })
+}
+
 /// The maps a managed ConfigMap holds: each `<key>.gz` that decompresses within
 /// `max_bytes`, with the digest of its bytes as they are (the annotations are not trusted).
 fn stored_maps(cm: &ConfigMap, max_bytes: u64, gzips: &ServedByGzip) -> Option<StoredMaps> {
@@ -450,13 +548,7 @@ fn stored_maps(cm: &ConfigMap, max_bytes: u64, gzips: &ServedByGzip) -> Option<S
     if cm.labels().contains_key(HISTORY_OF_LABEL) {
         return None;
     }
-    let owner = cm.owner_references().iter().find(|owner| {
-        let kind = [
-            ModelCostMapSync::kind(&()),
-            ClusterModelCostMapSync::kind(&()),
-        ];
-        kind.contains(&owner.kind.as_str().into()) && owner.controller == Some(true)
-    })?;
+    let owner = owner_of(cm)?;
     let maps = cm
         .binary_data
         .iter()
@@ -596,6 +688,50 @@ pub(super) mod tests {
         assert!(
             cache.get(&key("prices")).is_none(),
             "by the ModelCostMapSync's name"
+        );
+    }
+
+    #[test]
+    fn an_event_of_one_object_changes_its_own_map_only() {
+        let (a, b) = (b"{\"a\": {}}".as_slice(), b"{\"b\": {}}".as_slice());
+        let cache = listed(
+            vec![sync("one", a, None), sync("two", a, None)],
+            vec![managed("one", "one", a), managed("two", "two", a)],
+        );
+        // Object one names b, and its ConfigMap holds b: served. Two is untouched.
+        cache.on_sync_event("", Ok(Event::Apply(sync("one", b, None))));
+        cache.on_config_map_event("", Ok(Event::Apply(managed("one", "one", b))), MAX);
+        let plain = |name: &str| cache.get(&key(name)).and_then(|m| m.plain().ok());
+        assert_eq!(plain("one").unwrap().as_ref(), b);
+        assert_eq!(plain("two").unwrap().as_ref(), a);
+        // Two's ConfigMap gone: two is served still (status vouches), one as it was.
+        cache.on_config_map_event("", Ok(Event::Delete(managed("two", "two", a))), MAX);
+        assert_eq!(plain("two").unwrap().as_ref(), a);
+        // Two deleted: its map goes, one's stays.
+        cache.on_sync_event("", Ok(Event::Delete(sync("two", a, None))));
+        assert!(cache.get(&key("two")).is_none());
+        assert_eq!(plain("one").unwrap().as_ref(), b);
+    }
+
+    #[test]
+    fn a_refresh_concerns_the_object_named_in_its_namespace_or_in_all() {
+        let of = |namespace: Option<&str>| Refresh::Of {
+            namespace: namespace.map(str::to_owned),
+            name: "litellm".into(),
+        };
+        assert!(of(Some("llm")).concerns("llm", "litellm"));
+        assert!(!of(Some("llm")).concerns("other", "litellm"));
+        assert!(!of(Some("llm")).concerns("llm", "other"));
+        assert!(of(None).concerns("any", "litellm"));
+        assert!(Refresh::All.concerns("any", "thing"));
+        assert!(!Refresh::Nothing.concerns("llm", "litellm"));
+        assert_eq!(
+            Refresh::after_listing::<ConfigMap>(&Event::Init),
+            Refresh::Nothing
+        );
+        assert_eq!(
+            Refresh::after_listing::<ConfigMap>(&Event::InitDone),
+            Refresh::All
         );
     }
 
