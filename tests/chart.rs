@@ -158,6 +158,11 @@ tests:
         values: '0+60x40'
       - series: 'costmap_sync_interval_seconds{namespace="llm",name="fresh"}'
         values: '600x40'
+      # A ClusterModelCostMapSync (no namespace), failing the same way.
+      - series: 'costmap_last_success_timestamp_seconds{namespace="",name="shared"}'
+        values: '0x40'
+      - series: 'costmap_sync_interval_seconds{namespace="",name="shared"}'
+        values: '600x40'
       - series: 'costmap_guard_refusals_total{guard="price"}'
         values: '0 0 1 1 1'
       - series: 'costmap_consumers{namespace="llm",name="litellm",state="Current"}'
@@ -177,6 +182,11 @@ tests:
             exp_annotations:
               summary: "ModelCostMapSync llm/litellm has not synced for two intervals"
               description: "Its Ready condition says why (kubectl costmap status litellm -n llm); the last good map is still served."
+              runbook_url: "https://github.com/costmap-operator/costmap-operator/blob/main/README.md#costmapsyncfailing"
+          - exp_labels: {severity: warning, name: shared}
+            exp_annotations:
+              summary: "ClusterModelCostMapSync shared has not synced for two intervals"
+              description: "Its Ready condition says why (kubectl describe cmcms shared); the last good map is still served."
               runbook_url: "https://github.com/costmap-operator/costmap-operator/blob/main/README.md#costmapsyncfailing"
       - eval_time: 4m
         alertname: CostmapGuardRefusing
