@@ -453,8 +453,7 @@ impl<'a> Reconciler<'a> {
             .memory
             .update(&self.uid, |m| m.consecutive_failures = next.failures);
         let events = std::mem::take(&mut next.events);
-        if let Some(artifact) = next.status.artifact.as_ref().filter(|_| next.failures == 0) {
-            let models = i64::from(artifact.models);
+        if let Some(models) = next.published_models() {
             metrics.record_map(&self.map_labels(), models, self.now.as_second());
         }
         let recheck = self.reach_consumers(&mut next.status, mode).await;

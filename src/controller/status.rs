@@ -102,6 +102,19 @@ pub(super) struct NextStatus {
     pub(super) failures: u32,
 }
 
+impl NextStatus {
+    /// The models of the map published after a successful attempt, for the per-map gauges;
+    /// None after a failure (the gauges keep the last success).
+    pub(super) fn published_models(&self) -> Option<i64> {
+        let artifact = self
+            .status
+            .artifact
+            .as_ref()
+            .filter(|_| self.failures == 0)?;
+        Some(i64::from(artifact.models))
+    }
+}
+
 /// The status after an attempt that ended with `outcome`.
 pub(super) fn next_status(
     previous: Option<&ModelCostMapSyncStatus>,

@@ -222,21 +222,16 @@ impl MapCache {
         self.update(|inner| match event {
             Ok(event) => {
                 // One object changed: only its namespace's chunk sets can have, and only
-                // its owner's maps.
-                let namespace = match &event {
-                    Event::Apply(cm) | Event::Delete(cm) => cm.namespace(),
-                    _ => None,
-                };
-                let refresh = match &event {
-                    Event::Apply(cm) | Event::Delete(cm) => match owner_of(cm) {
-                        Some(owner) => Refresh::Of {
+                // its owner's maps (none: served maps stay while status vouches).
+                let (namespace, refresh) = match &event {
+                    Event::Apply(cm) | Event::Delete(cm) => {
+                        let refresh = owner_of(cm).map_or(Refresh::Nothing, |owner| Refresh::Of {
                             namespace: cm.namespace(),
                             name: owner.name.clone(),
-                        },
-                        // Served maps stay while status vouches: nothing to do.
-                        None => Refresh::Nothing,
-                    },
-                    event => Refresh::after_listing(event),
+                        });
+                        (cm.namespace(), refresh)
+                    }
+                    event => (None, Refresh::after_listing(event)),
                 };
                 inner
                     .config_maps

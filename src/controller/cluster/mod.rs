@@ -392,9 +392,8 @@ impl<'a> ClusterReconciler<'a> {
                 let next = status::next_status(self.status.as_ref(), outcome, &attempt);
                 let labels = MapLabels::cluster(&self.sync.name_any());
                 metrics.record_interval(&labels, interval);
-                if let Some(artifact) = next.status.artifact.as_ref().filter(|_| next.failures == 0)
-                {
-                    metrics.record_map(&labels, i64::from(artifact.models), self.now.as_second());
+                if let Some(models) = next.published_models() {
+                    metrics.record_map(&labels, models, self.now.as_second());
                 }
                 self.context
                     .memory
