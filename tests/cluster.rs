@@ -8,22 +8,18 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::cluster::*;
 use common::*;
 use costmap_operator::api::{
     ClusterModelCostMapSync, DEFAULT_KEY, EventReason, NamespacesStatus, Reason,
-    SYNC_REQUESTED_AT_ANNOTATION,
 };
 use costmap_operator::digest::sha256_digest;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
 const NAME: &str = "shared";
-
-fn cluster_syncs(client: &Client) -> Api<ClusterModelCostMapSync> {
-    Api::all(client.clone())
-}
 
 /// Sets (Some) or removes (None) the selector label on a namespace.
 async fn set_label(client: &Client, namespace: &str, key: &str, value: Option<&str>) {
@@ -32,32 +28,6 @@ async fn set_label(client: &Client, namespace: &str, key: &str, value: Option<&s
         .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("label namespace");
-}
-
-/// The digest of the map the cluster object's copy in `namespace` holds, if it is one of
-/// its copies (controller owner reference to it), read from the bytes themselves.
-async fn held_digest(client: &Client, namespace: &str) -> Option<String> {
-    let cm: ConfigMap = config_maps(client, namespace).get_opt(NAME).await.ok()??;
-    let owner = cm
-        .metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true))?
-        .clone();
-    (owner.kind == "ClusterModelCostMapSync" && owner.name == NAME).then_some(())?;
-    Some(sha256_digest(&stored_bytes(&cm, DEFAULT_KEY)))
-}
-
-/// Waits until every namespace of `namespaces` holds the map `bytes`.
-async fn wait_held(client: &Client, namespaces: &[&str], bytes: &[u8]) {
-    let digest = sha256_digest(bytes);
-    for namespace in namespaces {
-        eventually(&format!("{namespace} holds {digest}"), || async {
-            (held_digest(client, namespace).await? == digest).then_some(())
-        })
-        .await;
-    }
 }
 
 /// Waits until the namespaces summary satisfies `check`; returns it.
@@ -99,14 +69,6 @@ async fn wait_served(operator: &Operator, namespace: &str, bytes: &[u8]) {
     .await;
 }
 
-async fn request_cluster_sync(client: &Client, value: &str) {
-    let patch = json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: value}}});
-    cluster_syncs(client)
-        .patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("annotate");
-}
-
 #[tokio::test]
 async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes() {
     let client = client().await;
@@ -138,7 +100,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
 
     // Every selected namespace gets the map; the one whose ConfigMap is someone else's
     // fails, by name, and keeps its own map.
-    wait_held(&client, &[&a, &b, &c], &first).await;
+    wait_held(&client, NAME, &[&a, &b, &c], &first).await;
     let sync = wait_namespaces(&client, "3 of 4 namespaces ready", |n| {
         n.selected == 4 && n.ready == 3 && n.failing_count == 1
     })
@@ -168,7 +130,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
         "the namespaced object's ConfigMap is left alone"
     );
     assert!(
-        held_digest(&client, &d).await.is_none(),
+        held_digest(&client, &d, NAME).await.is_none(),
         "{d} is not selected"
     );
     let artifact = sync.status.as_ref().unwrap().sync.artifact.clone().unwrap();
@@ -191,7 +153,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
     // without a fetch.
     set_label(&client, &d, &label, Some("yes")).await;
     labelled_namespace(&client, &later, &selected).await;
-    wait_held(&client, &[&d, &later], &first).await;
+    wait_held(&client, NAME, &[&d, &later], &first).await;
     wait_namespaces(&client, "5 of 6 ready", |n| n.selected == 6 && n.ready == 5).await;
     wait_served(&operator, &later, &first).await;
 
@@ -214,12 +176,12 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
     // the map it had.
     let second = small_map(60, &["day0-model"]);
     source.set(Answer::Map(second.clone()));
-    request_cluster_sync(&client, "new-map").await;
-    wait_held(&client, &[&a, &c, &d, &later], &second).await;
+    request_cluster_sync(&client, NAME, "new-map").await;
+    wait_held(&client, NAME, &[&a, &c, &d, &later], &second).await;
     wait_served(&operator, &a, &second).await;
     assert_eq!(source.received(), 2, "one fetch for the round");
     assert_eq!(
-        held_digest(&client, &b).await,
+        held_digest(&client, &b, NAME).await,
         Some(sha256_digest(&first)),
         "{b} is no longer updated"
     );
@@ -233,7 +195,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
 
     // The label back: b gets the current map, without a fetch.
     set_label(&client, &b, &label, Some("yes")).await;
-    wait_held(&client, &[&b], &second).await;
+    wait_held(&client, NAME, &[&b], &second).await;
     wait_namespaces(&client, "b selected again", |n| {
         n.no_longer_selected.is_empty() && n.ready == 5
     })
@@ -244,7 +206,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
         .delete(NAME, &DeleteParams::default())
         .await
         .unwrap();
-    wait_held(&client, &[&a], &second).await;
+    wait_held(&client, NAME, &[&a], &second).await;
     assert_eq!(source.received(), 2, "restoring a copy fetches nothing");
 
     // Once the other ConfigMap is gone (no garbage collector runs here), that namespace
@@ -257,7 +219,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
         .delete(NAME, &DeleteParams::default())
         .await
         .unwrap();
-    wait_held(&client, &[&taken], &second).await;
+    wait_held(&client, NAME, &[&taken], &second).await;
     let sync = wait_namespaces(&client, "every namespace ready", |n| {
         n.ready == 6 && n.failing_count == 0
     })
@@ -280,7 +242,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
     let third = small_map(60, &["day0-model", "day1-model"]);
     source.set(Answer::Map(third.clone()));
     request_sync(&client, &a, "follower", "news").await;
-    wait_held(&client, &[&a, &b, &c, &d, &later, &taken], &third).await;
+    wait_held(&client, NAME, &[&a, &b, &c, &d, &later, &taken], &third).await;
     assert_eq!(source.received(), 3, "one fetch for both objects");
 
     // The cluster object has its own per-map series (no namespace), and they outlive the

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod big_map;
+pub mod cluster;
 pub mod faults;
 pub mod hostile;
 pub mod kubelet;

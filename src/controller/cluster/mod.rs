@@ -309,6 +309,9 @@ impl<'a> ClusterReconciler<'a> {
         };
         let selected = self.selected_namespaces(&selector).await?;
         let copies = self.copies().await?;
+        if self.adopt_interrupted_write(&copies).await? {
+            return Ok(Action::requeue(Duration::ZERO));
+        }
         let last_good = self.last_good(&copies).await;
         let status = self.status.as_ref();
         let decision = schedule::decide(&schedule::Inputs {
@@ -515,10 +518,24 @@ impl<'a> ClusterReconciler<'a> {
                 .remember_last_good(&self.uid, map.clone());
             return Some(map);
         }
+        let map = self.read_copy_holding(copies, &digest).await?;
+        self.context
+            .memory
+            .remember_last_good(&self.uid, map.clone());
+        Some(map)
+    }
+
+    /// The map `digest` read back from the first of our copies that holds exactly its
+    /// bytes (its annotation says so, and the bytes are checked).
+    async fn read_copy_holding(
+        &self,
+        copies: &BTreeMap<String, (Copy, PartialObjectMeta<ConfigMap>)>,
+        digest: &str,
+    ) -> Option<Arc<HeldMap>> {
         let max_bytes = self.context.base.sources.policy().max_body_bytes;
         let client = self.context.base.client.clone();
         let candidates = copies.iter().filter(|(_, (copy, _))| {
-            matches!(copy, Copy::Ours { digest: Some(held), .. } if held == &digest)
+            matches!(copy, Copy::Ours { digest: Some(held), .. } if held == digest)
         });
         for (namespace, _) in candidates {
             let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
@@ -527,14 +544,54 @@ impl<'a> ClusterReconciler<'a> {
             };
             let read = read_stored(&held, &self.key, max_bytes).ok().flatten();
             if let Some(map) = read.filter(|map| map.digest() == digest) {
-                let map = self.context.base.held.hold(map, digest, None);
-                self.context
-                    .memory
-                    .remember_last_good(&self.uid, map.clone());
-                return Some(map);
+                return Some(self.context.base.held.hold(map, digest.to_owned(), None));
             }
         }
         None
+    }
+
+    /// Finishes a content change that a restart interrupted after some copies were
+    /// written and before the status that records them: status names the map as pending
+    /// and a copy holds exactly its bytes, so this operator validated it. It becomes the
+    /// last good map (the next map is guarded against it; the copies that still hold the
+    /// earlier one get it without a fetch). True when it did.
+    async fn adopt_interrupted_write(
+        &self,
+        copies: &BTreeMap<String, (Copy, PartialObjectMeta<ConfigMap>)>,
+    ) -> Result<bool, Error> {
+        let Some(status) = self.status.as_ref() else {
+            return Ok(false);
+        };
+        let Some(pending) = status.pending_artifact.clone() else {
+            return Ok(false);
+        };
+        if status
+            .artifact
+            .as_ref()
+            .is_some_and(|a| a.digest == pending.digest)
+        {
+            return Ok(false);
+        }
+        let Some(map) = self.read_copy_holding(copies, &pending.digest).await else {
+            // No copy was written: the pending record is dropped at the next status write.
+            return Ok(false);
+        };
+        self.context.memory.remember_last_good(&self.uid, map);
+        info!(digest = %pending.digest, "adopted the map whose write a restart interrupted");
+        self.context.base.metrics.record_map(
+            &MapLabels::cluster(&self.sync.name_any()),
+            i64::from(pending.models),
+            self.now.as_second(),
+        );
+        let (status, notice) = status::adopted(
+            status,
+            pending,
+            self.sync.metadata.generation,
+            self.now,
+            &self.config_map,
+        );
+        self.finish(status, vec![notice], None).await?;
+        Ok(true)
     }
 
     /// Fetch (shared with every object on the same source), overrides, prepare (once per
