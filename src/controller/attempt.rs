@@ -384,7 +384,9 @@ impl Reconciler<'_> {
         let identity = self.identity(artifact);
         let desired = render_config_maps(&self.target, map, &identity)?;
         let versions = self
-            .write_rendered(write_order(&desired))
+            .write_rendered(write_order(&desired), |name| {
+                self.context.targets.exists(&self.target.namespace, name)
+            })
             .await
             .map_err(|failed| SyncError::Write {
                 what: format!("ConfigMap {}", failed.name),

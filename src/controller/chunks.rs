@@ -32,15 +32,24 @@ impl Reconciler<'_> {
 
     /// Writes each ConfigMap in turn (each under its own name; see
     /// [`crate::sync::render::write_patch`]), stopping at the first that fails. Give them in
-    /// [`crate::sync::render::write_order`]. Returns the name and the resourceVersion the
-    /// write produced of each.
+    /// [`crate::sync::render::write_order`]; `exists` guesses which are there already (see
+    /// [`write_config_maps`]). Returns the name and the resourceVersion the write produced
+    /// of each.
     pub(super) async fn write_rendered<'a>(
         &self,
         config_maps: impl IntoIterator<Item = &'a ConfigMap>,
+        exists: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, String)>, WriteFailed> {
         let keys = self.keys_written();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        write_config_maps(&self.context.client, &self.config_maps, config_maps, &keys).await
+        write_config_maps(
+            &self.context.client,
+            &self.config_maps,
+            config_maps,
+            &keys,
+            exists,
+        )
+        .await
     }
 
     /// The target's key, and the one this operator wrote before if the spec changed it.
@@ -79,17 +88,28 @@ pub(super) async fn read_held(
 }
 
 /// Writes each of `config_maps` into the namespace of `api` in turn, as
-/// [`Reconciler::write_rendered`] says; `keys` are the layout's keys to clear.
+/// [`Reconciler::write_rendered`] says; `keys` are the layout's keys to clear. `exists`
+/// says which ConfigMaps the caller believes are there: those are patched first, the
+/// others created first, so that a new one is not sent twice (a quarter of a MB each time)
+/// after a patch answered 404. A wrong guess costs one more request, not a failure.
 pub(super) async fn write_config_maps<'a>(
     client: &Client,
     api: &Api<ConfigMap>,
     config_maps: impl IntoIterator<Item = &'a ConfigMap>,
     keys: &[&str],
+    exists: impl Fn(&str) -> bool,
 ) -> Result<Vec<(String, String)>, WriteFailed> {
     let mut versions = Vec::new();
     for config_map in config_maps {
         let name = config_map.metadata.name.clone().unwrap_or_default();
-        match write_config_map(client, api, &name, config_map, keys).await {
+        let writer = ConfigMapWriter {
+            client,
+            request: kube::core::Request::new(api.resource_url()),
+            name: &name,
+            rendered: config_map,
+            keys,
+        };
+        match writer.write(exists(&name)).await {
             Ok(written) => versions.extend(written.resource_version().map(|v| (name, v))),
             Err(error) => return Err(WriteFailed { name, error }),
         }
@@ -97,44 +117,64 @@ pub(super) async fn write_config_maps<'a>(
     Ok(versions)
 }
 
-/// Patches ConfigMap `name` to hold `rendered`, or creates it. The API server answers with
-/// the metadata of the object written: the whole of it would be a quarter of a MB more
-/// through the API server per write, decoded here only to be dropped.
-async fn write_config_map(
-    client: &Client,
-    api: &Api<ConfigMap>,
-    name: &str,
-    rendered: &ConfigMap,
-    keys: &[&str],
-) -> Result<PartialObjectMeta<ConfigMap>, kube::Error> {
-    let patch = write_patch(rendered, keys);
-    let patch_params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    let request = kube::core::Request::new(api.resource_url());
-    let patch_it = || {
-        let patched = request
-            .patch(name, &patch_params, &Patch::Strategic(&patch))
-            .map_err(kube::Error::BuildRequest);
-        async move { client.request(metadata_answer(patched?, "patch")).await }
-    };
-    match patch_it().await {
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
-        written => return written,
+/// One ConfigMap `name` to hold `rendered`, by a patch or a create. The API server
+/// answers with the metadata of the object written: the whole of it would be a quarter of
+/// a MB more through the API server per write, decoded here only to be dropped.
+struct ConfigMapWriter<'a> {
+    client: &'a Client,
+    request: kube::core::Request,
+    name: &'a str,
+    rendered: &'a ConfigMap,
+    keys: &'a [&'a str],
+}
+
+impl ConfigMapWriter<'_> {
+    /// Patches first when it `exists`, else creates first; then the other when the API
+    /// server says the guess was wrong (409, 404), and once more if it changed in between.
+    async fn write(&self, exists: bool) -> Result<PartialObjectMeta<ConfigMap>, kube::Error> {
+        if !exists {
+            match self.create().await {
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                written => return written,
+            }
+        }
+        match self.patch().await {
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            written => return written,
+        }
+        match self.create().await {
+            // Created by someone else in between: patch it after all.
+            Err(kube::Error::Api(status)) if status.code == 409 => self.patch().await,
+            written => written,
+        }
     }
-    let post_params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
-    let body = serde_json::to_vec(rendered).map_err(kube::Error::SerdeError)?;
-    let created = request
-        .create(&post_params, body)
-        .map_err(kube::Error::BuildRequest)?;
-    match client.request(metadata_answer(created, "create")).await {
-        // Created by someone else in between: patch it after all.
-        Err(kube::Error::Api(status)) if status.code == 409 => patch_it().await,
-        written => written,
+
+    async fn patch(&self) -> Result<PartialObjectMeta<ConfigMap>, kube::Error> {
+        let patch = write_patch(self.rendered, self.keys);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let patched = self
+            .request
+            .patch(self.name, &params, &Patch::Strategic(&patch))
+            .map_err(kube::Error::BuildRequest)?;
+        self.client.request(metadata_answer(patched, "patch")).await
+    }
+
+    async fn create(&self) -> Result<PartialObjectMeta<ConfigMap>, kube::Error> {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        let body = serde_json::to_vec(self.rendered).map_err(kube::Error::SerdeError)?;
+        let created = self
+            .request
+            .create(&params, body)
+            .map_err(kube::Error::BuildRequest)?;
+        self.client
+            .request(metadata_answer(created, "create"))
+            .await
     }
 }
 

@@ -106,7 +106,12 @@ impl Reconciler<'_> {
                 .get_or_insert_default()
                 .insert(HISTORY_OF_LABEL.to_owned(), self.target.name.clone());
         }
-        match self.write_rendered(write_order(&rendered)).await {
+        // A slot the ring names was written before (chunks: as many as it had, a guess).
+        let existed = previous.iter().any(|entry| entry.config_map == slot);
+        match self
+            .write_rendered(write_order(&rendered), |_| existed)
+            .await
+        {
             Ok(_) => Some(ring),
             Err(failed) => {
                 warn!(config_map = %failed.name, error = %api_error_message(&failed.error), "cannot keep the map in history");

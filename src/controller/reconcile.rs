@@ -382,7 +382,7 @@ impl<'a> Reconciler<'a> {
             .position(|cm| cm.metadata.name == first_stale.metadata.name)
             .unwrap_or(0);
         let deleted = actual.get(index).is_none();
-        self.write_rendered(stale)
+        self.write_rendered(stale, |name| actual.has(name))
             .await
             .map_err(|failed| failed.error)?;
         // Distinct reasons, because Events with the same reason merge into one series that

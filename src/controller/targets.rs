@@ -34,6 +34,11 @@ impl WatchedTargets {
             .and_then(|meta| meta.resource_version())
     }
 
+    /// Whether the watch has seen ConfigMap `name` in `namespace` (and not its deletion).
+    pub(super) fn exists(&self, namespace: &str, name: &str) -> bool {
+        self.version(namespace, name).is_some()
+    }
+
     /// Whether the ConfigMaps `written` names are all still at the versions it records.
     pub(super) fn unchanged(&self, written: &WrittenTarget) -> bool {
         !written.versions.is_empty()

@@ -396,6 +396,14 @@ impl HeldConfigMaps {
     pub fn get(&self, index: usize) -> Option<&ConfigMap> {
         self.maps.get(index)?.as_ref()
     }
+
+    /// Whether one of them is named `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.maps
+            .iter()
+            .flatten()
+            .any(|cm| cm.metadata.name.as_deref() == Some(name))
+    }
 }
 
 /// How many chunks the first ConfigMap of a map names: `None` for a map in one ConfigMap.

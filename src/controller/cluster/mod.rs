@@ -786,7 +786,11 @@ impl<'a> ClusterReconciler<'a> {
         let rendered = render_config_maps(&target, map, identity).map_err(|err| err.to_string())?;
         let client = &self.context.base.client;
         let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-        match write_config_maps(client, &api, write_order(&rendered), &[&self.key]).await {
+        let exists = |name: &str| {
+            let key = ObjectRef::new(name).within(namespace);
+            self.context.watched.get(&key).is_some()
+        };
+        match write_config_maps(client, &api, write_order(&rendered), &[&self.key], exists).await {
             // Written chunks first; kept first first, as [`Self::versions_of`] reads them.
             Ok(mut versions) => {
                 versions.rotate_right(1);
