@@ -24,7 +24,7 @@ use costmap_operator::digest::sha256_digest;
 use costmap_operator::sync::render::{CHUNK_BYTES, StoredMap};
 use costmap_operator::sync::validate::ModelMap;
 use figures::{max, median, min, rss_kib};
-use timing::timed_sync;
+use timing::SyncTimer;
 
 const RUNS: usize = 5;
 
@@ -53,15 +53,16 @@ async fn main() {
     let first_served = served_after(&operator, &ns, &maps[0], started).await;
     let rss_after_first_sync = rss_kib(pid, "VmRSS");
 
+    let mut timer = SyncTimer::new(&client, &ns);
     let (mut changed, mut served, mut unchanged) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         // A map never seen before, every run (a map prepared before comes from memory).
         let map = &timing::never_seen(&maps[(run + 1) % 2], run);
         source.set(Answer::Map(map.clone()));
         let started = Instant::now();
-        changed.push(timed_sync(&client, &ns, &format!("change-{run}")).await);
+        changed.push(timer.timed_sync(&format!("change-{run}")).await);
         served.push(served_after(&operator, &ns, map, started).await);
-        unchanged.push(timed_sync(&client, &ns, &format!("same-{run}")).await);
+        unchanged.push(timer.timed_sync(&format!("same-{run}")).await);
     }
     let peak = rss_kib(pid, "VmHWM");
     let idle = rss_kib(pid, "VmRSS");

@@ -21,7 +21,7 @@ use std::time::Instant;
 use common::process::OperatorProcess;
 use common::*;
 use figures::{max, median, min, rss_kib};
-use timing::timed_sync;
+use timing::SyncTimer;
 
 const RUNS: usize = 9;
 
@@ -45,6 +45,7 @@ async fn main() {
     wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     let rss_after_first_sync = rss_kib(pid, "VmRSS");
 
+    let mut timer = SyncTimer::new(&client, &ns);
     let mut changed = Vec::new();
     let mut unchanged = Vec::new();
     for run in 0..RUNS {
@@ -52,8 +53,8 @@ async fn main() {
         // another object, or two runs ago) is taken from memory, which is not what a new
         // upstream map costs.
         source.set(Answer::Map(timing::never_seen(&maps[(run + 1) % 2], run)));
-        changed.push(timed_sync(&client, &ns, &format!("change-{run}")).await);
-        unchanged.push(timed_sync(&client, &ns, &format!("same-{run}")).await);
+        changed.push(timer.timed_sync(&format!("change-{run}")).await);
+        unchanged.push(timer.timed_sync(&format!("same-{run}")).await);
     }
     let edits = override_edits(&client, &ns, &operator).await;
     let published = published_sizes(&client, &ns).await;
