@@ -44,19 +44,6 @@ async fn wait_namespaces(
     .await
 }
 
-fn ready_of(sync: &ClusterModelCostMapSync) -> (String, String, String) {
-    let ready = sync
-        .status
-        .as_ref()
-        .and_then(|s| s.sync.conditions.iter().find(|c| c.type_ == "Ready"))
-        .expect("a Ready condition");
-    (
-        ready.status.clone(),
-        ready.reason.clone(),
-        ready.message.clone(),
-    )
-}
-
 async fn served(operator: &Operator, namespace: &str) -> Option<Vec<u8>> {
     served_map(operator, namespace, NAME).await
 }
@@ -117,7 +104,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
         "{}",
         failing.message
     );
-    let (ready, reason, message) = ready_of(&sync);
+    let (ready, reason, message) = ready_of(&sync).expect("a Ready condition");
     assert_eq!(
         (ready.as_str(), reason.as_str()),
         ("False", "NamespacesFailing")
@@ -224,7 +211,7 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
         n.ready == 6 && n.failing_count == 0
     })
     .await;
-    let (ready, reason, _) = ready_of(&sync);
+    let (ready, reason, _) = ready_of(&sync).expect("a Ready condition");
     assert_eq!((ready.as_str(), reason.as_str()), ("True", "Synced"));
     assert_eq!(source.received(), 2);
 

@@ -21,22 +21,6 @@ use serde_json::json;
 
 const NAME: &str = "restarted";
 
-/// The Ready condition's (status, reason, message).
-fn ready_of(sync: &ClusterModelCostMapSync) -> Option<(String, String, String)> {
-    let ready = sync
-        .status
-        .as_ref()?
-        .sync
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((
-        ready.status.clone(),
-        ready.reason.clone(),
-        ready.message.clone(),
-    ))
-}
-
 #[tokio::test]
 async fn a_cluster_sync_interrupted_by_a_restart_is_adopted_and_guards_the_next_map() {
     let client = client().await;

@@ -41,6 +41,12 @@ async fn patches(client: &Client) -> (u64, u64) {
     )
 }
 
+/// ConfigMap patches since `before` (a reading of [`patches`]): (answered 200, answered 404).
+async fn patches_since(client: &Client, before: (u64, u64)) -> (u64, u64) {
+    let (patched, missed) = patches(client).await;
+    (patched - before.0, missed - before.1)
+}
+
 /// Waits until status names `map` as published with `slots` history entries.
 async fn wait_published(s: &Scenario, map: &[u8], slots: usize) {
     let digest = sha256_digest(map);
@@ -60,31 +66,20 @@ async fn a_new_configmap_is_created_at_once_and_one_that_is_there_is_patched() {
     let client = client().await;
     // Counted from here: the API server's own ConfigMaps (kube-system) are created and
     // updated, never patched.
-    let (patched_before, missed_before) = patches(&client).await;
+    let before = patches(&client).await;
     let first = small_map(60, &[]);
     let s = Scenario::new("writes", Answer::Map(first.clone()), json!({})).await;
 
-    // The first map: the target and the first history slot are new, so created.
+    // The first map: the target and the first history slot are new, so created: nothing
+    // to patch, and no patch of a ConfigMap that is not there (answered 404).
     wait_published(&s, &first, 1).await;
-    let (patched, missed) = patches(&client).await;
-    assert_eq!(
-        missed - missed_before,
-        0,
-        "no patch of a ConfigMap that is not there"
-    );
-    assert_eq!(patched - patched_before, 0, "nothing there to patch");
+    assert_eq!(patches_since(&client, before).await, (0, 0));
 
-    // A new map: the target is patched, the second slot created.
+    // A new map: the target is patched, once; the second slot created.
     let second = small_map(60, &["model-launched-today"]);
     s.source.set(Answer::Map(second.clone()));
     request_sync(&s.client, &s.ns, "litellm", "new-map").await;
     wait_published(&s, &second, 2).await;
-    let (patched, missed) = patches(&client).await;
-    assert_eq!(
-        missed - missed_before,
-        0,
-        "no patch of a ConfigMap that is not there"
-    );
-    assert_eq!(patched - patched_before, 1, "the target patched, once");
+    assert_eq!(patches_since(&client, before).await, (1, 0));
     s.operator.stop().await;
 }

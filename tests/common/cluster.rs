@@ -47,3 +47,19 @@ pub async fn request_cluster_sync(client: &Client, name: &str, value: &str) {
         .await
         .expect("annotate");
 }
+
+/// The Ready condition of a cluster object: (status, reason, message).
+pub fn ready_of(sync: &ClusterModelCostMapSync) -> Option<(String, String, String)> {
+    let ready = sync
+        .status
+        .as_ref()?
+        .sync
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((
+        ready.status.clone(),
+        ready.reason.clone(),
+        ready.message.clone(),
+    ))
+}

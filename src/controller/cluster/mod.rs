@@ -512,13 +512,10 @@ impl<'a> ClusterReconciler<'a> {
     ) -> Option<Arc<HeldMap>> {
         let digest = self.status.as_ref()?.artifact.as_ref()?.digest.clone();
         let held = self.context.memory.last_good(&self.uid, &digest);
-        if let Some(map) = held.or_else(|| self.context.base.held.get(&digest)) {
-            self.context
-                .memory
-                .remember_last_good(&self.uid, map.clone());
-            return Some(map);
-        }
-        let map = self.read_copy_holding(copies, &digest).await?;
+        let map = match held.or_else(|| self.context.base.held.get(&digest)) {
+            Some(map) => map,
+            None => self.read_copy_holding(copies, &digest).await?,
+        };
         self.context
             .memory
             .remember_last_good(&self.uid, map.clone());
