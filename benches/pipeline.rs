@@ -2,8 +2,8 @@
 //! change costs in CPU, stage by stage.
 
 use costmap_operator::digest::{git_blob_id, sha256_digest};
+use costmap_operator::layout::gzip::StoredMap;
 use costmap_operator::sync::diff::diff;
-use costmap_operator::sync::render::StoredMap;
 use costmap_operator::sync::validate::summary::MapSummary;
 use costmap_operator::sync::validate::{ModelMap, Rules, guards, validate};
 use criterion::{Criterion, criterion_group, criterion_main};

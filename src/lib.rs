@@ -18,6 +18,7 @@ pub mod controller;
 pub mod digest;
 pub mod heap;
 pub mod http;
+pub mod layout;
 pub mod leader;
 pub mod litellm;
 pub mod locks;

@@ -15,6 +15,18 @@ use kube::Api;
 use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
 
+/// How many ConfigMaps holding maps one list answer holds: each is a quarter of a MB on the
+/// wire.
+const PUBLISHED_MAPS_PAGE_SIZE: u32 = 16;
+
+/// The ConfigMaps that hold published maps (targets and cluster copies, with their chunks;
+/// not the history ring's), a few per list answer.
+pub fn published_maps() -> watcher::Config {
+    watcher::Config::default()
+        .labels(&crate::layout::published_maps_selector())
+        .page_size(PUBLISHED_MAPS_PAGE_SIZE)
+}
+
 /// First wait after a failed watch; it doubles, with jitter, up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between two tries of a failing watch: also the longest a change can go

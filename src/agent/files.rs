@@ -12,11 +12,12 @@ use bytes::Bytes;
 use crate::bounded::{BoundedError, read_at_most};
 use crate::digest::sha256_digest;
 use crate::http::maps::ServedMap;
-use crate::sync::SyncError;
-use crate::sync::render::{
-    ChunkError, ChunkManifest, GunzipError, MAX_CHUNKS, StoredMap, chunk_key, gunzip_bounded,
-    gz_key, manifest_key,
+use crate::layout::chunks::{
+    ChunkError, ChunkManifest, checked_count, chunk_key, gz_key, manifest_key,
 };
+use crate::layout::gzip::{GunzipError, StoredMap, gunzip_bounded};
+use crate::layout::read::{ReadError, assemble};
+use crate::sync::SyncError;
 use crate::sync::validate::Rules;
 
 /// Why a look at the directory did not give a map to serve.
@@ -222,11 +223,7 @@ fn read_chunks(dir: &Path, key: &str, max_bytes: u64) -> Result<Option<MapFile>,
             count: format!("unreadable ({err})"),
         })
     })?;
-    if !(2..=MAX_CHUNKS).contains(&manifest.chunks) {
-        return Err(chunk_error(ChunkError::BadCount {
-            count: manifest.chunks.to_string(),
-        }));
-    }
+    checked_count(manifest.chunks).map_err(chunk_error)?;
     let mut gz = Vec::new();
     for index in 0..manifest.chunks {
         let name = chunk_key(key, index);
@@ -276,39 +273,36 @@ fn read_bounded(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, MapError
 /// Decompresses a map file (at most `max_bytes`) and computes the map's digest, so that the
 /// caller can tell a new map from a re-compressed copy before paying for validation.
 pub fn unpack(file: MapFile, max_bytes: u64) -> Result<Unpacked, MapError> {
-    let mixed = |actual: String| MapError::Chunks {
-        path: file.path.clone(),
-        error: ChunkError::Mixed {
-            expected: match &file.encoding {
-                Encoding::Chunks { digest } => digest.clone(),
-                _ => String::new(),
-            },
-            actual,
+    let gunzip_error = |error| match error {
+        GunzipError::TooLarge { max_bytes } => MapError::TooLarge {
+            path: file.path.clone(),
+            max_bytes,
+        },
+        error @ GunzipError::Corrupt(_) => MapError::Gzip {
+            path: file.path.clone(),
+            error,
         },
     };
-    let plain = match &file.encoding {
-        Encoding::Gzip | Encoding::Chunks { .. } => gunzip_bounded(&file.bytes, max_bytes)
-            .map_err(|err| match err {
-                GunzipError::TooLarge { max_bytes } => MapError::TooLarge {
-                    path: file.path.clone(),
-                    max_bytes,
-                },
-                GunzipError::Corrupt(err) if matches!(file.encoding, Encoding::Chunks { .. }) => {
-                    mixed(format!("none (not a valid gzip: {err})"))
-                }
-                error @ GunzipError::Corrupt(_) => MapError::Gzip {
+    let (plain, digest) = match &file.encoding {
+        Encoding::Plain => (file.bytes.to_vec(), sha256_digest(&file.bytes)),
+        Encoding::Gzip => {
+            let plain = gunzip_bounded(&file.bytes, max_bytes).map_err(gunzip_error)?;
+            let digest = sha256_digest(&plain);
+            (plain, digest)
+        }
+        // Put together as every reader of chunks does: the digest the manifest names, or
+        // nothing.
+        Encoding::Chunks { digest } => {
+            let map = assemble(&[&file.bytes], digest, max_bytes).map_err(|err| match err {
+                ReadError::Unreadable(error) => gunzip_error(error),
+                ReadError::Chunks(error) => MapError::Chunks {
                     path: file.path.clone(),
                     error,
                 },
-            })?,
-        Encoding::Plain => file.bytes.to_vec(),
+            })?;
+            (map.bytes, digest.clone())
+        }
     };
-    let digest = sha256_digest(&plain);
-    if let Encoding::Chunks { digest: expected } = &file.encoding
-        && expected != &digest
-    {
-        return Err(mixed(digest));
-    }
     Ok(Unpacked {
         digest,
         file,

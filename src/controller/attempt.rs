@@ -16,12 +16,12 @@ use super::reconcile::{Reconciler, api_error_message};
 use super::status::{Notice, Outcome, artifact_of};
 use crate::api::{Artifact, EventReason};
 use crate::api::{OverridesStatus, SourceMap};
+use crate::layout::gzip::StoredMap;
+use crate::layout::read::{HeldConfigMaps, read_stored};
+use crate::layout::render::{render_config_maps, write_order};
 use crate::sync::fetch::FetchRequest;
 use crate::sync::fetch::shared::{SharedOutcome, SharedRequest, SourceBody};
 use crate::sync::overrides::{Applied, Overrides};
-use crate::sync::render::{
-    HeldConfigMaps, StoredMap, read_stored, render_config_maps, write_order,
-};
 use crate::sync::store::HeldMap;
 use crate::sync::validate::guards::shrink_guard_by_count;
 use crate::sync::{SecretError, SyncError};

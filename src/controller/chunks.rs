@@ -1,5 +1,5 @@
 //! Reading and writing the ConfigMaps of one stored map, in one ConfigMap or in chunks
-//! (see [`crate::sync::render::render_config_maps`]): the target's and each history slot's.
+//! (see [`crate::layout::render::render_config_maps`]): the target's and each history slot's.
 
 use http::HeaderValue;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -10,7 +10,9 @@ use kube::{Api, Client};
 
 use super::FIELD_MANAGER;
 use super::reconcile::Reconciler;
-use crate::sync::render::{HeldConfigMaps, chunk_count, chunk_name, write_patch};
+use crate::layout::chunks::{chunk_count, chunk_name};
+use crate::layout::patch::write_patch;
+use crate::layout::read::HeldConfigMaps;
 
 /// What a write asks for in answer: the object's metadata, not the object.
 const METADATA_ANSWER: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
@@ -31,8 +33,8 @@ impl Reconciler<'_> {
     }
 
     /// Writes each ConfigMap in turn (each under its own name; see
-    /// [`crate::sync::render::write_patch`]), stopping at the first that fails. Give them in
-    /// [`crate::sync::render::write_order`]; `exists` guesses which are there already (see
+    /// [`crate::layout::patch::write_patch`]), stopping at the first that fails. Give them in
+    /// [`crate::layout::render::write_order`]; `exists` guesses which are there already (see
     /// [`write_config_maps`]). Returns the name and the resourceVersion the write produced
     /// of each.
     pub(super) async fn write_rendered<'a>(

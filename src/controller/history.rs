@@ -13,9 +13,10 @@ use super::reconcile::{Reconciler, api_error_message};
 use super::status::Notice;
 use crate::api::{Artifact, EventReason, HistoryEntry, ModelCostMapSyncStatus, Reason};
 use crate::controller::{conditions, consumers};
-use crate::sync::render::{
-    HISTORY_OF_LABEL, StoredMap, TargetRef, read_stored, render_config_maps, write_order,
-};
+use crate::layout::HISTORY_OF_LABEL;
+use crate::layout::gzip::StoredMap;
+use crate::layout::read::read_stored;
+use crate::layout::render::{TargetRef, render_config_maps, write_order};
 
 /// How many rejected digests status keeps.
 const REJECTED_KEPT: usize = 10;

@@ -49,7 +49,6 @@ use crate::metrics::{MapLabels, Metrics, ObjectScope};
 use crate::scope;
 use crate::sync::fetch::Fetcher;
 use crate::sync::fetch::shared::SharedFetcher;
-use crate::sync::render::{HISTORY_OF_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::sync::store::MapStore;
 use memory::Memories;
 use reconcile::Reconciler;
@@ -66,8 +65,6 @@ const PREPARED_MAPS: usize = 2;
 /// a MB) and the API calls of one reconcile; a thousand at once would hold a quarter of a
 /// GB for no gain in time, as the API server serves them one or two at a time anyway.
 const CONCURRENT_RECONCILES: u16 = 16;
-/// How many managed ConfigMaps one list answer holds.
-const MANAGED_PAGE_SIZE: u32 = 16;
 
 /// Errors that end a reconcile early; the error policy retries them with backoff. Sync
 /// failures (a bad source, a refused map, an invalid spec) are not errors here: they are
@@ -228,7 +225,7 @@ fn controller(
         writer,
         watcher::watcher(
             scope::api::<PartialObjectMeta<ConfigMap>>(client, scope),
-            managed_targets(),
+            crate::watch::published_maps(),
         )
         .modify(|meta| meta.managed_fields_mut().clear()),
     )
@@ -271,16 +268,6 @@ fn controller(
             syncs_by_override.of(&config_map)
         })
         .reconcile_on(news)
-}
-
-/// The managed ConfigMaps that hold published maps (not the history ring's), a few per
-/// list answer: each is a quarter of a MB on the wire.
-pub fn managed_targets() -> watcher::Config {
-    watcher::Config::default()
-        .labels(&format!(
-            "{MANAGED_BY_LABEL}={MANAGED_BY},!{HISTORY_OF_LABEL}"
-        ))
-        .page_size(MANAGED_PAGE_SIZE)
 }
 
 /// The objects of `store` that a shared source has news for, as the news comes.

@@ -11,9 +11,9 @@ use super::memory::RememberedMap;
 use super::reconcile::Reconciler;
 use crate::api::ModelCostMapSync;
 use crate::digest::sha256_digest;
+use crate::layout::gzip::gunzip_bounded;
 use crate::sync::SyncError;
 use crate::sync::overrides::{Origin, OverrideError, Overrides, inline_layer, layer_from_json};
-use crate::sync::render::gunzip_bounded;
 
 /// The overrides of a spec as read now.
 pub(super) struct ReadOverrides {
@@ -133,7 +133,7 @@ impl Reconciler<'_> {
 
     /// Keeps the fetched bytes (gzipped) for merging other overrides into them later.
     pub(super) fn remember_source(&self, fetched: &[u8]) {
-        let map = crate::sync::render::StoredMap::from_bytes(fetched.to_vec());
+        let map = crate::layout::gzip::StoredMap::from_bytes(fetched.to_vec());
         let remembered = RememberedMap {
             digest: map.digest(),
             gz: Bytes::from(map.gz),

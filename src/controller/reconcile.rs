@@ -16,13 +16,13 @@ use super::status::{self, Attempt, Notice, Outcome};
 use super::targets::WrittenTarget;
 use super::{Context, Error, conditions, consumers};
 use crate::api::{Artifact, EventReason, ModelCostMapSync, ModelCostMapSyncStatus, SpecError};
+use crate::layout::MapIdentity;
+use crate::layout::gzip::StoredMap;
+use crate::layout::read::{HeldConfigMaps, holds_all, read_stored, stale};
+use crate::layout::render::{TargetRef, render_config_maps};
 use crate::metrics::{MapLabels, SyncResult};
 use crate::sync::SyncError;
 use crate::sync::fetch::{sanitize_url, validate_source_url};
-use crate::sync::render::{
-    HeldConfigMaps, MapIdentity, StoredMap, TargetRef, holds_all, read_stored, render_config_maps,
-    stale,
-};
 use crate::sync::schedule::{self, Decision, SyncCause};
 use crate::sync::store::HeldMap;
 

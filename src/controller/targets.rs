@@ -11,7 +11,8 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::sync::render::{MapIdentity, TargetRef};
+use crate::layout::MapIdentity;
+use crate::layout::render::TargetRef;
 
 /// The watched metadata of the managed targets, one store per watched scope.
 #[derive(Default)]

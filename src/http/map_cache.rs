@@ -28,8 +28,9 @@ use tracing::{debug, info, warn};
 
 use crate::api::{ClusterModelCostMapSync, ModelCostMapSync, ModelCostMapSyncStatus};
 use crate::http::maps::ServedMap;
+use crate::layout::HISTORY_OF_LABEL;
+use crate::layout::gzip::GunzipError;
 use crate::scope;
-use crate::sync::render::{GunzipError, HISTORY_OF_LABEL};
 use crate::watch;
 use sha2::{Digest, Sha256};
 
@@ -157,7 +158,7 @@ impl MapCache {
     /// Keeps the cache current from the managed ConfigMaps and the ModelCostMapSyncs in
     /// `namespaces` (all when empty). Runs until dropped: watches that fail start again.
     pub async fn run(self, client: Client, namespaces: Vec<String>, max_bytes: u64) {
-        let managed = crate::controller::managed_targets();
+        let managed = watch::published_maps();
         let scopes = scope::scopes(&namespaces);
         let cluster_syncs = Api::<ClusterModelCostMapSync>::all(client.clone());
         // An operator upgraded without applying the new CRD serves the namespaced maps.
@@ -590,7 +591,7 @@ pub(super) mod tests {
     const MAX: u64 = 64 << 20;
 
     fn managed(name: &str, owner: &str, bytes: &[u8]) -> ConfigMap {
-        crate::sync::render::rendered_for(name, owner, bytes).remove(0)
+        crate::layout::render::fixtures::rendered_for(name, owner, bytes).remove(0)
     }
 
     fn artifact(bytes: &[u8]) -> Artifact {

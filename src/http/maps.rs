@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use crate::digest::sha256_digest;
-use crate::sync::render::{GunzipError, StoredMap, gunzip_bounded};
+use crate::layout::gzip::{GunzipError, StoredMap, gunzip_bounded};
 
 /// Clients may keep a copy but must revalidate it (cheap, thanks to the ETag): the map
 /// changes whenever upstream changes.

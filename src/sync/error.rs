@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::api::{ACCEPT_DIGEST_ANNOTATION, Reason, SpecError};
+use crate::layout::render::RenderError;
 use crate::sync::fetch::FetchError;
-use crate::sync::render::RenderError;
 use crate::sync::validate::ValidationError;
 use crate::sync::validate::guards::{Guard, Refusal};
 
@@ -85,9 +85,6 @@ impl SyncError {
             SyncError::Override(_) => Reason::InvalidOverride,
             SyncError::Rejected { .. } => Reason::Rejected,
             SyncError::Render(RenderError::TooLarge { .. }) => Reason::TooLarge,
-            SyncError::Render(RenderError::Unreadable(_) | RenderError::Chunks(_)) => {
-                Reason::WriteFailed
-            }
             SyncError::Write { .. } => Reason::WriteFailed,
             SyncError::Interrupted { .. } => Reason::WriteFailed,
         }

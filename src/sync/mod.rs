@@ -6,7 +6,8 @@
 //!   that compare it with the last good map;
 //! - [`overrides`]: your prices merged over the fetched map, which makes the published map;
 //! - [`diff`]: what a new map changes;
-//! - [`render`]: the target ConfigMap, and the map read back from it;
+//! - [`crate::layout::render`]: the ConfigMaps that store the map (the layout every reader
+//!   shares is [`crate::layout`]);
 //! - [`schedule`]: when to fetch at all;
 //! - [`store`]: maps held once in memory, by digest.
 
@@ -14,14 +15,13 @@ pub mod diff;
 mod error;
 pub mod fetch;
 pub mod overrides;
-pub mod render;
 pub mod schedule;
 pub mod store;
 pub mod validate;
 
 pub use error::{NotAccepted, SecretError, SyncError};
 
-use render::StoredMap;
+use crate::layout::gzip::{StoredMap, gzip};
 use validate::summary::MapSummary;
 use validate::{ModelMap, Rules};
 
@@ -104,7 +104,7 @@ pub fn prepare(
     // Judging and compressing are independent: side by side, on two cores, a new map
     // takes the longer of the two, not their sum.
     let (judged, gz) = std::thread::scope(|scope| {
-        let compressing = scope.spawn(|| render::gzip(&bytes));
+        let compressing = scope.spawn(|| gzip(&bytes));
         let judged = judge(&bytes, rules, last_good, accept_digest);
         let gz = compressing
             .join()

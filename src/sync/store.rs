@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use crate::layout::gzip::StoredMap;
 use crate::locks::lock;
-use crate::sync::render::StoredMap;
 use crate::sync::validate::ModelMap;
 use crate::sync::validate::summary::MapSummary;
 

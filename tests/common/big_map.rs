@@ -76,6 +76,6 @@ fn ordered_entries(json: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, serde_js
 
 /// gzip size over plain size, as the operator compresses.
 pub fn gzip_ratio(map: &[u8]) -> f64 {
-    let gz = costmap_operator::sync::render::StoredMap::from_bytes(map.to_vec()).gz;
+    let gz = costmap_operator::layout::gzip::StoredMap::from_bytes(map.to_vec()).gz;
     gz.len() as f64 / map.len() as f64
 }

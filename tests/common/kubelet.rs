@@ -89,5 +89,5 @@ impl ConfigMapVolume {
 
 /// gzip of `bytes`, as the operator stores the map.
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    costmap_operator::sync::render::StoredMap::from_bytes(bytes.to_vec()).gz
+    costmap_operator::layout::gzip::StoredMap::from_bytes(bytes.to_vec()).gz
 }

@@ -38,15 +38,16 @@ use crate::api::{
     Artifact, ClusterModelCostMapSync, ClusterModelCostMapSyncStatus, ModelCostMapSyncStatus,
     NamespaceFailure, NamespaceReason, SourceMap, SpecError,
 };
+use crate::layout::chunks::{chunk_count_of, chunk_name};
+use crate::layout::gzip::StoredMap;
+use crate::layout::read::read_stored;
+use crate::layout::render::{TargetRef, render_config_maps, write_order};
+use crate::layout::{DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, MapIdentity};
 use crate::metrics::{MapLabels, ObjectScope, SyncResult};
 use crate::sync::SyncError;
 use crate::sync::fetch::FetchRequest;
 use crate::sync::fetch::shared::{SharedOutcome, SharedRequest};
 use crate::sync::overrides::{Overrides, inline_layer};
-use crate::sync::render::{
-    DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, MapIdentity, StoredMap, TargetRef,
-    chunk_count_of, chunk_name, read_stored, render_config_maps, write_order,
-};
 use crate::sync::schedule::{self, Decision};
 use crate::sync::store::HeldMap;
 use selection::Copy;

@@ -17,9 +17,9 @@ use tracing::debug;
 
 use super::{ObjectId, StoredMaps};
 use crate::http::maps::ServedMap;
-use crate::sync::render::{
-    DIGEST_ANNOTATION, assemble, chunk_count, chunk_key, chunk_name, gz_key,
-};
+use crate::layout::DIGEST_ANNOTATION;
+use crate::layout::chunks::{chunk_count, chunk_key, chunk_name, gz_key};
+use crate::layout::read::assemble;
 
 /// One chunk as a ConfigMap holds it.
 #[derive(Debug, Clone)]
@@ -180,7 +180,9 @@ mod tests {
     use super::super::MapCache;
     use super::super::tests::{key, listed, sync};
     use crate::digest::sha256_digest;
-    use crate::sync::render::{CHUNK_BYTES, MAX_CONFIG_MAP_PAYLOAD, StoredMap, rendered_for};
+    use crate::layout::chunks::{CHUNK_BYTES, MAX_CONFIG_MAP_PAYLOAD};
+    use crate::layout::gzip::StoredMap;
+    use crate::layout::render::fixtures::rendered_for;
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::runtime::watcher::Event;
 

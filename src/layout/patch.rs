@@ -16,7 +16,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde::Serialize;
 
-use super::{CHUNKS_ANNOTATION, chunk_key, gz_key, manifest_key};
+use super::CHUNKS_ANNOTATION;
+use super::chunks::{chunk_key, gz_key, manifest_key};
 
 /// The patch that makes a ConfigMap hold `rendered`, and none of the keys our layout gives
 /// `keys` (the target's key, and one it had before) that `rendered` does not hold. It
@@ -88,7 +89,7 @@ fn borrowed<'a, V, T: ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::render::rendered_for;
+    use crate::layout::render::fixtures::rendered_for;
     use serde_json::{Value, json};
 
     fn write_patch(rendered: &ConfigMap, keys: &[&str]) -> Value {
