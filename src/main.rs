@@ -1,15 +1,14 @@
 //! The `costmap-operator` binary: parses arguments and wires the pieces together.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use costmap_operator::agent;
-use costmap_operator::api::{ClusterModelCostMapSync, ModelCostMapSync};
-use costmap_operator::cli::{self, check::check};
+use costmap_operator::api::ModelCostMapSync;
+use costmap_operator::cli;
+use costmap_operator::cli::args::{AgentArgs, Cli, Command, LogFormat, RunArgs};
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::http::map_cache::MapCache;
 use costmap_operator::http::server::{self, ServerState};
@@ -17,237 +16,11 @@ use costmap_operator::leader::{self, Candidate};
 use costmap_operator::litellm::{ProxyClient, ProxyClientConfig};
 use costmap_operator::metrics::Metrics;
 use costmap_operator::scope;
-use costmap_operator::sync::fetch::{FetchPolicy, Fetcher};
 use costmap_operator::sync::validate::Rules;
+use kube::Client;
 use kube::api::ListParams;
-use kube::{Client, CustomResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Keeps every LiteLLM proxy's model cost map current, with no restart"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the operator: reconcile ModelCostMapSync objects and serve HTTP.
-    Run(RunArgs),
-    /// Print a CRD as YAML: ModelCostMapSync's, or the one KIND names.
-    Crd {
-        /// Which CRD (crds/<kind>.yaml is its committed output).
-        #[arg(value_enum, default_value = "modelcostmapsync")]
-        kind: CrdKind,
-    },
-    /// Fetch or read a map and validate it as the operator would (with --against, after
-    /// that last good map). Exit 0 valid, 1 refused.
-    Check(CheckArgs),
-    /// What NEW changes against OLD (the last good map), and what each check of the
-    /// operator would say. Exit 0 when all accept, 1 when one refuses, 2 on unusable input.
-    Diff(DiffArgs),
-    /// Sidecar for a LiteLLM pod: serve the mounted map's ConfigMap directory on HTTP and
-    /// reload the proxy when the kubelet swaps in a new map.
-    Agent(AgentArgs),
-}
-
-/// The kinds this operator defines, as `crd` names them.
-#[derive(Clone, Copy, ValueEnum)]
-enum CrdKind {
-    /// ModelCostMapSync (namespaced).
-    Modelcostmapsync,
-    /// ClusterModelCostMapSync (cluster-scoped).
-    Clustermodelcostmapsync,
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Address of the HTTP server: maps, metrics, health, readiness.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    listen: SocketAddr,
-    /// Watch only this namespace (repeatable; default: all namespaces).
-    #[arg(long = "namespace", value_name = "NS")]
-    namespaces: Vec<String>,
-    /// Elect a leader among replicas through the Lease costmap-operator; only the leader
-    /// reconciles. Turn off only when exactly one replica runs.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    leader_election: bool,
-    /// Namespace of the Lease. Default: env POD_NAMESPACE, else the in-cluster namespace,
-    /// else the kubeconfig's namespace.
-    #[arg(long, value_name = "NS")]
-    lease_namespace: Option<String>,
-    /// How many fetched maps may be prepared (parsed, validated, compressed) at once; each
-    /// holds tens of MiB meanwhile. Fetches themselves are not limited: a hanging source
-    /// must not hold up the others.
-    #[arg(long, default_value_t = 2)]
-    concurrent_syncs: usize,
-    /// First wait after a failed sync, counted from the end of the attempt; it doubles with
-    /// each further failure, up to the object's interval. A longer Retry-After from the
-    /// source wins.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    retry_backoff: Duration,
-    /// How long the leader's Lease holds without renewal: the longest a dead leader blocks
-    /// the other replicas.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    lease_duration: Duration,
-    #[command(flatten)]
-    fetch: FetchArgs,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "COSTMAP_LOG_FORMAT")]
-    log_format: LogFormat,
-}
-
-#[derive(clap::Args)]
-struct FetchArgs {
-    /// Allow sources in this CIDR even though it is link-local or a cloud metadata address
-    /// (repeatable).
-    #[arg(long = "allow-source-cidr", value_name = "CIDR")]
-    allowed_cidrs: Vec<ipnet::IpNet>,
-    /// Largest map accepted, in bytes, after decompression.
-    #[arg(long, default_value_t = FetchPolicy::default().max_body_bytes)]
-    max_map_bytes: u64,
-    /// Attempts per fetch, the first included: transport errors, timeouts, 408, 429 and
-    /// 5xx are retried with backoff within one sync.
-    #[arg(long, default_value_t = FetchPolicy::default().max_attempts, value_parser = clap::value_parser!(usize))]
-    fetch_attempts: usize,
-}
-
-#[derive(clap::Args)]
-struct CheckArgs {
-    /// A file path, or an http(s) URL.
-    source: String,
-    /// The last good map (file or URL): the guards compare the map with it.
-    #[arg(long, value_name = "LAST_GOOD")]
-    against: Option<String>,
-    #[command(flatten)]
-    rules: RulesArgs,
-    /// Timeout of each fetch attempt.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-    #[command(flatten)]
-    fetch: FetchArgs,
-}
-
-#[derive(clap::Args)]
-struct DiffArgs {
-    /// The last good map: a file path, or an http(s) URL.
-    old: String,
-    /// The new map: a file path, or an http(s) URL.
-    new: String,
-    #[command(flatten)]
-    rules: RulesArgs,
-    /// Output: text for people, json for CI.
-    #[arg(long, short, value_enum, default_value_t = Output::Text)]
-    output: Output,
-    /// Timeout of each fetch attempt.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-    #[command(flatten)]
-    fetch: FetchArgs,
-}
-
-/// The thresholds of spec.validation, with the same defaults.
-#[derive(clap::Args)]
-struct RulesArgs {
-    /// Fewest models the map must hold.
-    #[arg(long, default_value_t = Rules::default().min_models)]
-    min_models: usize,
-    /// Refuse a map that drops more than this share of the last good map's models.
-    #[arg(long, default_value_t = Rules::default().max_removed_percent)]
-    max_removed_percent: u32,
-    /// Refuse a map in which fewer than this share of the models are priced.
-    #[arg(long, default_value_t = Rules::default().min_priced_percent)]
-    min_priced_percent: u32,
-    /// Refuse a map in which more than this share of the last good map's priced models lose
-    /// every price.
-    #[arg(long, default_value_t = Rules::default().max_unpriced_percent)]
-    max_unpriced_percent: u32,
-    /// Refuse a map in which more than this share of the last good map's priced models
-    /// change a price.
-    #[arg(long, default_value_t = Rules::default().max_repriced_percent)]
-    max_repriced_percent: u32,
-}
-
-impl RulesArgs {
-    fn rules(&self) -> Rules {
-        Rules {
-            min_models: self.min_models,
-            max_removed_percent: self.max_removed_percent.min(100),
-            min_priced_percent: self.min_priced_percent.min(100),
-            max_unpriced_percent: self.max_unpriced_percent.min(100),
-            max_repriced_percent: self.max_repriced_percent.min(100),
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Text,
-    Json,
-}
-
-#[derive(clap::Args)]
-struct AgentArgs {
-    /// The directory where the map's ConfigMap is mounted (never with subPath: the kubelet
-    /// does not update those).
-    #[arg(long, value_name = "DIR")]
-    watch_dir: std::path::PathBuf,
-    /// Address of the HTTP server: the map at /<key>, /healthz, /readyz, /status. Not only
-    /// loopback by default: the kubelet probes the pod IP.
-    #[arg(long, default_value = "0.0.0.0:8090")]
-    listen: SocketAddr,
-    /// The map's key in the ConfigMap; `<key>.gz` is read (else the chunks `<key>.gz.chunks`
-    /// names, else `<key>`) and served at /<key>.
-    #[arg(long, default_value = costmap_operator::api::DEFAULT_KEY, value_parser = agent::parse_key)]
-    key: String,
-    /// The proxy's reload endpoint, POSTed after each new map with the admin key from
-    /// LITELLM_MASTER_KEY, e.g. http://127.0.0.1:4000/reload/model_cost_map. Without it the
-    /// agent only serves.
-    #[arg(long, value_name = "URL", value_parser = agent::parse_reload_url)]
-    reload_url: Option<url::Url>,
-    /// Timeout of one reload attempt (three attempts in all).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    reload_timeout: Duration,
-    /// How often to re-read the directory when no file event arrives (a safety net).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    recheck_interval: Duration,
-    /// Fewest models a map must hold to be served.
-    #[arg(long, default_value_t = Rules::default().min_models)]
-    min_models: usize,
-    /// Largest map accepted, in bytes, after decompression.
-    #[arg(long, default_value_t = FetchPolicy::default().max_body_bytes)]
-    max_map_bytes: u64,
-    /// Serve only maps that this ModelCostMapSync's status names (NAMESPACE/NAME, or NAME
-    /// in the pod's namespace): a ConfigMap edited by hand is then never served. Needs get,
-    /// list and watch on modelcostmapsyncs; the cluster is found as kubectl finds it.
-    #[arg(long, value_name = "[NAMESPACE/]NAME")]
-    verify_with: Option<String>,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "COSTMAP_LOG_FORMAT")]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-impl FetchArgs {
-    fn fetcher(&self) -> anyhow::Result<Fetcher> {
-        let policy = FetchPolicy {
-            allowed_cidrs: self.allowed_cidrs.clone(),
-            max_body_bytes: self.max_map_bytes,
-            max_attempts: self.fetch_attempts.max(1),
-            ..FetchPolicy::default()
-        };
-        Fetcher::new(policy).context("building the HTTP client")
-    }
-}
 
 fn main() -> ExitCode {
     // Installed as kubectl-costmap, the binary is a kubectl plugin.
@@ -261,12 +34,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => multi_thread(run(args)).and_then(|result| result),
-        Command::Crd { kind } => print_crd(kind),
+        Command::Crd { kind } => cli::crd::print(kind),
         Command::Check(args) => {
-            return multi_thread(run_check(args)).unwrap_or_else(|err| exit_code(Err(err)));
+            return multi_thread(cli::check::run(args)).unwrap_or_else(|err| exit_code(Err(err)));
         }
         Command::Diff(args) => {
-            return multi_thread(run_diff(args)).unwrap_or_else(|err| exit_code(Err(err)));
+            return multi_thread(cli::diff::run(args)).unwrap_or_else(|err| exit_code(Err(err)));
         }
         // The agent is a sidecar in every proxy pod: it runs on one thread, to stay at a few MiB.
         Command::Agent(args) => run_agent(args),
@@ -356,84 +129,6 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     })?;
     info!("stopped");
     Ok(())
-}
-
-fn print_crd(kind: CrdKind) -> anyhow::Result<()> {
-    let crd = match kind {
-        CrdKind::Modelcostmapsync => ModelCostMapSync::crd(),
-        CrdKind::Clustermodelcostmapsync => ClusterModelCostMapSync::crd(),
-    };
-    print!("{}", serde_yaml::to_string(&crd)?);
-    Ok(())
-}
-
-async fn run_check(args: CheckArgs) -> ExitCode {
-    let rules = args.rules.rules();
-    let result = match args.fetch.fetcher() {
-        Ok(fetcher) => check(
-            &args.source,
-            args.against.as_deref(),
-            &fetcher,
-            &rules,
-            args.timeout,
-        )
-        .await
-        .map_err(anyhow::Error::from),
-        Err(err) => Err(err),
-    };
-    match result {
-        Ok(summary) => {
-            println!("valid map: {}", args.source);
-            println!("{summary}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("invalid map: {}\n{err:#}", args.source);
-            ExitCode::from(1)
-        }
-    }
-}
-
-async fn run_diff(args: DiffArgs) -> ExitCode {
-    let unusable = |err: anyhow::Error| {
-        eprintln!("error: {err:#}");
-        ExitCode::from(2)
-    };
-    let fetcher = match args.fetch.fetcher() {
-        Ok(fetcher) => fetcher,
-        Err(err) => return unusable(err),
-    };
-    let (old, new) = tokio::join!(
-        cli::load(&args.old, &fetcher, args.timeout),
-        cli::load(&args.new, &fetcher, args.timeout)
-    );
-    let (old, new) = match (old, new) {
-        (Ok(old), Ok(new)) => (old, new),
-        (Err(err), _) | (_, Err(err)) => return unusable(err.into()),
-    };
-    let parsed = match cli::check::parse_last_good(&old) {
-        Ok(parsed) => parsed,
-        Err(err) => {
-            return unusable(anyhow::anyhow!(
-                "the old map {} is not a valid map: {err}",
-                args.old
-            ));
-        }
-    };
-    let rules = args.rules.rules();
-    let report = cli::diff::report((&args.old, &old, &parsed), (&args.new, &new), &rules);
-    match args.output {
-        Output::Text => print!("{}", cli::diff::text(&report, &rules)),
-        Output::Json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(err) => return unusable(err.into()),
-        },
-    }
-    if report.accepted {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

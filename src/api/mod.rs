@@ -414,24 +414,6 @@ impl Default for Validation {
     }
 }
 
-impl Validation {
-    /// The rules these settings make (the CRD keeps the numbers in range; out of range
-    /// they are clamped to the strictest reading).
-    pub fn rules(&self) -> crate::sync::validate::Rules {
-        let percent = |value: i32| u32::try_from(value).unwrap_or(0).min(100);
-        crate::sync::validate::Rules {
-            min_models: usize::try_from(self.min_models).unwrap_or(1).max(1),
-            max_removed_percent: percent(self.max_removed_percent),
-            // Out of range, the strictest reading: every map must be priced.
-            min_priced_percent: u32::try_from(self.min_priced_percent)
-                .unwrap_or(100)
-                .min(100),
-            max_unpriced_percent: percent(self.max_unpriced_percent),
-            max_repriced_percent: percent(self.max_repriced_percent),
-        }
-    }
-}
-
 fn default_history() -> i32 {
     DEFAULT_HISTORY
 }

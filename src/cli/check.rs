@@ -2,8 +2,10 @@
 //! (and, with `--against`, its guards against a last good map).
 
 use std::fmt;
+use std::process::ExitCode;
 use std::time::Duration;
 
+use super::args::CheckArgs;
 use super::{LoadError, load};
 use crate::digest::{git_blob_id, sha256_digest};
 use crate::sync::SyncError;
@@ -104,6 +106,34 @@ pub fn summarize(
         git_blob_id: git_blob_id(bytes),
         size: bytes.len(),
     })
+}
+
+/// Runs `check` as the command line asks; exit 0 valid, 1 refused.
+pub async fn run(args: CheckArgs) -> ExitCode {
+    let rules = args.rules.rules();
+    let result = match args.fetch.fetcher() {
+        Ok(fetcher) => check(
+            &args.source,
+            args.against.as_deref(),
+            &fetcher,
+            &rules,
+            args.timeout,
+        )
+        .await
+        .map_err(anyhow::Error::from),
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(summary) => {
+            println!("valid map: {}", args.source);
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("invalid map: {}\n{err:#}", args.source);
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[cfg(test)]

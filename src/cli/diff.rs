@@ -3,7 +3,11 @@
 //! Exit 0 when every check accepts NEW, 1 when one refuses it, 2 when a map cannot be had
 //! (or OLD is not a valid map).
 
+use std::process::ExitCode;
+
 use serde::Serialize;
+
+use super::args::{DiffArgs, Output};
 
 use crate::digest::sha256_digest;
 use crate::sync::diff::diff;
@@ -277,6 +281,50 @@ pub fn text(report: &DiffReport, rules: &Rules) -> String {
         "verdict: the operator would refuse the new map\n"
     });
     out
+}
+
+/// Runs `diff` as the command line asks; exit 0 when every guard accepts, 1 when one
+/// refuses, 2 on unusable input.
+pub async fn run(args: DiffArgs) -> ExitCode {
+    let unusable = |err: anyhow::Error| {
+        eprintln!("error: {err:#}");
+        ExitCode::from(2)
+    };
+    let fetcher = match args.fetch.fetcher() {
+        Ok(fetcher) => fetcher,
+        Err(err) => return unusable(err),
+    };
+    let (old, new) = tokio::join!(
+        super::load(&args.old, &fetcher, args.timeout),
+        super::load(&args.new, &fetcher, args.timeout)
+    );
+    let (old, new) = match (old, new) {
+        (Ok(old), Ok(new)) => (old, new),
+        (Err(err), _) | (_, Err(err)) => return unusable(err.into()),
+    };
+    let parsed = match super::check::parse_last_good(&old) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            return unusable(anyhow::anyhow!(
+                "the old map {} is not a valid map: {err}",
+                args.old
+            ));
+        }
+    };
+    let rules = args.rules.rules();
+    let report = report((&args.old, &old, &parsed), (&args.new, &new), &rules);
+    match args.output {
+        Output::Text => print!("{}", text(&report, &rules)),
+        Output::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(err) => return unusable(err.into()),
+        },
+    }
+    if report.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! The commands beside the operator: [`check`] (one map) and [`diff`] (a new map against the
-//! last good one, for a mirror's CI) judge maps as it would; [`plugin`] is `kubectl costmap`.
+//! last good one, for a mirror's CI) judge maps as it would; [`crd`] prints a CRD; [`plugin`]
+//! is `kubectl costmap`. [`args`] holds every subcommand's arguments.
 
+pub mod args;
 pub mod check;
+pub mod crd;
 pub mod diff;
 pub mod plugin;
 

@@ -306,7 +306,7 @@ impl Reconciler<'_> {
             mut source,
             overrides,
         } = new;
-        let rules = self.sync.spec.validation.rules();
+        let rules = crate::sync::validate::Rules::from(&self.sync.spec.validation);
         let accept_digest = self.sync.accept_digest().map(str::to_owned);
         let prepared = self
             .context
@@ -328,7 +328,7 @@ impl Reconciler<'_> {
         // against.
         if let Some(lost) = self.artifact().filter(|_| self.last_good_lost) {
             let before = usize::try_from(lost.models).unwrap_or(0);
-            let rules = self.sync.spec.validation.rules();
+            let rules = crate::sync::validate::Rules::from(&self.sync.spec.validation);
             if let Err(refusal) = shrink_guard_by_count(prepared.accepted.models, before, &rules) {
                 let accept_digest = self.sync.accept_digest();
                 if accept_digest != Some(artifact.digest.as_str()) {

@@ -656,7 +656,7 @@ impl<'a> ClusterReconciler<'a> {
             Some(map) => Some(Against::republished(map, &overrides).await?),
             None => None,
         };
-        let rules = spec.validation.rules();
+        let rules = crate::sync::validate::Rules::from(&spec.validation);
         let accept_digest = self.sync.accept_digest().map(str::to_owned);
         let prepared = self
             .context

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::api::Validation;
+
 pub use parse::MAX_TOP_LEVEL_KEYS;
 
 /// Top-level keys that are not models.
@@ -54,7 +56,25 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        crate::api::Validation::default().rules()
+        Rules::from(&Validation::default())
+    }
+}
+
+impl From<&Validation> for Rules {
+    /// The rules `spec.validation` makes (the CRD keeps the numbers in range; out of range
+    /// they are read in the strictest way).
+    fn from(validation: &Validation) -> Rules {
+        let percent = |value: i32| u32::try_from(value).unwrap_or(0).min(100);
+        Rules {
+            min_models: usize::try_from(validation.min_models).unwrap_or(1).max(1),
+            max_removed_percent: percent(validation.max_removed_percent),
+            // Out of range, the strictest reading: every map must be priced.
+            min_priced_percent: u32::try_from(validation.min_priced_percent)
+                .unwrap_or(100)
+                .min(100),
+            max_unpriced_percent: percent(validation.max_unpriced_percent),
+            max_repriced_percent: percent(validation.max_repriced_percent),
+        }
     }
 }
 
