@@ -15,7 +15,7 @@ mod figures;
 #[path = "support/timing.rs"]
 mod timing;
 
-use costmap_operator::api::Reason;
+use costmap_operator::api::{MapSync, Reason};
 use std::time::Instant;
 
 use common::process::OperatorProcess;

@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod apiserver;
 pub mod bounded;
 pub mod cli;
 pub mod controller;

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{client, control_plane, eventually, namespace};
-use costmap_operator::api::{DEFAULT_SOURCE_URL, ModelCostMapSync};
+use costmap_operator::api::{DEFAULT_SOURCE_URL, MapSync, ModelCostMapSync};
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};

@@ -213,38 +213,6 @@ impl ClusterModelCostMapSyncSpec {
     }
 }
 
-impl ClusterModelCostMapSync {
-    /// Name of the ConfigMap in each namespace: `spec.target.configMapName`, else this
-    /// object's name.
-    pub fn config_map_name(&self) -> &str {
-        self.spec
-            .sync
-            .target
-            .config_map_name
-            .as_deref()
-            .or(self.metadata.name.as_deref())
-            .unwrap_or_default()
-    }
-
-    fn annotation(&self, name: &str) -> Option<&str> {
-        self.metadata
-            .annotations
-            .as_ref()?
-            .get(name)
-            .map(String::as_str)
-    }
-
-    /// The value of the sync-request annotation, if set.
-    pub fn sync_request(&self) -> Option<&str> {
-        self.annotation(super::SYNC_REQUESTED_AT_ANNOTATION)
-    }
-
-    /// The value of the accept-digest annotation, if set.
-    pub fn accept_digest(&self) -> Option<&str> {
-        self.annotation(super::ACCEPT_DIGEST_ANNOTATION)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 mod cluster;
 mod duration;
+mod object;
 mod reasons;
 mod status;
 
@@ -17,6 +18,7 @@ pub use cluster::{
     ClusterModelCostMapSync, ClusterModelCostMapSyncSpec, ClusterModelCostMapSyncStatus,
     MAX_LISTED_NAMESPACES, NOT_CLUSTER_WIDE, NamespaceFailure, NamespacesStatus,
 };
+pub use object::MapSync;
 pub use reasons::{
     ConditionType, ConsumersReason, EventReason, NamespaceReason, PricedReason, Reason,
 };
@@ -491,45 +493,6 @@ impl ModelCostMapSyncSpec {
     /// The ConfigMap key of the plain map; the gzipped map lives under `<key>.gz`.
     pub fn key(&self) -> &str {
         self.target.key.as_deref().unwrap_or(DEFAULT_KEY)
-    }
-}
-
-impl ModelCostMapSync {
-    /// Name of the target ConfigMap: `spec.target.configMapName`, else this object's name.
-    pub fn config_map_name(&self) -> &str {
-        self.spec
-            .target
-            .config_map_name
-            .as_deref()
-            .or(self.metadata.name.as_deref())
-            .unwrap_or_default()
-    }
-
-    /// The value of the reject-digest annotation, if set.
-    pub fn reject_digest(&self) -> Option<&str> {
-        self.metadata
-            .annotations
-            .as_ref()?
-            .get(REJECT_DIGEST_ANNOTATION)
-            .map(String::as_str)
-    }
-
-    /// The value of the accept-digest annotation, if set.
-    pub fn accept_digest(&self) -> Option<&str> {
-        self.metadata
-            .annotations
-            .as_ref()?
-            .get(ACCEPT_DIGEST_ANNOTATION)
-            .map(String::as_str)
-    }
-
-    /// The value of the sync-request annotation, if set.
-    pub fn sync_request(&self) -> Option<&str> {
-        self.metadata
-            .annotations
-            .as_ref()?
-            .get(SYNC_REQUESTED_AT_ANNOTATION)
-            .map(String::as_str)
     }
 }
 

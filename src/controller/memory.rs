@@ -1,22 +1,30 @@
 //! What the operator remembers per object between reconciles. All of it can be rebuilt from
 //! the cluster, so a restart loses nothing; objects that are gone are forgotten.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::targets::WrittenTarget;
+use super::config_maps::WrittenTarget;
 use crate::api::ModelCostMapSyncStatus;
 use crate::sync::store::HeldMap;
 
 /// How many superseded versions are remembered: a sync writes status at most three times.
 const SUPERSEDED_VERSIONS: usize = 8;
 
-/// Per object (by uid), what the operator remembers.
+/// Which object a memory is of: its kind (each kind forgets its own deleted objects) and
+/// its uid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct ObjectKey {
+    pub(super) kind: &'static str,
+    pub(super) uid: String,
+}
+
+/// Per object, what the operator remembers.
 #[derive(Default)]
 pub(super) struct Memories {
-    by_uid: Mutex<HashMap<String, Memory>>,
+    by_object: Mutex<HashMap<ObjectKey, Memory>>,
 }
 
 /// What the operator remembers about one object.
@@ -38,8 +46,12 @@ pub(super) struct Memory {
     pub(super) source: Option<RememberedMap>,
     /// What the last attempt read as its overrides (a digest), to tell an edit from a retry.
     pub(super) override_inputs: Option<String>,
-    /// The target's ConfigMaps as this operator last wrote (or checked) them.
-    pub(super) written_target: Option<WrittenTarget>,
+    /// The map's ConfigMaps as this operator last wrote (or checked) them, by namespace:
+    /// the target's, or each copy of a cluster object.
+    pub(super) written: HashMap<String, WrittenTarget>,
+    /// The namespaces a cluster object selected at its last reconcile: one that loses the
+    /// labels concerns it too.
+    pub(super) selected: BTreeSet<String>,
 }
 
 /// A status this operator wrote, the resourceVersion the write produced, and the versions
@@ -59,16 +71,16 @@ pub(super) struct RememberedMap {
 }
 
 impl Memories {
-    /// Reads what is remembered of `uid`, if anything.
-    pub(super) fn read<T>(&self, uid: &str, read: impl FnOnce(&Memory) -> T) -> Option<T> {
-        crate::locks::lock(&self.by_uid).get(uid).map(read)
+    /// Reads what is remembered of `object`, if anything.
+    pub(super) fn read<T>(&self, object: &ObjectKey, read: impl FnOnce(&Memory) -> T) -> Option<T> {
+        crate::locks::lock(&self.by_object).get(object).map(read)
     }
 
-    /// Changes what is remembered of `uid`.
-    pub(super) fn update<T>(&self, uid: &str, update: impl FnOnce(&mut Memory) -> T) -> T {
+    /// Changes what is remembered of `object`.
+    pub(super) fn update<T>(&self, object: &ObjectKey, update: impl FnOnce(&mut Memory) -> T) -> T {
         update(
-            crate::locks::lock(&self.by_uid)
-                .entry(uid.to_owned())
+            crate::locks::lock(&self.by_object)
+                .entry(object.clone())
                 .or_default(),
         )
     }
@@ -77,12 +89,12 @@ impl Memories {
     /// `decided_on`.
     pub(super) fn record_write(
         &self,
-        uid: &str,
+        object: &ObjectKey,
         status: ModelCostMapSyncStatus,
         version: Option<String>,
         decided_on: Option<String>,
     ) {
-        self.update(uid, |memory| {
+        self.update(object, |memory| {
             let mut superseded = memory
                 .written_status
                 .take()
@@ -105,24 +117,24 @@ impl Memories {
         });
     }
 
-    /// Remembers `map` as the last good map of `uid`.
-    pub(super) fn remember_last_good(&self, uid: &str, map: Arc<HeldMap>) {
-        self.update(uid, |m| m.last_good = Some(map));
+    /// Remembers `map` as the last good map of `object`.
+    pub(super) fn remember_last_good(&self, object: &ObjectKey, map: Arc<HeldMap>) {
+        self.update(object, |m| m.last_good = Some(map));
     }
 
-    /// The last good map of `uid`, if the one remembered has `digest`.
-    pub(super) fn last_good(&self, uid: &str, digest: &str) -> Option<Arc<HeldMap>> {
-        self.read(uid, |m| m.last_good.clone())
+    /// The last good map of `object`, if the one remembered has `digest`.
+    pub(super) fn last_good(&self, object: &ObjectKey, digest: &str) -> Option<Arc<HeldMap>> {
+        self.read(object, |m| m.last_good.clone())
             .flatten()
             .filter(|map| map.digest() == digest)
     }
 
-    /// Forgets every object but `live` (uids); returns how many were forgotten.
-    pub(super) fn retain(&self, live: &HashSet<String>) -> usize {
-        let mut by_uid = crate::locks::lock(&self.by_uid);
-        let before = by_uid.len();
-        by_uid.retain(|uid, _| live.contains(uid));
-        before - by_uid.len()
+    /// Forgets every object of `kind` but `live` (uids); returns how many were forgotten.
+    pub(super) fn retain(&self, kind: &str, live: &HashSet<String>) -> usize {
+        let mut by_object = crate::locks::lock(&self.by_object);
+        let before = by_object.len();
+        by_object.retain(|object, _| object.kind != kind || live.contains(&object.uid));
+        before - by_object.len()
     }
 }
 
@@ -213,30 +225,42 @@ mod tests {
         );
     }
 
+    fn key(kind: &'static str, uid: &str) -> ObjectKey {
+        ObjectKey {
+            kind,
+            uid: uid.to_owned(),
+        }
+    }
+
     #[test]
     fn writes_remember_what_they_supersede_and_gone_objects_are_forgotten() {
         let memories = Memories::default();
+        let (u1, u2) = (key("ModelCostMapSync", "u1"), key("ModelCostMapSync", "u2"));
+        let cluster = key("ClusterModelCostMapSync", "u3");
         memories.record_write(
-            "u1",
+            &u1,
             attempted_at(1, 1),
             Some("42".into()),
             Some("41".into()),
         );
         memories.record_write(
-            "u1",
+            &u1,
             attempted_at(1, 2),
             Some("43".into()),
             Some("41".into()),
         );
-        let written = memories.read("u1", |m| m.written_status.clone()).flatten();
+        let written = memories.read(&u1, |m| m.written_status.clone()).flatten();
         assert_eq!(
             written.map(|w| (w.version, w.superseded)),
             Some((Some("43".into()), vec!["41".into(), "42".into()]))
         );
-        memories.update("u2", |m| m.consecutive_failures = 3);
-        let dropped = memories.retain(&HashSet::from(["u2".to_owned()]));
+        memories.update(&u2, |m| m.consecutive_failures = 3);
+        memories.update(&cluster, |m| m.consecutive_failures = 1);
+        let dropped = memories.retain("ModelCostMapSync", &HashSet::from(["u2".to_owned()]));
         assert_eq!(dropped, 1);
-        assert!(memories.read("u1", |_| ()).is_none());
-        assert_eq!(memories.read("u2", |m| m.consecutive_failures), Some(3));
+        assert!(memories.read(&u1, |_| ()).is_none());
+        assert_eq!(memories.read(&u2, |m| m.consecutive_failures), Some(3));
+        // The other kind keeps its own, whatever the first kind's live objects are.
+        assert_eq!(memories.read(&cluster, |m| m.consecutive_failures), Some(1));
     }
 }

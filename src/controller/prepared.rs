@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
-use super::Context;
 use crate::digest::sha256_digest;
+use crate::memo::Memo;
 use crate::sync::fetch::shared::SourceBody;
 use crate::sync::overrides::{Applied, Overrides, apply};
-use crate::sync::store::HeldMap;
+use crate::sync::store::{HeldMap, MapStore};
 use crate::sync::validate::summary::MapSummary;
 use crate::sync::validate::{ModelMap, Rules};
 use crate::sync::{Accepted, NotAccepted, SyncError, prepare};
@@ -141,7 +142,30 @@ pub(super) struct Prepared {
 /// What preparing answers, shared by every object that asked.
 pub(super) type PrepareAnswer = Result<Arc<Prepared>, NotAccepted>;
 
-impl Context {
+/// How many prepared maps are kept for the objects that come after the first: each answer
+/// holds a map (about 4 MB today), and the objects of one round share one or two.
+const PREPARED_MAPS: usize = 2;
+
+/// Prepares new maps, once for every object with the same inputs.
+pub(super) struct Preparer {
+    /// New maps prepared for some object: the others with the same inputs take the answer.
+    memo: Memo<PrepareInputs, PrepareAnswer>,
+    /// How many maps may be prepared (parsed, validated, compressed) at once.
+    slots: Semaphore,
+    /// Where a prepared map is held (once, by digest).
+    held: Arc<MapStore>,
+}
+
+impl Preparer {
+    /// A preparer that holds its maps in `held`, `concurrent` at a time.
+    pub(super) fn new(held: Arc<MapStore>, concurrent: usize) -> Preparer {
+        Preparer {
+            memo: Memo::new(PREPARED_MAPS),
+            slots: Semaphore::new(concurrent.max(1)),
+            held,
+        }
+    }
+
     /// The new map `bytes` (with `digest`) accepted against `against` under `rules`, or
     /// why not: worked out once for every caller with the same inputs, on a blocking
     /// thread, at most `--concurrent-syncs` at once.
@@ -160,7 +184,7 @@ impl Context {
             accept_digest,
         };
         let answer = self
-            .prepared
+            .memo
             .get_or_try(inputs.clone(), || self.prepare(bytes, against, inputs))
             .await?;
         Ok(answer?)
@@ -176,7 +200,7 @@ impl Context {
         // how many run at once bounds the operator's memory, however many distinct maps
         // come due together. Fetches are not counted: a hanging source must not hold up
         // the others.
-        let _slot = self.sync_slots.acquire().await;
+        let _slot = self.slots.acquire().await;
         let held = Arc::clone(&self.held);
         let prepared = tokio::task::spawn_blocking(move || {
             let summary = against.as_ref().and_then(Against::summary);

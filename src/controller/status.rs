@@ -9,8 +9,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
 use crate::api::{
-    ACCEPT_DIGEST_ANNOTATION, Artifact, EventReason, HistoryEntry, ModelCostMapSyncStatus,
-    OverridesStatus, Reason, SourceMap,
+    ACCEPT_DIGEST_ANNOTATION, Artifact, ConditionType, EventReason, HistoryEntry,
+    ModelCostMapSyncStatus, OverridesStatus, Reason, SourceMap,
 };
 use crate::controller::conditions;
 use crate::sync::SyncError;
@@ -330,6 +330,17 @@ fn set_ready(
 
 fn later(at: Timestamp, wait: Duration) -> Timestamp {
     at + SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX)
+}
+
+/// Whether the last attempt failed: its `nextSyncTime` is then a retry, which every sync
+/// but a requested one or a new spec's waits for. A synced map that some namespaces of a
+/// cluster object lack is no failed attempt.
+pub(super) fn retrying(status: &ModelCostMapSyncStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
+        .is_some_and(|c| c.status != "True" && c.reason != Reason::NamespacesFailing.as_str())
 }
 
 /// Whether `status` already says that spec `generation` is invalid: a reconcile then has

@@ -1,7 +1,7 @@
 //! Which namespaces of a ClusterModelCostMapSync get a write, which hold its map, which fail
 //! and why, and what status says about them: pure functions of what the cluster holds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -11,6 +11,7 @@ use crate::api::{
     NamespaceReason, NamespacesStatus, Reason,
 };
 use crate::controller::conditions;
+use crate::controller::status::synced_message;
 
 /// A ConfigMap of the target's name found in a namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +21,6 @@ pub(super) enum Copy {
     Ours {
         /// Its `costmap.dev/digest` annotation.
         digest: Option<String>,
-        /// Its resourceVersion.
-        version: Option<String>,
     },
     /// Anyone else's: left alone. Says whose.
     Others(String),
@@ -41,15 +40,15 @@ pub(super) struct Plan {
     pub(super) no_longer_selected: Vec<String>,
 }
 
-/// Plans the writes. `written` is the resourceVersion of each copy as this operator last
-/// wrote it: a copy at another version was changed by someone (or by an operator before a
-/// restart) and is written again; a write with nothing to change writes nothing on the
-/// server.
+/// Plans the writes of the published map (none before the first sync). `holds` says which
+/// namespaces hold its copy as this operator last wrote it: any other copy was changed by
+/// someone (or by an operator before a restart) and is written again; a write with nothing
+/// to change writes nothing on the server.
 pub(super) fn plan(
     selected: &BTreeSet<String>,
     copies: &BTreeMap<String, Copy>,
-    digest: Option<&str>,
-    written: &HashMap<String, String>,
+    published: bool,
+    holds: impl Fn(&str) -> bool,
     config_map: &str,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -66,7 +65,7 @@ pub(super) fn plan(
             });
             continue;
         }
-        let Some(digest) = digest else {
+        if !published {
             plan.failing.push(NamespaceFailure {
                 namespace: namespace.clone(),
                 reason: NamespaceReason::NotSynced.as_str().to_owned(),
@@ -74,9 +73,7 @@ pub(super) fn plan(
             });
             continue;
         };
-        let holds = matches!(copy, Some(Copy::Ours { digest: held, version: Some(version) })
-            if held.as_deref() == Some(digest) && written.get(namespace) == Some(version));
-        if holds {
+        if matches!(copy, Some(Copy::Ours { .. })) && holds(namespace) {
             plan.holding.push(namespace.clone());
         } else {
             plan.write.push(namespace.clone());
@@ -135,7 +132,7 @@ pub(super) fn set_ready(
         // The sync itself failed: its reason says more than the namespaces.
         return;
     }
-    let synced_message = super::super::status::synced_message(status.artifact.as_ref(), "synced");
+    let synced_message = synced_message(status.artifact.as_ref(), "synced");
     let condition = if namespaces.failing_count == 0 {
         if ready.reason != Reason::NamespacesFailing.as_str() {
             return;
@@ -166,31 +163,18 @@ pub(super) fn set_ready(
     conditions::set_condition(&mut status.conditions, condition);
 }
 
-/// How soon to look again after writing: a write that failed (a quota, a webhook, RBAC
-/// being fixed) is tried again within [`WRITE_RETRY`], not only at the next interval.
-pub(super) fn next_look(plan: &Plan, wait: Duration) -> Duration {
-    let write_failed = plan
-        .failing
+/// How soon to look again after writing, for the namespaces' sake: a write that failed (a
+/// quota, a webhook, RBAC being fixed) is tried again within [`WRITE_RETRY`], not only at
+/// the next interval.
+pub(super) fn retry_after(plan: &Plan) -> Option<Duration> {
+    plan.failing
         .iter()
-        .any(|f| f.reason == NamespaceReason::WriteFailed.as_str());
-    match write_failed {
-        true => wait.min(WRITE_RETRY),
-        false => wait,
-    }
+        .any(|f| f.reason == NamespaceReason::WriteFailed.as_str())
+        .then_some(WRITE_RETRY)
 }
 
 /// The longest a failed ConfigMap write waits for its retry.
 pub(super) const WRITE_RETRY: Duration = Duration::from_secs(30);
-
-/// Whether a sync failed and waits for its retry: a map that is synced but missing from
-/// some namespace is not a failed sync (its writes are retried at every reconcile).
-pub(super) fn retrying(status: &ModelCostMapSyncStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == ConditionType::Ready.as_str())
-        .is_some_and(|c| c.status != "True" && c.reason != Reason::NamespacesFailing.as_str())
-}
 
 #[cfg(test)]
 mod tests {
@@ -200,28 +184,27 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
-    fn ours(digest: &str, version: &str) -> Copy {
+    fn ours(digest: &str) -> Copy {
         Copy::Ours {
             digest: Some(digest.into()),
-            version: Some(version.into()),
         }
+    }
+
+    fn none_held(_: &str) -> bool {
+        false
     }
 
     #[test]
     fn new_changed_and_unknown_copies_are_written_and_the_ones_we_wrote_are_held() {
         let copies = BTreeMap::from([
-            ("held".to_owned(), ours("sha256:a", "7")),
-            ("old-map".to_owned(), ours("sha256:old", "8")),
-            ("edited".to_owned(), ours("sha256:a", "10")),
-            ("after-restart".to_owned(), ours("sha256:a", "11")),
+            ("held".to_owned(), ours("sha256:a")),
+            ("old-map".to_owned(), ours("sha256:old")),
+            ("edited".to_owned(), ours("sha256:a")),
+            ("after-restart".to_owned(), ours("sha256:a")),
         ]);
-        let written = HashMap::from([
-            ("held".to_owned(), "7".to_owned()),
-            ("old-map".to_owned(), "8".to_owned()),
-            ("edited".to_owned(), "9".to_owned()),
-        ]);
+        // Only "held" is at the version the write of this map produced.
         let selected = set(&["held", "old-map", "edited", "after-restart", "new"]);
-        let plan = plan(&selected, &copies, Some("sha256:a"), &written, "litellm");
+        let plan = plan(&selected, &copies, true, |ns| ns == "held", "litellm");
         assert_eq!(plan.holding, ["held"]);
         assert_eq!(plan.write, ["after-restart", "edited", "new", "old-map"]);
         assert!(plan.failing.is_empty() && plan.no_longer_selected.is_empty());
@@ -236,8 +219,8 @@ mod tests {
         let plan = plan(
             &set(&["team-b", "team-a"]),
             &copies,
-            Some("sha256:a"),
-            &HashMap::new(),
+            true,
+            |_| true,
             "litellm",
         );
         assert_eq!(plan.write, ["team-a"]);
@@ -256,17 +239,17 @@ mod tests {
     #[test]
     fn copies_outside_the_selection_are_no_longer_selected_and_left_alone() {
         let copies = BTreeMap::from([
-            ("gone".to_owned(), ours("sha256:a", "1")),
+            ("gone".to_owned(), ours("sha256:a")),
             ("theirs".to_owned(), Copy::Others("someone".into())),
         ]);
-        let plan = plan(&set(&[]), &copies, Some("sha256:a"), &HashMap::new(), "x");
+        let plan = plan(&set(&[]), &copies, true, none_held, "x");
         assert_eq!(plan.no_longer_selected, ["gone"]);
         assert!(plan.write.is_empty() && plan.failing.is_empty());
     }
 
     #[test]
     fn before_the_first_sync_every_namespace_waits_for_a_map() {
-        let plan = plan(&set(&["a"]), &BTreeMap::new(), None, &HashMap::new(), "x");
+        let plan = plan(&set(&["a"]), &BTreeMap::new(), false, none_held, "x");
         assert_eq!(plan.failing[0].reason, "NotSynced");
         assert!(plan.write.is_empty());
     }
@@ -298,21 +281,16 @@ mod tests {
 
     #[test]
     fn a_failed_write_is_retried_within_half_a_minute() {
-        let hour = Duration::from_secs(3600);
         let mut plan = Plan::default();
-        assert_eq!(next_look(&plan, hour), hour);
+        assert_eq!(retry_after(&plan), None);
         plan.failing.push(NamespaceFailure {
             namespace: "a".into(),
             reason: "OwnedByAnother".into(),
             message: String::new(),
         });
-        assert_eq!(next_look(&plan, hour), hour, "waiting will not change that");
+        assert_eq!(retry_after(&plan), None, "waiting will not change that");
         plan.failing[0].reason = "WriteFailed".into();
-        assert_eq!(next_look(&plan, hour), WRITE_RETRY);
-        assert_eq!(
-            next_look(&plan, Duration::from_secs(5)),
-            Duration::from_secs(5)
-        );
+        assert_eq!(retry_after(&plan), Some(WRITE_RETRY));
     }
 
     #[test]
@@ -341,7 +319,7 @@ mod tests {
         assert!(ready.message.contains("1 of 2 selected namespaces"));
         assert!(ready.message.contains("team-b (OwnedByAnother)"));
         assert!(
-            !retrying(&status),
+            !crate::controller::status::retrying(&status),
             "a namespace failing is not a failed sync"
         );
 
@@ -356,6 +334,6 @@ mod tests {
         );
         set_ready(&mut status, &failing, Some(1), at);
         assert_eq!(status.conditions[0].reason, "FetchFailed");
-        assert!(retrying(&status));
+        assert!(crate::controller::status::retrying(&status));
     }
 }

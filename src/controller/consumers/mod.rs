@@ -13,25 +13,25 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::jiff::SignedDuration;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 pub(super) use state::Mode;
 
-use super::Error;
-use super::reconcile::{Reconciler, api_error_message};
+use super::conditions;
+use super::context::Context;
+use super::object::Object;
 use super::status::Notice;
 use crate::api::{
-    ConditionType, ConsumerState, ConsumerStatus, EventReason, LitellmProxy, ModelCostMapSync,
+    ConditionType, ConsumerState, ConsumerStatus, EventReason, LitellmProxy,
     ModelCostMapSyncStatus, SecretKeySelector, WorkloadKind,
 };
-use crate::controller::conditions;
+use crate::apiserver::api_error_message;
 use crate::http::map_cache::MapKey;
 use crate::litellm::{AdminKey, RELOAD_PATH, ReloadOutcome, endpoint};
 use crate::sync::SecretError;
@@ -40,36 +40,10 @@ use state::{Checked, recheck_after};
 /// The pod template annotation that rolls a workload when the map changes.
 pub const DIGEST_TEMPLATE_ANNOTATION: &str = "costmap.dev/digest";
 /// The label EndpointSlices carry naming their Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// How long a new map may take to reach this replica's endpoint (through its ConfigMap
 /// watch) before the proxies are told to reload anyway.
 const SERVED_WAIT: Duration = Duration::from_secs(10);
-
-/// Maps an EndpointSlice to the ModelCostMapSyncs whose proxies sit behind its Service.
-pub(super) struct SyncsByService {
-    store: Store<ModelCostMapSync>,
-}
-
-impl SyncsByService {
-    pub(super) fn new(store: Store<ModelCostMapSync>) -> SyncsByService {
-        SyncsByService { store }
-    }
-
-    pub(super) fn of(&self, slice: &EndpointSlice) -> Vec<ObjectRef<ModelCostMapSync>> {
-        let (Some(namespace), Some(service)) =
-            (slice.namespace(), slice.labels().get(SERVICE_NAME_LABEL))
-        else {
-            return Vec::new();
-        };
-        super::syncs_in(&self.store, &namespace, |sync| {
-            sync.spec
-                .consumers
-                .litellm_proxies
-                .iter()
-                .any(|proxy| proxy.service.as_ref().is_some_and(|s| &s.name == service))
-        })
-    }
-}
 
 /// How long after a self-reloading proxy's poll period it is looked at again.
 const SELF_RELOAD_MARGIN: Duration = Duration::from_secs(2);
@@ -126,19 +100,39 @@ struct ProxyTarget {
     admin_key: Result<Option<AdminKey>, SecretError>,
 }
 
-impl Reconciler<'_> {
+/// The consumers of one object's map, as one reconcile reaches them.
+pub(super) struct Consumers<'a> {
+    object: &'a Object<'a>,
+    /// Proxies and workloads are in the object's namespace; a cluster object has none (its
+    /// spec cannot name any).
+    namespace: &'a str,
+    context: &'a Context,
+    now: Timestamp,
+}
+
+impl<'a> Consumers<'a> {
+    /// The consumers of `object`; none for a cluster object.
+    pub(super) fn of(object: &'a Object<'a>, context: &'a Context, now: Timestamp) -> Option<Self> {
+        Some(Consumers {
+            namespace: object.namespace.as_deref()?,
+            object,
+            context,
+            now,
+        })
+    }
+
     /// After a sync attempt: tells the consumers and records what the proxies serve in
     /// `status`. Returns when the proxies should be checked again, if some are not Current.
-    pub(super) async fn reach_consumers(
+    pub(super) async fn reach(
         &self,
         status: &mut ModelCostMapSyncStatus,
         mode: Mode,
     ) -> Option<Duration> {
-        self.reach(status, mode, None).await
+        self.reach_known(status, mode, None).await
     }
 
-    /// [`Self::reach_consumers`], with the proxies already found when `known`.
-    async fn reach(
+    /// [`Self::reach`], with the proxies already found when `known`.
+    async fn reach_known(
         &self,
         status: &mut ModelCostMapSyncStatus,
         mode: Mode,
@@ -146,7 +140,7 @@ impl Reconciler<'_> {
     ) -> Option<Duration> {
         let digest = status.artifact.as_ref()?.digest.clone();
         self.restart_workloads(&digest).await;
-        if self.sync.spec.consumers.litellm_proxies.is_empty() {
+        if self.object.spec.consumers.litellm_proxies.is_empty() {
             status.consumers.clear();
             conditions::remove_condition(&mut status.conditions, ConditionType::ConsumersCurrent);
             conditions::remove_condition(&mut status.conditions, ConditionType::ModelsPriced);
@@ -167,7 +161,7 @@ impl Reconciler<'_> {
         let previous = std::mem::take(&mut status.consumers);
         // Canaries first (the first in URL order); the others are reloaded only when every
         // canary verifies, and else only asked.
-        let canaries = usize::try_from(self.sync.spec.consumers.rollout.canary)
+        let canaries = usize::try_from(self.object.spec.consumers.rollout.canary)
             .unwrap_or(0)
             .min(targets.len());
         let reloading = matches!(mode, Mode::ReloadAll | Mode::ReloadStale);
@@ -213,7 +207,7 @@ impl Reconciler<'_> {
         });
         self.context
             .metrics
-            .record_consumers(&self.map_labels(), &per_state);
+            .record_consumers(&self.object.labels(), &per_state);
         self.report_pricing(status, &previous, &prices).await;
         let all_current = status
             .consumers
@@ -225,12 +219,12 @@ impl Reconciler<'_> {
                 &status.consumers,
                 &expected,
                 canary_failure.as_deref(),
-                self.sync.metadata.generation,
+                self.object.generation,
                 self.now,
             ),
         );
         let mut checks_so_far = 0;
-        self.context.memory.update(&self.uid, |m| {
+        self.context.memory.update(&self.object.key, |m| {
             m.consumer_checks = if mode == Mode::ReloadAll {
                 0
             } else {
@@ -271,17 +265,17 @@ impl Reconciler<'_> {
     ) {
         conditions::set_condition(
             &mut status.conditions,
-            state::priced_condition(&status.consumers, self.sync.metadata.generation, self.now),
+            state::priced_condition(&status.consumers, self.object.generation, self.now),
         );
         let unpriced = state::unpriced_models(&status.consumers).len();
         let count = i64::try_from(unpriced).unwrap_or(i64::MAX);
         self.context
             .metrics
-            .record_unpriced(&self.map_labels(), count);
+            .record_unpriced(&self.object.labels(), count);
         let (grown, priced_now) = state::pricing_changes(previous, &status.consumers);
         if !grown.is_empty() {
             warn!(models = %grown.join(", "), "proxies route models nothing prices");
-            self.publish(Notice {
+            self.record(Notice {
                 type_: EventType::Warning,
                 reason: EventReason::ModelsUnpriced,
                 note: format!(
@@ -304,7 +298,7 @@ impl Reconciler<'_> {
             .collect();
         if !priced_now.is_empty() {
             info!(models = %priced_now.join("; "), "unpriced models are priced now");
-            self.publish(Notice {
+            self.record(Notice {
                 type_: EventType::Normal,
                 reason: EventReason::ModelPriced,
                 note: format!("{} (input / output per token)", priced_now.join("; ")),
@@ -314,18 +308,14 @@ impl Reconciler<'_> {
     }
 
     /// Between syncs: keeps workloads on the current digest, and checks the proxies again
-    /// when some are not Current (with backoff) or the pods behind a Service changed.
-    /// Returns when to check again.
-    pub(super) async fn recheck_consumers(&self) -> Result<Option<Duration>, Error> {
-        let Some(mut status) = self.status.clone().filter(|s| s.artifact.is_some()) else {
-            return Ok(None);
-        };
-        let proxies = &self.sync.spec.consumers.litellm_proxies;
+    /// when some are not Current (with backoff) or the pods behind a Service changed;
+    /// records what they serve in `status`. Returns when to check again.
+    pub(super) async fn recheck(&self, status: &mut ModelCostMapSyncStatus) -> Option<Duration> {
+        let digest = status.artifact.as_ref()?.digest.clone();
+        let proxies = &self.object.spec.consumers.litellm_proxies;
         if proxies.is_empty() {
             // Also clears what an earlier spec with proxies left in status.
-            self.reach_consumers(&mut status, Mode::Skip).await;
-            self.write_status(status).await?;
-            return Ok(None);
+            return self.reach(status, Mode::Skip).await;
         }
         let targets = self.proxy_targets().await;
         let same_proxies = targets.len() == status.consumers.len()
@@ -340,42 +330,32 @@ impl Reconciler<'_> {
             .min();
         if same_proxies {
             let Some(checked_at) = oldest_unfinished else {
-                self.restart_workloads(
-                    &status
-                        .artifact
-                        .as_ref()
-                        .map(|a| a.digest.clone())
-                        .unwrap_or_default(),
-                )
-                .await;
-                return Ok(None);
+                self.restart_workloads(&digest).await;
+                return None;
             };
             let checks = self
                 .context
                 .memory
-                .read(&self.uid, |m| m.consumer_checks)
+                .read(&self.object.key, |m| m.consumer_checks)
                 .unwrap_or(0);
             let due = checked_at
                 + SignedDuration::try_from(recheck_after(checks)).unwrap_or(SignedDuration::MAX);
             let remaining = self.now.duration_until(due);
             if remaining > SignedDuration::ZERO {
-                return Ok(Some(remaining.unsigned_abs()));
+                return Some(remaining.unsigned_abs());
             }
         }
-        let recheck = self
-            .reach(&mut status, Mode::ReloadStale, Some(targets))
-            .await;
-        self.write_status(status).await?;
-        Ok(recheck)
+        self.reach_known(status, Mode::ReloadStale, Some(targets))
+            .await
     }
 
     /// Waits (briefly) until this replica's endpoint serves the map with `digest`: a proxy
     /// told to reload before that would fetch the old map again.
     async fn wait_until_served(&self, digest: &str) {
         let key = MapKey {
-            namespace: self.target.namespace.clone(),
-            name: self.sync.name_any(),
-            key: self.target.key.clone(),
+            namespace: self.namespace.to_owned(),
+            name: self.object.name.clone(),
+            key: self.object.spec.key().to_owned(),
         };
         if !self.context.maps.wait_for(&key, digest, SERVED_WAIT).await {
             warn!(
@@ -389,7 +369,7 @@ impl Reconciler<'_> {
     /// Every proxy the spec names: URLs as given, and each ready endpoint behind a Service.
     async fn proxy_targets(&self) -> Vec<ProxyTarget> {
         let mut targets = Vec::new();
-        for proxy in &self.sync.spec.consumers.litellm_proxies {
+        for proxy in &self.object.spec.consumers.litellm_proxies {
             let admin_key = self.admin_key(&proxy.admin_key_secret_ref).await;
             for (url, pod) in self.proxy_urls(proxy).await {
                 targets.push(ProxyTarget {
@@ -410,7 +390,7 @@ impl Reconciler<'_> {
             return Vec::new();
         };
         let slices: Api<EndpointSlice> =
-            Api::namespaced(self.context.client.clone(), &self.target.namespace);
+            Api::namespaced(self.context.client.clone(), self.namespace);
         let selector =
             ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={}", service.name));
         let slices = match slices.list(&selector).await {
@@ -447,7 +427,10 @@ impl Reconciler<'_> {
         &self,
         selector: &SecretKeySelector,
     ) -> Result<Option<AdminKey>, SecretError> {
-        let secret = self.secret(&selector.name, "admin key").await?;
+        let secret = self
+            .context
+            .secret(self.namespace, &selector.name, "admin key")
+            .await?;
         let value = secret
             .data
             .as_ref()
@@ -537,7 +520,7 @@ impl Reconciler<'_> {
     /// has it is not touched (no restart).
     async fn restart_workloads(&self, digest: &str) {
         let (mut restarted, mut failed) = (Vec::new(), Vec::new());
-        for workload in &self.sync.spec.consumers.restart_workloads {
+        for workload in &self.object.spec.consumers.restart_workloads {
             let result = match workload.kind {
                 WorkloadKind::Deployment => {
                     self.annotate_template::<Deployment>(&workload.name, digest, |d| {
@@ -574,7 +557,7 @@ impl Reconciler<'_> {
         // series that keeps the first note.
         if !restarted.is_empty() {
             let note = format!("restarted {} for map {digest}", restarted.join(", "));
-            self.publish(Notice {
+            self.record(Notice {
                 type_: EventType::Normal,
                 reason: EventReason::WorkloadRestarted,
                 note,
@@ -582,7 +565,7 @@ impl Reconciler<'_> {
             .await;
         }
         if !failed.is_empty() {
-            self.publish(Notice {
+            self.record(Notice {
                 type_: EventType::Warning,
                 reason: EventReason::RestartFailed,
                 note: failed.join("; "),
@@ -604,7 +587,7 @@ impl Reconciler<'_> {
             + DeserializeOwned
             + Debug,
     {
-        let api: Api<K> = Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        let api: Api<K> = Api::namespaced(self.context.client.clone(), self.namespace);
         let kind = K::kind(&());
         let workload = api
             .get_opt(name)
@@ -623,5 +606,9 @@ impl Reconciler<'_> {
             .await
             .map_err(|err| format!("patching {kind} {name}: {}", api_error_message(&err)))?;
         Ok(true)
+    }
+
+    async fn record(&self, notice: Notice) {
+        self.context.record(notice, &self.object.reference).await;
     }
 }

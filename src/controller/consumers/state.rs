@@ -313,7 +313,7 @@ pub(crate) fn priced_condition(
 }
 
 fn truncate(text: String) -> String {
-    crate::controller::reconcile::truncate(text, MAX_MESSAGE)
+    crate::apiserver::truncate(text, MAX_MESSAGE)
 }
 
 /// How long to wait before checking proxies that are not Current again: 10 s doubling to

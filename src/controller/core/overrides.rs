@@ -1,17 +1,16 @@
-//! Reading the overrides a spec names (inline, and keys of ConfigMaps in its namespace), and
-//! keeping the fetched bytes they are merged into, so that an override change republishes
-//! without a fetch.
+//! The overrides a spec names (inline, and keys of ConfigMaps in the object's namespace), read
+//! for each reconcile; and the fetched bytes they are merged into, kept so that an override
+//! change republishes without a fetch.
 
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, ResourceExt};
+use kube::Api;
 
-use super::memory::RememberedMap;
-use super::reconcile::Reconciler;
-use crate::api::ModelCostMapSync;
+use super::{Destination, Reconciler};
+use crate::apiserver::api_error_message;
+use crate::controller::memory::RememberedMap;
 use crate::digest::sha256_digest;
-use crate::layout::gzip::gunzip_bounded;
+use crate::layout::gzip::{StoredMap, gunzip_bounded};
 use crate::sync::SyncError;
 use crate::sync::overrides::{Origin, OverrideError, Overrides, inline_layer, layer_from_json};
 
@@ -32,21 +31,22 @@ enum Found {
     Text(String),
 }
 
-impl Reconciler<'_> {
+impl<D: Destination> Reconciler<'_, D> {
     /// The overrides of the spec, in the order they apply: `configMapRefs` in order, inline
     /// models last.
     pub(super) async fn read_overrides(&self) -> ReadOverrides {
-        let spec = &self.sync.spec.overrides;
-        let config_maps: Api<ConfigMap> =
-            Api::namespaced(self.context.client.clone(), &self.target.namespace);
+        let spec = &self.object.spec.overrides;
         let mut found = Vec::with_capacity(spec.config_map_refs.len());
         for reference in &spec.config_map_refs {
+            // A cluster object has no namespace, and its spec no configMapRefs.
+            let namespace = self.object.namespace.as_deref().unwrap_or_default();
+            let config_maps = Api::<ConfigMap>::namespaced(self.context.client.clone(), namespace);
             let config_map = match config_maps.get_opt(&reference.name).await {
                 Ok(config_map) => config_map,
                 Err(err) => {
                     let error = SyncError::Write {
                         what: format!("(reading) override ConfigMap {}", reference.name),
-                        message: super::reconcile::api_error_message(&err),
+                        message: api_error_message(&err),
                     };
                     return ReadOverrides {
                         fingerprint: None,
@@ -75,7 +75,7 @@ impl Reconciler<'_> {
     }
 
     fn parse_overrides(&self, found: Vec<Found>) -> Result<Overrides, SyncError> {
-        let spec = &self.sync.spec.overrides;
+        let spec = &self.object.spec.overrides;
         let mut layers = Vec::with_capacity(found.len() + 1);
         for (reference, found) in spec.config_map_refs.iter().zip(found) {
             let text = match found {
@@ -105,7 +105,7 @@ impl Reconciler<'_> {
         let last = self
             .context
             .memory
-            .read(&self.uid, |m| m.override_inputs.clone())
+            .read(&self.object.key, |m| m.override_inputs.clone())
             .flatten();
         matches!((last, &read.fingerprint), (Some(last), Some(now)) if &last != now)
     }
@@ -115,7 +115,7 @@ impl Reconciler<'_> {
         let fingerprint = read.fingerprint.clone();
         self.context
             .memory
-            .update(&self.uid, |m| m.override_inputs = fingerprint);
+            .update(&self.object.key, |m| m.override_inputs = fingerprint);
     }
 
     /// Whether the overrides say something else than when the map was last published.
@@ -133,14 +133,14 @@ impl Reconciler<'_> {
 
     /// Keeps the fetched bytes (gzipped) for merging other overrides into them later.
     pub(super) fn remember_source(&self, fetched: &[u8]) {
-        let map = crate::layout::gzip::StoredMap::from_bytes(fetched.to_vec());
+        let map = StoredMap::from_bytes(fetched.to_vec());
         let remembered = RememberedMap {
             digest: map.digest(),
             gz: Bytes::from(map.gz),
         };
         self.context
             .memory
-            .update(&self.uid, |m| m.source = Some(remembered));
+            .update(&self.object.key, |m| m.source = Some(remembered));
     }
 
     /// The fetched bytes status names as the source, if memory holds them.
@@ -149,37 +149,11 @@ impl Reconciler<'_> {
         let remembered = self
             .context
             .memory
-            .read(&self.uid, |m| m.source.clone())
+            .read(&self.object.key, |m| m.source.clone())
             .flatten()
             .filter(|map| map.digest == digest)?;
-        let max_bytes = self.context.sources.policy().max_body_bytes;
-        gunzip_bounded(&remembered.gz, max_bytes)
+        gunzip_bounded(&remembered.gz, self.context.max_map_bytes())
             .ok()
             .map(Bytes::from)
-    }
-}
-
-/// Maps a ConfigMap to the ModelCostMapSyncs whose overrides name it, so that an edit to it
-/// republishes their maps.
-pub(super) struct SyncsByOverride {
-    store: Store<ModelCostMapSync>,
-}
-
-impl SyncsByOverride {
-    pub(super) fn new(store: Store<ModelCostMapSync>) -> SyncsByOverride {
-        SyncsByOverride { store }
-    }
-
-    pub(super) fn of<K: kube::Resource>(&self, config_map: &K) -> Vec<ObjectRef<ModelCostMapSync>> {
-        let (Some(namespace), name) = (config_map.namespace(), config_map.name_any()) else {
-            return Vec::new();
-        };
-        super::syncs_in(&self.store, &namespace, |sync| {
-            sync.spec
-                .overrides
-                .config_map_refs
-                .iter()
-                .any(|reference| reference.name == name)
-        })
     }
 }

@@ -1,0 +1,157 @@
+//! What every reconcile of either kind shares: the API client, the fetches (one per source
+//! at a time), the maps held and prepared once, the Event recorder, the metrics, the
+//! ConfigMaps the operator owns, and what it remembers of each object.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::{Api, Client};
+use tracing::warn;
+
+use super::config_maps::OwnedConfigMaps;
+use super::memory::Memories;
+use super::prepared::Preparer;
+use super::status::Notice;
+use crate::apiserver::{FIELD_MANAGER, api_error_message, truncate};
+use crate::http::map_cache::MapCache;
+use crate::litellm::ProxyClient;
+use crate::metrics::Metrics;
+use crate::sync::SecretError;
+use crate::sync::fetch::Fetcher;
+use crate::sync::fetch::shared::SharedFetcher;
+use crate::sync::store::MapStore;
+
+/// The longest Event note the operator writes (the API server takes 1 kB).
+const MAX_EVENT_NOTE: usize = 1000;
+
+/// Errors that end a reconcile early; the error policy retries them with backoff. Sync
+/// failures (a bad source, a refused map, an invalid spec) are not errors here: they are
+/// recorded in status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no uid or name (the API server always sends them).
+    #[error("object has no name or uid")]
+    Unnamed,
+    /// A map could not be put back: from history (a rejection), or into a ConfigMap found
+    /// edited or deleted.
+    #[error("restoring {what}: {message}")]
+    Restore {
+        /// What was being restored.
+        what: String,
+        /// Why it failed.
+        message: String,
+    },
+}
+
+/// Settings of the controller.
+#[derive(Clone)]
+pub struct Settings {
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
+    /// Identity in Events (the pod name in a cluster).
+    pub instance: Option<String>,
+    /// Where reconciles and syncs are counted.
+    pub metrics: Arc<Metrics>,
+    /// The client that reloads and checks LiteLLM proxies.
+    pub proxies: ProxyClient,
+    /// The maps this replica serves: proxies are reloaded once it serves the new one.
+    pub maps: MapCache,
+    /// How many maps may be prepared (parsed, validated, compressed) at once; fetches,
+    /// which mostly wait, are not counted.
+    pub concurrent_syncs: usize,
+    /// First wait after a failed sync; it doubles with each further failure, up to the
+    /// interval.
+    pub retry_backoff: Duration,
+}
+
+/// What the reconcilers of both kinds share.
+pub struct Context {
+    pub(super) client: Client,
+    /// Fetches, one per source at a time, answers shared by the objects on that source.
+    pub(super) sources: SharedFetcher,
+    /// The maps held in memory, once each.
+    pub(super) held: Arc<MapStore>,
+    /// New maps prepared once for every object with the same inputs.
+    pub(super) preparer: Preparer,
+    recorder: Recorder,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) proxies: ProxyClient,
+    pub(super) maps: MapCache,
+    /// First wait after a failed sync.
+    pub(super) retry_backoff: Duration,
+    /// What is remembered of each object between reconciles.
+    pub(super) memory: Memories,
+    /// The ConfigMaps this operator writes, read and written for both kinds.
+    pub(super) config_maps: OwnedConfigMaps,
+}
+
+impl Context {
+    /// A context for `client`, fetching with `fetcher`.
+    pub fn new(client: Client, fetcher: Fetcher, settings: Settings) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: settings.instance,
+        };
+        let held = Arc::<MapStore>::default();
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            config_maps: OwnedConfigMaps::new(client.clone()),
+            client,
+            sources: SharedFetcher::new(fetcher),
+            preparer: Preparer::new(Arc::clone(&held), settings.concurrent_syncs),
+            held,
+            metrics: settings.metrics,
+            proxies: settings.proxies,
+            maps: settings.maps,
+            retry_backoff: settings.retry_backoff,
+            memory: Memories::default(),
+        }
+    }
+
+    /// The largest map the operator takes, after decompression: from a source, or read
+    /// back from a ConfigMap.
+    pub(super) fn max_map_bytes(&self) -> u64 {
+        self.sources.policy().max_body_bytes
+    }
+
+    /// Records an Event about `object`; a failure to record is logged, never fatal.
+    pub(super) async fn record(&self, notice: Notice, object: &ObjectReference) {
+        let event = Event {
+            type_: notice.type_,
+            reason: notice.reason.as_str().to_owned(),
+            note: Some(truncate(notice.note, MAX_EVENT_NOTE)),
+            action: "Sync".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, object).await {
+            warn!(error = %err, "could not record an Event");
+        }
+    }
+
+    /// The Secret `name` in `namespace`, read when needed (never listed or watched), for
+    /// `purpose` ("headers", "admin key"). Errors name the Secret, never a value.
+    pub(super) async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        purpose: &'static str,
+    ) -> Result<Secret, SecretError> {
+        Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|err| SecretError::Unreadable {
+                purpose,
+                name: name.to_owned(),
+                message: api_error_message(&err),
+            })?
+            .ok_or_else(|| SecretError::NotFound {
+                purpose,
+                name: name.to_owned(),
+            })
+    }
+}
