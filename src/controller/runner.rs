@@ -13,9 +13,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tokio::sync::broadcast;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use super::context::{Context, Error};
+use super::core::{Destination, Reconciler};
+use super::object::Object;
 use crate::api::MapSync;
 use crate::metrics::{MapLabels, ObjectScope};
 
@@ -44,6 +46,22 @@ pub(super) async fn run<K, R, F>(
             }
         })
         .await;
+}
+
+/// Runs the core for `object`, writing where `destination` says, inside `span`; counts the
+/// reconcile.
+pub(super) async fn reconcile_core<D: Destination>(
+    object: Object<'_>,
+    context: &Context,
+    destination: D,
+    span: Span,
+) -> Result<Action, Error> {
+    let result = Reconciler::new(object, context, destination)
+        .reconcile()
+        .instrument(span)
+        .await;
+    context.metrics.reconciles.inc();
+    result
 }
 
 /// A reconcile that failed (an API call did) is tried again after a while.

@@ -3,7 +3,6 @@
 //! namespaces hold it ([`selection`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -315,48 +314,32 @@ impl Destination for NamespaceCopies<'_> {
         Ok(())
     }
 
-    fn keeps_history(&self) -> bool {
-        false
-    }
-
-    async fn keep_in_history(
-        &self,
-        _map: &StoredMap,
-        _identity: &MapIdentity,
-        _entry: HistoryEntry,
-        _previous: &[HistoryEntry],
-    ) -> Option<Vec<HistoryEntry>> {
-        None
-    }
-
-    fn write_status(
+    async fn write_status(
         &self,
         mut status: ModelCostMapSyncStatus,
-    ) -> impl Future<Output = Result<Option<AppliedStatus>, kube::Error>> + Send {
-        async move {
-            let namespaces = self.namespaces(&status);
-            if let Some(namespaces) = &namespaces {
-                selection::set_ready(
-                    &mut status,
-                    namespaces,
-                    self.sync.meta().generation,
-                    self.now,
-                );
-            }
-            let status = ClusterModelCostMapSyncStatus {
-                sync: status,
+    ) -> Result<Option<AppliedStatus>, kube::Error> {
+        let namespaces = self.namespaces(&status);
+        if let Some(namespaces) = &namespaces {
+            selection::set_ready(
+                &mut status,
                 namespaces,
-            };
-            if self.sync.status.as_ref() == Some(&status) {
-                return Ok(None);
-            }
-            let api = Api::<ClusterModelCostMapSync>::all(self.context.client.clone());
-            let written = apply_status(&api, &self.sync.name_any(), &status).await?;
-            Ok(Some(AppliedStatus {
-                status: status.sync,
-                version: written.resource_version(),
-            }))
+                self.sync.meta().generation,
+                self.now,
+            );
         }
+        let status = ClusterModelCostMapSyncStatus {
+            sync: status,
+            namespaces,
+        };
+        if self.sync.status.as_ref() == Some(&status) {
+            return Ok(None);
+        }
+        let api = Api::<ClusterModelCostMapSync>::all(self.context.client.clone());
+        let written = apply_status(&api, &self.sync.name_any(), &status).await?;
+        Ok(Some(AppliedStatus {
+            status: status.sync,
+            version: written.resource_version(),
+        }))
     }
 
     fn retry_after(&self) -> Option<Duration> {

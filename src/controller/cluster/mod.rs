@@ -21,10 +21,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span, warn};
+use tracing::{info_span, warn};
 
 use super::context::{Context, Error};
-use super::core::Reconciler;
 use super::memory::ObjectKey;
 use super::object::Object;
 use super::runner;
@@ -94,12 +93,7 @@ async fn reconcile(
     let span = info_span!("reconcile", clustermodelcostmapsync = %sync.name_any());
     let object = Object::of(sync.as_ref())?;
     let copies = NamespaceCopies::new(&sync, object.key.clone(), &context, whole_seconds_now())?;
-    let result = Reconciler::new(object, &context, copies)
-        .reconcile()
-        .instrument(span)
-        .await;
-    context.metrics.reconciles.inc();
-    result
+    runner::reconcile_core(object, &context, copies, span).await
 }
 
 /// The objects a namespace event concerns: those whose selector picks the namespace now,

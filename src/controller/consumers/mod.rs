@@ -2,24 +2,16 @@
 //! serve (`status.consumers`, condition `ConsumersCurrent`); workloads listed under
 //! `restartWorkloads` get the digest in their pod template, which rolls their pods.
 
+mod proxies;
 mod state;
+mod workloads;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Debug;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::future::join_all;
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::{Api, Resource};
-use serde::de::DeserializeOwned;
-use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub(super) use state::Mode;
 
@@ -28,17 +20,12 @@ use super::context::Context;
 use super::object::Object;
 use super::status::Notice;
 use crate::api::{
-    ConditionType, ConsumerState, ConsumerStatus, EventReason, LitellmProxy,
-    ModelCostMapSyncStatus, SecretKeySelector, WorkloadKind,
+    ConditionType, ConsumerState, ConsumerStatus, EventReason, ModelCostMapSyncStatus,
 };
-use crate::apiserver::api_error_message;
 use crate::http::map_cache::MapKey;
-use crate::litellm::{AdminKey, RELOAD_PATH, ReloadOutcome, endpoint};
-use crate::sync::SecretError;
-use state::{Checked, recheck_after};
+use proxies::ProxyTarget;
+use state::recheck_after;
 
-/// The pod template annotation that rolls a workload when the map changes.
-pub const DIGEST_TEMPLATE_ANNOTATION: &str = "costmap.dev/digest";
 /// The label EndpointSlices carry naming their Service.
 pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// How long a new map may take to reach this replica's endpoint (through its ConfigMap
@@ -48,56 +35,9 @@ const SERVED_WAIT: Duration = Duration::from_secs(10);
 /// How long after a self-reloading proxy's poll period it is looked at again.
 const SELF_RELOAD_MARGIN: Duration = Duration::from_secs(2);
 
-/// What checking one proxy found.
-struct ProxyCheck {
-    row: ConsumerStatus,
-    /// Its costmap_reload callback's poll period, when it reloads by itself.
-    self_reload: Option<Duration>,
-    /// Input and output price per token of each of its deployments.
-    prices: BTreeMap<String, (Option<f64>, Option<f64>)>,
-}
-
-impl ProxyCheck {
-    fn of(row: ConsumerStatus) -> ProxyCheck {
-        ProxyCheck {
-            row,
-            self_reload: None,
-            prices: BTreeMap::new(),
-        }
-    }
-
-    /// Records which deployments nothing prices (at most [`state::MAX_UNPRICED_MODELS`]
-    /// names) and what the others cost.
-    fn priced_by(&mut self, deployments: &[crate::litellm::Deployment]) {
-        let unpriced: BTreeSet<&str> = deployments
-            .iter()
-            .filter(|d| d.is_unpriced())
-            .map(|d| d.model_name.as_str())
-            .collect();
-        self.row.unpriced_models = Some(
-            unpriced
-                .into_iter()
-                .take(state::MAX_UNPRICED_MODELS)
-                .map(str::to_owned)
-                .collect(),
-        );
-        self.prices = deployments
-            .iter()
-            .map(|d| (d.model_name.clone(), d.token_prices()))
-            .collect();
-    }
-}
-
 /// A price per token as Events print it: 1.25e-6, or "-" when there is none.
 fn price_text(price: Option<f64>) -> String {
     price.map_or("-".to_owned(), |p| format!("{p:e}"))
-}
-
-/// One proxy to reach.
-struct ProxyTarget {
-    url: String,
-    pod: Option<String>,
-    admin_key: Result<Option<AdminKey>, SecretError>,
 }
 
 /// The consumers of one object's map, as one reconcile reaches them.
@@ -240,21 +180,6 @@ impl<'a> Consumers<'a> {
         })
     }
 
-    /// [`Self::check_proxy`] for each of `group`, at once.
-    async fn check_group(
-        &self,
-        group: &[ProxyTarget],
-        mode: Mode,
-        expected: &str,
-        previous: &[ConsumerStatus],
-    ) -> Vec<ProxyCheck> {
-        join_all(group.iter().map(|target| {
-            let before = previous.iter().find(|row| row.url == target.url);
-            self.check_proxy(target, mode, expected, before)
-        }))
-        .await
-    }
-
     /// ModelsPriced, the unpriced-deployments metric, and an Event when the set of unpriced
     /// models grows (Warning) or a model in it becomes priced (Normal).
     async fn report_pricing(
@@ -364,248 +289,6 @@ impl<'a> Consumers<'a> {
                  (those left behind are reloaded again at the next check)"
             );
         }
-    }
-
-    /// Every proxy the spec names: URLs as given, and each ready endpoint behind a Service.
-    async fn proxy_targets(&self) -> Vec<ProxyTarget> {
-        let mut targets = Vec::new();
-        for proxy in &self.object.spec.consumers.litellm_proxies {
-            let admin_key = self.admin_key(&proxy.admin_key_secret_ref).await;
-            for (url, pod) in self.proxy_urls(proxy).await {
-                targets.push(ProxyTarget {
-                    url,
-                    pod,
-                    admin_key: admin_key.clone(),
-                });
-            }
-        }
-        targets
-    }
-
-    async fn proxy_urls(&self, proxy: &LitellmProxy) -> Vec<(String, Option<String>)> {
-        if let Some(url) = &proxy.url {
-            return vec![(url.clone(), None)];
-        }
-        let Some(service) = &proxy.service else {
-            return Vec::new();
-        };
-        let slices: Api<EndpointSlice> =
-            Api::namespaced(self.context.client.clone(), self.namespace);
-        let selector =
-            ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={}", service.name));
-        let slices = match slices.list(&selector).await {
-            Ok(list) => list.items,
-            Err(err) => {
-                warn!(service = %service.name, error = %api_error_message(&err), "cannot list EndpointSlices");
-                return Vec::new();
-            }
-        };
-        let mut urls: Vec<(String, Option<String>)> = slices
-            .iter()
-            .flat_map(|slice| &slice.endpoints)
-            // Kubernetes says: a nil ready condition means ready.
-            .filter(|endpoint| endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-            .flat_map(|endpoint| {
-                let pod = endpoint.target_ref.as_ref().and_then(|r| r.name.clone());
-                endpoint.addresses.iter().map(move |address| {
-                    let host = if address.contains(':') {
-                        format!("[{address}]")
-                    } else {
-                        address.clone()
-                    };
-                    (format!("http://{host}:{}", service.port), pod.clone())
-                })
-            })
-            .collect();
-        urls.sort();
-        urls.dedup();
-        urls
-    }
-
-    /// The admin key from its Secret; the error names the Secret, never a value.
-    async fn admin_key(
-        &self,
-        selector: &SecretKeySelector,
-    ) -> Result<Option<AdminKey>, SecretError> {
-        let secret = self
-            .context
-            .secret(self.namespace, &selector.name, "admin key")
-            .await?;
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(&selector.key))
-            .ok_or_else(|| SecretError::MissingKey {
-                name: selector.name.clone(),
-                key: selector.key.clone(),
-            })?;
-        let not_a_key = || SecretError::NotAHeaderValue {
-            name: selector.name.clone(),
-            key: selector.key.clone(),
-        };
-        let text = std::str::from_utf8(&value.0).map_err(|_| not_a_key())?;
-        AdminKey::new(text).map_err(|_| not_a_key())
-    }
-
-    /// Asks, reloads and asks again one proxy as `mode` says ([`state`] decides), then asks
-    /// which of its deployments nothing prices.
-    async fn check_proxy(
-        &self,
-        target: &ProxyTarget,
-        mode: Mode,
-        expected: &str,
-        previous: Option<&ConsumerStatus>,
-    ) -> ProxyCheck {
-        let admin_key = match &target.admin_key {
-            Ok(key) => key.as_ref(),
-            Err(err) => {
-                let row = state::unasked(
-                    &target.url,
-                    target.pod.as_deref(),
-                    self.now,
-                    err.to_string(),
-                );
-                return ProxyCheck::of(row);
-            }
-        };
-        let proxies = &self.context.proxies;
-        let mut answer = match mode.asks_first() {
-            true => Some(proxies.source(&target.url, admin_key).await),
-            false => None,
-        };
-        let mut reloaded = None;
-        if mode.reloads(answer.as_ref(), expected) {
-            let mut outcome = proxies
-                .reload(&endpoint(&target.url, RELOAD_PATH), admin_key)
-                .await;
-            if outcome == ReloadOutcome::NoDatabase
-                && let Ok(Some(period)) = proxies.self_reload_period(&target.url, admin_key).await
-            {
-                outcome = ReloadOutcome::ReloadsItself(period);
-            }
-            info!(url = %target.url, %outcome, "asked the proxy to reload");
-            reloaded = Some(outcome);
-            answer = None;
-        }
-        let answer = match answer {
-            Some(answer) => answer,
-            None => proxies.source(&target.url, admin_key).await,
-        };
-        let answered = answer.is_ok();
-        let mut check = ProxyCheck::of(state::row(Checked {
-            url: &target.url,
-            pod: target.pod.as_deref(),
-            now: self.now,
-            expected,
-            answer,
-            reloaded: reloaded.as_ref(),
-            previous,
-        }));
-        if let Some(ReloadOutcome::ReloadsItself(period)) = reloaded {
-            check.self_reload = Some(period);
-        }
-        if answered {
-            match proxies.deployments(&target.url, admin_key).await {
-                Ok(deployments) => check.priced_by(&deployments),
-                // ModelsPriced says so when no proxy answers; one that does not is no news.
-                Err(message) => {
-                    debug!(url = %target.url, error = %message, "cannot list the proxy's deployments")
-                }
-            }
-        }
-        check
-    }
-
-    /// Puts the map's digest in each listed workload's pod template; a workload that already
-    /// has it is not touched (no restart).
-    async fn restart_workloads(&self, digest: &str) {
-        let (mut restarted, mut failed) = (Vec::new(), Vec::new());
-        for workload in &self.object.spec.consumers.restart_workloads {
-            let result = match workload.kind {
-                WorkloadKind::Deployment => {
-                    self.annotate_template::<Deployment>(&workload.name, digest, |d| {
-                        d.spec.as_ref().map(|s| &s.template)
-                    })
-                    .await
-                }
-                WorkloadKind::StatefulSet => {
-                    self.annotate_template::<StatefulSet>(&workload.name, digest, |s| {
-                        s.spec.as_ref().map(|s| &s.template)
-                    })
-                    .await
-                }
-                WorkloadKind::DaemonSet => {
-                    self.annotate_template::<DaemonSet>(&workload.name, digest, |d| {
-                        d.spec.as_ref().map(|s| &s.template)
-                    })
-                    .await
-                }
-            };
-            match result {
-                Ok(false) => {}
-                Ok(true) => {
-                    info!(kind = ?workload.kind, name = %workload.name, "rolling restart for the new map");
-                    restarted.push(format!("{:?} {}", workload.kind, workload.name));
-                }
-                Err(message) => {
-                    warn!(kind = ?workload.kind, name = %workload.name, error = %message, "cannot restart workload");
-                    failed.push(message);
-                }
-            }
-        }
-        // One Event each, naming every workload: Events with the same reason merge into one
-        // series that keeps the first note.
-        if !restarted.is_empty() {
-            let note = format!("restarted {} for map {digest}", restarted.join(", "));
-            self.record(Notice {
-                type_: EventType::Normal,
-                reason: EventReason::WorkloadRestarted,
-                note,
-            })
-            .await;
-        }
-        if !failed.is_empty() {
-            self.record(Notice {
-                type_: EventType::Warning,
-                reason: EventReason::RestartFailed,
-                note: failed.join("; "),
-            })
-            .await;
-        }
-    }
-
-    /// Sets the digest annotation on a workload's pod template; Ok(true) when it patched.
-    async fn annotate_template<K>(
-        &self,
-        name: &str,
-        digest: &str,
-        template: impl Fn(&K) -> Option<&PodTemplateSpec>,
-    ) -> Result<bool, String>
-    where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + Debug,
-    {
-        let api: Api<K> = Api::namespaced(self.context.client.clone(), self.namespace);
-        let kind = K::kind(&());
-        let workload = api
-            .get_opt(name)
-            .await
-            .map_err(|err| format!("reading {kind} {name}: {}", api_error_message(&err)))?
-            .ok_or_else(|| format!("{kind} {name} not found"))?;
-        let current = template(&workload)
-            .and_then(|t| t.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(DIGEST_TEMPLATE_ANNOTATION));
-        if current.map(String::as_str) == Some(digest) {
-            return Ok(false);
-        }
-        let patch = json!({"spec": {"template": {"metadata": {"annotations": {DIGEST_TEMPLATE_ANNOTATION: digest}}}}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|err| format!("patching {kind} {name}: {}", api_error_message(&err)))?;
-        Ok(true)
     }
 
     async fn record(&self, notice: Notice) {

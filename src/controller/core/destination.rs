@@ -39,7 +39,9 @@ pub(crate) struct AppliedStatus {
 pub(crate) trait Destination: Send + Sync {
     /// What is wrong with this kind's own spec fields, if anything (the fields both kinds
     /// share are checked by the core).
-    fn spec_error(&self) -> Option<SpecError>;
+    fn spec_error(&self) -> Option<SpecError> {
+        None
+    }
 
     /// Reads what the places hold now, before anything is decided. `expected` is the
     /// published map's identity when memory holds that map and nothing is pending: a place
@@ -76,18 +78,22 @@ pub(crate) trait Destination: Send + Sync {
     ) -> impl Future<Output = Result<(), SyncError>> + Send;
 
     /// Whether a history ring is kept (so `costmap.dev/reject-digest` applies).
-    fn keeps_history(&self) -> bool;
+    fn keeps_history(&self) -> bool {
+        false
+    }
 
     /// Keeps a map just published in the history ring as `entry`; the ring after it
     /// (newest first), or none when it stays as `previous` says (no ring, or the slot
     /// could not be written: the map is published all the same).
     fn keep_in_history(
         &self,
-        map: &StoredMap,
-        identity: &MapIdentity,
-        entry: HistoryEntry,
-        previous: &[HistoryEntry],
-    ) -> impl Future<Output = Option<Vec<HistoryEntry>>> + Send;
+        _map: &StoredMap,
+        _identity: &MapIdentity,
+        _entry: HistoryEntry,
+        _previous: &[HistoryEntry],
+    ) -> impl Future<Output = Option<Vec<HistoryEntry>>> + Send {
+        async { None }
+    }
 
     /// Writes `status`, summed up with where the map got to, unless the object already
     /// has it (then none: nothing was written).
@@ -98,7 +104,9 @@ pub(crate) trait Destination: Send + Sync {
 
     /// How soon to look again for the places' sake: a write that failed is retried sooner
     /// than the next sync.
-    fn retry_after(&self) -> Option<Duration>;
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
 
     /// Records an Event about the object; a failure to record is logged, never fatal.
     fn record(&self, notice: Notice) -> impl Future<Output = ()> + Send;

@@ -20,11 +20,10 @@ use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tracing::info_span;
 
 use super::consumers::SERVICE_NAME_LABEL;
 use super::context::{Context, Error};
-use super::core::Reconciler;
 use super::object::Object;
 use super::runner;
 use crate::api::ModelCostMapSync;
@@ -74,12 +73,7 @@ async fn reconcile(sync: Arc<ModelCostMapSync>, context: Arc<Context>) -> Result
     let span = info_span!("reconcile", namespace = %namespace, modelcostmapsync = %sync.name_any());
     let object = Object::of(sync.as_ref())?;
     let target = TargetConfigMap::new(&sync, object.key.clone(), &context)?;
-    let result = Reconciler::new(object, &context, target)
-        .reconcile()
-        .instrument(span)
-        .await;
-    context.metrics.reconciles.inc();
-    result
+    runner::reconcile_core(object, &context, target, span).await
 }
 
 /// The controller of one scope.

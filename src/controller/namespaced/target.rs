@@ -5,15 +5,12 @@
 //! for the published map: a target is a quarter of a MB, and every reconcile of every
 //! object would otherwise read its own.
 
-use std::future::Future;
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::history::next_ring;
-use crate::api::{HistoryEntry, MapSync, ModelCostMapSync, ModelCostMapSyncStatus, SpecError};
+use crate::api::{HistoryEntry, MapSync, ModelCostMapSync, ModelCostMapSyncStatus};
 use crate::apiserver::{api_error_message, apply_status};
 use crate::controller::config_maps::{WriteFailed, WrittenTarget};
 use crate::controller::context::{Context, Error};
@@ -120,10 +117,6 @@ impl<'a> TargetConfigMap<'a> {
 }
 
 impl Destination for TargetConfigMap<'_> {
-    fn spec_error(&self) -> Option<SpecError> {
-        None
-    }
-
     async fn look(&mut self, expected: Option<&MapIdentity>) -> Result<(), Error> {
         let as_written = expected.is_some_and(|identity| {
             self.written().is_some_and(|written| {
@@ -294,26 +287,20 @@ impl Destination for TargetConfigMap<'_> {
         }
     }
 
-    fn write_status(
+    async fn write_status(
         &self,
         status: ModelCostMapSyncStatus,
-    ) -> impl Future<Output = Result<Option<AppliedStatus>, kube::Error>> + Send {
-        async move {
-            if self.sync.status.as_ref() == Some(&status) {
-                return Ok(None);
-            }
-            let api =
-                Api::<ModelCostMapSync>::namespaced(self.context.client.clone(), self.namespace());
-            let written = apply_status(&api, &self.sync.name_any(), &status).await?;
-            Ok(Some(AppliedStatus {
-                status,
-                version: written.resource_version(),
-            }))
+    ) -> Result<Option<AppliedStatus>, kube::Error> {
+        if self.sync.status.as_ref() == Some(&status) {
+            return Ok(None);
         }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        None
+        let api =
+            Api::<ModelCostMapSync>::namespaced(self.context.client.clone(), self.namespace());
+        let written = apply_status(&api, &self.sync.name_any(), &status).await?;
+        Ok(Some(AppliedStatus {
+            status,
+            version: written.resource_version(),
+        }))
     }
 
     async fn record(&self, notice: Notice) {
