@@ -20,7 +20,7 @@ use crate::api::{
     ModelCostMapSyncStatus, NamespaceFailure, NamespaceReason, NamespacesStatus, SpecError,
 };
 use crate::apiserver::apply_status;
-use crate::controller::config_maps::{WrittenTarget, identity};
+use crate::controller::config_maps::WrittenTarget;
 use crate::controller::context::{Context, Error};
 use crate::controller::core::Destination;
 use crate::controller::core::destination::{AppliedStatus, PutBack};
@@ -225,21 +225,17 @@ impl<'a> NamespaceCopies<'a> {
         }
     }
 
-    /// The namespaces part of status: where the map got to in this reconcile, or where it
-    /// is when nothing was written; what status said when the namespaces were not looked
-    /// at.
+    /// The namespaces part of status: where the map got to in this reconcile; before the
+    /// first map, which namespaces wait for it (and which cannot get it); else, when
+    /// nothing was written, what status said.
     fn namespaces(&self, status: &ModelCostMapSyncStatus) -> Option<NamespacesStatus> {
         if let Some(plan) = &self.plan {
             return Some(selection::summary(plan));
         }
-        if !self.looked {
-            return self.sync.status.as_ref()?.namespaces.clone();
+        if self.looked && status.artifact.is_none() {
+            return Some(selection::summary(&self.plan(None)));
         }
-        let published = status
-            .artifact
-            .as_ref()
-            .map(|artifact| identity(artifact, &self.sync.spec.sync.source.url));
-        Some(selection::summary(&self.plan(published.as_ref())))
+        self.sync.status.as_ref()?.namespaces.clone()
     }
 }
 
