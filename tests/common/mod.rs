@@ -8,6 +8,7 @@ pub mod big_map;
 pub mod cluster;
 pub mod faults;
 pub mod hostile;
+pub mod kinds;
 pub mod kubelet;
 pub mod process;
 pub mod proxy;
