@@ -1,8 +1,8 @@
 //! One table of scenarios, run against both kinds on the real control plane: a
 //! `ModelCostMapSync` and a `ClusterModelCostMapSync` run one sync core, so each scenario
 //! expects the same of both unless the table says otherwise. A scenario is one async
-//! function taking a [`Kind`]; each has one test per kind (`<scenario>_namespaced`,
-//! `<scenario>_cluster`), all under one cluster-wide operator that this binary shares (two
+//! function taking a [`Kind`]; each has one test per kind (`<scenario>::namespaced`,
+//! `<scenario>::cluster`), all under one cluster-wide operator that this binary shares (two
 //! on one control plane would both reconcile every cluster object). The scenarios that stop
 //! and start the operator are in tests/kinds_restart.rs.
 //!
@@ -44,12 +44,33 @@
 
 mod common;
 
+/// The tests of one scenario, `<scenario>::namespaced` and `<scenario>::cluster`.
+macro_rules! for_both_kinds {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::Kind;
+
+            #[tokio::test]
+            async fn namespaced() {
+                super::$scenario(Kind::Namespaced).await;
+            }
+
+            #[tokio::test]
+            async fn cluster() {
+                super::$scenario(Kind::Cluster).await;
+            }
+        }
+    };
+}
+
 use std::sync::OnceLock;
 
 use axum::body::Bytes;
 use axum::http::header::IF_NONE_MATCH;
 use common::faults::zero_prices;
-use common::kinds::{Kind, Subject, describe_ready, operator_on_its_own_runtime, ready};
+use common::kinds::{
+    Kind, Subject, assert_ready, describe_ready, operator_on_its_own_runtime, ready,
+};
 use common::*;
 use costmap_operator::api::{
     ACCEPT_DIGEST_ANNOTATION, EventReason, REJECT_DIGEST_ANNOTATION, Reason,
@@ -160,15 +181,7 @@ async fn first_sync(kind: Kind) {
     assert_eq!(source.received(), 1, "one fetch for every ConfigMap");
 }
 
-#[tokio::test]
-async fn first_sync_namespaced() {
-    first_sync(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn first_sync_cluster() {
-    first_sync(Kind::Cluster).await;
-}
+for_both_kinds!(first_sync);
 
 // 2. The source unchanged: a conditional GET answered 304 writes nothing.
 
@@ -195,11 +208,7 @@ async fn unchanged_source_answers_304_and_nothing_is_written(kind: Kind) {
         "the request carries the stored ETag"
     );
     assert_eq!(asked[0].status, 304);
-    let ready = ready(&status).expect("Ready");
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("True", "Synced")
-    );
+    let ready = assert_ready(&status, ("True", Reason::Synced), "unchanged");
     assert!(ready.message.ends_with("(unchanged)"), "{}", ready.message);
     assert_eq!(status.last_handled_sync_request.as_deref(), Some("again"));
     assert_eq!(status.artifact.unwrap().digest, sha256_digest(&map));
@@ -210,15 +219,7 @@ async fn unchanged_source_answers_304_and_nothing_is_written(kind: Kind) {
     );
 }
 
-#[tokio::test]
-async fn unchanged_source_answers_304_and_nothing_is_written_namespaced() {
-    unchanged_source_answers_304_and_nothing_is_written(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn unchanged_source_answers_304_and_nothing_is_written_cluster() {
-    unchanged_source_answers_304_and_nothing_is_written(Kind::Cluster).await;
-}
+for_both_kinds!(unchanged_source_answers_304_and_nothing_is_written);
 
 // 3. A content change: one model added.
 
@@ -227,13 +228,7 @@ async fn a_new_model_is_published(kind: Kind) {
     let new = small_map(200, &["model-launched-today"]);
     source.set(Answer::Map(new.clone()));
     let status = s.sync_now("new-map").await;
-    let ready = ready(&status).expect("Ready");
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("True", "Synced"),
-        "{}",
-        ready.message
-    );
+    assert_ready(&status, ("True", Reason::Synced), "a new model");
     let artifact = status.artifact.expect("an artifact");
     assert_eq!(artifact.digest, sha256_digest(&new));
     assert_eq!(artifact.models, 201);
@@ -246,15 +241,7 @@ async fn a_new_model_is_published(kind: Kind) {
         .await;
 }
 
-#[tokio::test]
-async fn a_new_model_is_published_namespaced() {
-    a_new_model_is_published(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn a_new_model_is_published_cluster() {
-    a_new_model_is_published(Kind::Cluster).await;
-}
+for_both_kinds!(a_new_model_is_published);
 
 // 4. Each guard refuses, and the last good map stays.
 
@@ -280,13 +267,7 @@ async fn each_guard_refuses_and_keeps_the_last_good_map(kind: Kind) {
     for (n, (what, map, reason)) in cases.into_iter().enumerate() {
         source.set(Answer::Map(map.clone()));
         let status = s.sync_now(&format!("refused-{n}")).await;
-        let ready = ready(&status).expect("Ready");
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", reason.as_str()),
-            "{what}: {}",
-            ready.message
-        );
+        let ready = assert_ready(&status, ("False", reason), what);
         let digest = sha256_digest(&map);
         let offer = format!("{ACCEPT_DIGEST_ANNOTATION}={digest}");
         match reason {
@@ -327,15 +308,7 @@ async fn each_guard_refuses_and_keeps_the_last_good_map(kind: Kind) {
     s.wait_served(&a).await;
 }
 
-#[tokio::test]
-async fn each_guard_refuses_and_keeps_the_last_good_map_namespaced() {
-    each_guard_refuses_and_keeps_the_last_good_map(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn each_guard_refuses_and_keeps_the_last_good_map_cluster() {
-    each_guard_refuses_and_keeps_the_last_good_map(Kind::Cluster).await;
-}
+for_both_kinds!(each_guard_refuses_and_keeps_the_last_good_map);
 
 // 5. A refused map accepted on purpose.
 
@@ -352,13 +325,7 @@ async fn a_refused_map_is_accepted_by_annotation(kind: Kind) {
     }))
     .await;
     let status = s.wait_handled("accept-it").await;
-    let ready = ready(&status).expect("Ready");
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("True", "Synced"),
-        "{}",
-        ready.message
-    );
+    assert_ready(&status, ("True", Reason::Synced), "accepted by annotation");
     assert_eq!(status.artifact.expect("an artifact").digest, digest);
     assert_eq!(
         status.last_accepted_digest.as_deref(),
@@ -370,15 +337,7 @@ async fn a_refused_map_is_accepted_by_annotation(kind: Kind) {
         .await;
 }
 
-#[tokio::test]
-async fn a_refused_map_is_accepted_by_annotation_namespaced() {
-    a_refused_map_is_accepted_by_annotation(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn a_refused_map_is_accepted_by_annotation_cluster() {
-    a_refused_map_is_accepted_by_annotation(Kind::Cluster).await;
-}
+for_both_kinds!(a_refused_map_is_accepted_by_annotation);
 
 // 6. Rejecting the published map: the one scenario where the kinds differ by design.
 
@@ -398,49 +357,23 @@ async fn rejecting_the_published_map(kind: Kind) {
     }))
     .await;
     let status = s.wait_handled("after-the-reject").await;
-    let ready = ready(&status).expect("Ready");
-    if kind.keeps_history() {
-        // The previous map comes back from history and B is refused from now on.
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "Rejected"),
-            "{}",
-            ready.message
-        );
-        assert_eq!(
-            status.artifact.expect("an artifact").digest,
-            sha256_digest(&a)
-        );
-        assert_eq!(status.rejected_digests, [sha256_digest(&b)]);
-        s.wait_held(&a).await;
-        s.wait_served(&a).await;
-    } else {
-        // No history ring: nothing to restore, and the annotation is not acted on.
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("True", "Synced"),
-            "{}",
-            ready.message
-        );
-        assert_eq!(
-            status.artifact.expect("an artifact").digest,
-            sha256_digest(&b)
-        );
-        assert!(status.rejected_digests.is_empty());
-        assert!(s.holds(&b).await, "the rejected map stays published");
-        s.wait_served(&b).await;
-    }
+    // With a history ring the previous map comes back and B is refused from now on;
+    // without one there is nothing to restore, and the annotation is not acted on.
+    let (ready, published, rejected) = match kind.keeps_history() {
+        true => (("False", Reason::Rejected), &a, vec![sha256_digest(&b)]),
+        false => (("True", Reason::Synced), &b, Vec::new()),
+    };
+    assert_ready(&status, ready, "after the reject");
+    assert_eq!(
+        status.artifact.expect("an artifact").digest,
+        sha256_digest(published)
+    );
+    assert_eq!(status.rejected_digests, rejected);
+    s.wait_held(published).await;
+    s.wait_served(published).await;
 }
 
-#[tokio::test]
-async fn rejecting_the_published_map_restores_from_history_namespaced() {
-    rejecting_the_published_map(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn rejecting_the_published_map_has_no_effect_cluster() {
-    rejecting_the_published_map(Kind::Cluster).await;
-}
+for_both_kinds!(rejecting_the_published_map);
 
 // 7. Suspended.
 
@@ -501,15 +434,7 @@ async fn suspended_handles_no_sync_request(kind: Kind) {
     assert!(source.received() > fetched);
 }
 
-#[tokio::test]
-async fn suspended_handles_no_sync_request_namespaced() {
-    suspended_handles_no_sync_request(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn suspended_handles_no_sync_request_cluster() {
-    suspended_handles_no_sync_request(Kind::Cluster).await;
-}
+for_both_kinds!(suspended_handles_no_sync_request);
 
 // 8. An invalid spec the API server let through.
 
@@ -528,15 +453,7 @@ async fn an_invalid_interval_fetches_nothing(kind: Kind) {
     );
 }
 
-#[tokio::test]
-async fn an_invalid_interval_fetches_nothing_namespaced() {
-    an_invalid_interval_fetches_nothing(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn an_invalid_interval_fetches_nothing_cluster() {
-    an_invalid_interval_fetches_nothing(Kind::Cluster).await;
-}
+for_both_kinds!(an_invalid_interval_fetches_nothing);
 
 // 9. The API server refuses the status write that records the new map as pending.
 
@@ -631,19 +548,8 @@ async fn a_refused_status_write_is_write_failed(kind: Kind) {
     let status = s.wait_ready("False", Reason::WriteFailed).await;
     let message = &ready(&status).unwrap().message;
     assert!(message.contains("writing status"), "{message}");
-    assert_eq!(
-        status.artifact.expect("an artifact").digest,
-        sha256_digest(&a),
-        "the artifact is still the last good map"
-    );
-    assert_eq!(status.pending_artifact, None);
-    assert_eq!(
-        s.config_map_versions().await,
-        versions,
-        "no ConfigMap written"
-    );
-    assert!(s.holds(&a).await);
-    s.wait_served(&a).await;
+    s.assert_kept(&status, &a, &versions, "a refused status write")
+        .await;
 
     // The policy gone, the next requested sync publishes B.
     policy.delete().await;
@@ -663,15 +569,7 @@ async fn a_refused_status_write_is_write_failed(kind: Kind) {
     s.wait_served(&b).await;
 }
 
-#[tokio::test]
-async fn a_refused_status_write_is_write_failed_namespaced() {
-    a_refused_status_write_is_write_failed(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn a_refused_status_write_is_write_failed_cluster() {
-    a_refused_status_write_is_write_failed(Kind::Cluster).await;
-}
+for_both_kinds!(a_refused_status_write_is_write_failed);
 
 // 10. After a spec change, the source is asked again.
 
@@ -693,15 +591,7 @@ async fn a_new_spec_asks_the_source_again(kind: Kind) {
     assert_eq!(status.artifact.unwrap().digest, sha256_digest(&a));
 }
 
-#[tokio::test]
-async fn a_new_spec_asks_the_source_again_namespaced() {
-    a_new_spec_asks_the_source_again(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn a_new_spec_asks_the_source_again_cluster() {
-    a_new_spec_asks_the_source_again(Kind::Cluster).await;
-}
+for_both_kinds!(a_new_spec_asks_the_source_again);
 
 // 10b. The same rule where the spec names another source.
 
@@ -724,12 +614,4 @@ async fn a_new_source_is_not_sent_the_old_etag(kind: Kind) {
     s.wait_held(&mirrored).await;
 }
 
-#[tokio::test]
-async fn a_new_source_is_not_sent_the_old_etag_namespaced() {
-    a_new_source_is_not_sent_the_old_etag(Kind::Namespaced).await;
-}
-
-#[tokio::test]
-async fn a_new_source_is_not_sent_the_old_etag_cluster() {
-    a_new_source_is_not_sent_the_old_etag(Kind::Cluster).await;
-}
+for_both_kinds!(a_new_source_is_not_sent_the_old_etag);

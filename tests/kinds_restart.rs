@@ -15,6 +15,26 @@
 
 mod common;
 
+/// The tests of one scenario, `<scenario>::namespaced` and `<scenario>::cluster`, each
+/// alone (see [`alone`]).
+macro_rules! for_both_kinds {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::{Kind, alone};
+
+            #[test]
+            fn namespaced() {
+                alone(super::$scenario(Kind::Namespaced));
+            }
+
+            #[test]
+            fn cluster() {
+                alone(super::$scenario(Kind::Cluster));
+            }
+        }
+    };
+}
+
 use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 
@@ -117,19 +137,7 @@ async fn a_lost_last_good_map_still_guards_by_its_count(kind: Kind) {
     operator.stop().await;
 }
 
-#[test]
-fn a_lost_last_good_map_still_guards_by_its_count_namespaced() {
-    alone(a_lost_last_good_map_still_guards_by_its_count(
-        Kind::Namespaced,
-    ));
-}
-
-#[test]
-fn a_lost_last_good_map_still_guards_by_its_count_cluster() {
-    alone(a_lost_last_good_map_still_guards_by_its_count(
-        Kind::Cluster,
-    ));
-}
+for_both_kinds!(a_lost_last_good_map_still_guards_by_its_count);
 
 // 12. A write that an operator restart interrupted.
 
@@ -196,16 +204,4 @@ async fn an_interrupted_write_is_adopted_and_guards_the_next_map(kind: Kind) {
     operator.stop().await;
 }
 
-#[test]
-fn an_interrupted_write_is_adopted_and_guards_the_next_map_namespaced() {
-    alone(an_interrupted_write_is_adopted_and_guards_the_next_map(
-        Kind::Namespaced,
-    ));
-}
-
-#[test]
-fn an_interrupted_write_is_adopted_and_guards_the_next_map_cluster() {
-    alone(an_interrupted_write_is_adopted_and_guards_the_next_map(
-        Kind::Cluster,
-    ));
-}
+for_both_kinds!(an_interrupted_write_is_adopted_and_guards_the_next_map);

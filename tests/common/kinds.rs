@@ -443,6 +443,30 @@ impl Subject {
         Some(response.bytes().await.ok()?.to_vec())
     }
 
+    /// Asserts that a failed sync, which left `status`, kept the last good map `bytes`:
+    /// status names it, no ConfigMap was written since `versions`, and it is served.
+    pub async fn assert_kept(
+        &self,
+        status: &ModelCostMapSyncStatus,
+        bytes: &[u8],
+        versions: &[Option<String>],
+        what: &str,
+    ) {
+        assert_eq!(
+            status.artifact.as_ref().map(|a| a.digest.clone()),
+            Some(sha256_digest(bytes)),
+            "{what}: the artifact is the last good map"
+        );
+        assert_eq!(status.pending_artifact, None, "{what}: nothing pending");
+        assert_eq!(
+            self.config_map_versions().await,
+            versions,
+            "{what}: no ConfigMap written"
+        );
+        assert!(self.holds(bytes).await, "{what}");
+        self.wait_served(bytes).await;
+    }
+
     /// Waits until the endpoint serves exactly `bytes` for each of its namespaces.
     pub async fn wait_served(&self, bytes: &[u8]) {
         for namespace in &self.namespaces {
@@ -453,6 +477,23 @@ impl Subject {
             .await;
         }
     }
+}
+
+/// Asserts that Ready is `expected` (status, reason), naming `what` and the message when it
+/// is not; returns it.
+pub fn assert_ready<'a>(
+    status: &'a ModelCostMapSyncStatus,
+    expected: (&str, Reason),
+    what: &str,
+) -> &'a Condition {
+    let ready = ready(status).expect("a Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        (expected.0, expected.1.as_str()),
+        "{what}: {}",
+        ready.message
+    );
+    ready
 }
 
 /// The Ready condition of a sync status.
