@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
@@ -22,7 +23,6 @@ use crate::sync::schedule::SyncCause;
 use crate::sync::store::HeldMap;
 use crate::sync::validate::Rules;
 use crate::sync::validate::guards::shrink_guard_by_count;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// A map the source sent (with the overrides merged in), to accept or refuse.
 struct NewMap {

@@ -26,10 +26,12 @@ mod reject;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use tracing::info;
 
 pub(crate) use destination::Destination;
@@ -39,13 +41,12 @@ use super::context::{Context, Error};
 use super::memory::newer_status;
 use super::object::Object;
 use super::status::{self, Notice, Outcome};
-use crate::api::{Artifact, ModelCostMapSyncStatus, SpecError};
+use crate::api::{Artifact, EventReason, ModelCostMapSyncStatus, SpecError};
 use crate::apiserver::whole_seconds_now;
 use crate::layout::MapIdentity;
 use crate::sync::SyncError;
 use crate::sync::schedule::{self, Decision, SyncCause};
 use crate::sync::store::HeldMap;
-use std::sync::Arc;
 
 /// One reconcile of one object of either kind.
 pub(crate) struct Reconciler<'a, D> {
@@ -188,7 +189,6 @@ impl<'a, D: Destination> Reconciler<'a, D> {
     /// The Event that says a ConfigMap was put back. Distinct reasons, because Events with
     /// the same reason merge into one series that keeps the first note.
     async fn announce(&self, put_back: destination::PutBack) {
-        use crate::api::EventReason;
         let (reason, what) = match put_back.deleted {
             false => (EventReason::Restored, "edited"),
             true => (EventReason::Recreated, "deleted"),
@@ -196,7 +196,7 @@ impl<'a, D: Destination> Reconciler<'a, D> {
         let name = put_back.config_map;
         info!(config_map = %name, what, "restored the ConfigMap");
         self.record(Notice {
-            type_: kube::runtime::events::EventType::Normal,
+            type_: EventType::Normal,
             reason,
             note: format!("ConfigMap {name} was {what}; restored the last good map"),
         })
