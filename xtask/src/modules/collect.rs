@@ -1,7 +1,7 @@
 //! What one module's code declares and writes: its `use` imports, every path it writes, its
 //! method calls on `self`, and its inherent `impl` blocks. Test code is skipped.
 
-use proc_macro2::{TokenStream, TokenTree};
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use syn::visit::{self, Visit};
 use syn::{ImplItem, Item, TraitItem, UseTree};
 
@@ -90,8 +90,22 @@ impl Collector {
         }
     }
 
+    /// A call `self.method(..)` inside an `impl T`, recorded as `T::method`.
+    fn self_call(&mut self, method: &proc_macro2::Ident) {
+        if let Some(ty) = &self.self_ty {
+            let name = method.to_string();
+            self.paths.push(Written {
+                segments: ty.iter().chain([&name]).cloned().collect(),
+                line: line_of(method.span()),
+                text: format!("self.{name}()"),
+                on_self: true,
+            });
+        }
+    }
+
     /// The paths inside a macro's tokens (`info!(.., crate::a::f())`, `matches!(x,
-    /// super::E::V)`): runs of `ident :: ident ...` with two segments or more.
+    /// super::E::V)`): runs of `ident :: ident ...` with two segments or more, and calls
+    /// `self.method(..)`.
     fn scan(&mut self, tokens: TokenStream) {
         let tokens: Vec<TokenTree> = tokens.into_iter().collect();
         let colons = |at: usize| {
@@ -105,6 +119,19 @@ impl Collector {
                 TokenTree::Group(group) => {
                     self.scan(group.stream());
                     at += 1;
+                }
+                TokenTree::Ident(receiver)
+                    if receiver == "self"
+                        && let (
+                            Some(TokenTree::Punct(dot)),
+                            Some(TokenTree::Ident(method)),
+                            Some(TokenTree::Group(args)),
+                        ) = (tokens.get(at + 1), tokens.get(at + 2), tokens.get(at + 3))
+                        && dot.as_char() == '.'
+                        && args.delimiter() == Delimiter::Parenthesis =>
+                {
+                    self.self_call(method);
+                    at += 3;
                 }
                 TokenTree::Ident(first) if !(at >= 2 && colons(at - 2)) => {
                     let mut segments = vec![first.to_string()];
@@ -158,16 +185,10 @@ impl<'ast> Visit<'ast> for Collector {
     }
 
     fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
-        if let (Some(ty), syn::Expr::Path(receiver)) = (&self.self_ty, &*call.receiver)
+        if let syn::Expr::Path(receiver) = &*call.receiver
             && receiver.path.is_ident("self")
         {
-            let method = call.method.to_string();
-            self.paths.push(Written {
-                segments: ty.iter().chain([&method]).cloned().collect(),
-                line: line_of(call.method.span()),
-                text: format!("self.{method}()"),
-                on_self: true,
-            });
+            self.self_call(&call.method);
         }
         visit::visit_expr_method_call(self, call);
     }

@@ -422,17 +422,20 @@ mod tests {
     #[test]
     fn paths_inside_macros_are_references() {
         let files = [
-            ("lib.rs", "mod a;\nmod b;\n"),
+            ("lib.rs", "mod a;\nmod b;\nmod c;\n"),
             ("b.rs", "pub fn f() {}\npub enum E { V }\n"),
             (
                 "a.rs",
                 "fn f(x: u8) {\n    println!(\"{}\", crate::b::f());\n    \
-                 assert!(matches!(x, super::b::E::V));\n}\n",
+                 assert!(matches!(x, super::b::E::V));\n}\n\
+                 struct A;\nimpl A {\n    fn g(&self) {\n        \
+                 println!(\"{}\", self.h());\n    }\n}\n",
             ),
+            ("c.rs", "impl crate::a::A {\n    pub fn h(&self) {}\n}\n"),
         ];
         assert_eq!(
             references_of(&files, "crate::a"),
-            set(&[("crate::b", 2), ("crate::b", 3)])
+            set(&[("crate::b", 2), ("crate::b", 3), ("crate::c", 8)])
         );
     }
 }
