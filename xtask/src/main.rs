@@ -3,10 +3,12 @@
 //! - `cargo xtask cluster up|down|bin-dir`: a background local control plane.
 //! - `cargo xtask test`: every check and test, as CI runs them.
 //! - `cargo xtask demo [--once]`: the operator end to end on a private control plane.
+//! - `cargo xtask modules`: the module tree of src/ with line counts, and its rules.
 
 mod checks;
 mod cluster;
 mod demo;
+mod modules;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,13 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Print src/'s module tree with line counts; fail on an import cycle between sibling
+    /// modules, on http or agent using controller, or on a file too long before its tests.
+    Modules {
+        /// List every reference that makes each edge of a cycle, not only the first.
+        #[arg(long)]
+        all_references: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -60,6 +69,7 @@ fn main() -> ExitCode {
         },
         Command::Test => checks::run_all(),
         Command::Demo { once } => demo::demo(once),
+        Command::Modules { all_references } => modules::run(all_references),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
