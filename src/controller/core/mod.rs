@@ -23,8 +23,6 @@ mod last_good;
 mod outcome;
 mod overrides;
 mod reject;
-#[cfg(test)]
-mod tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -246,3 +244,6 @@ impl<'a, D: Destination> Reconciler<'a, D> {
         self.destination.record(notice).await;
     }
 }
+
+#[cfg(test)]
+mod tests;
