@@ -19,7 +19,6 @@
 //! | 9  | status write refused     | Ready=False WriteFailed naming the status write; artifact and ConfigMap(s) keep the last good map; published once the write goes through |
 //! | 10 | spec changed, same source | the source is asked again at once (not an answer from within the interval); the same map, Synced for the new generation (here validation.minModels changed) |
 //! | 10b| spec names a new source  | the new source is not sent the old one's ETag: a validator of the old spec means nothing there |
-//! | 11 | the source moves, same map | every ConfigMap says where the map now comes from (annotation costmap.dev/source-url): what was written last is compared whole, for both kinds |
 //!
 //! Where the kinds differ by design (tested here only for scenario 6; the rest is in
 //! tests/cluster.rs or in the schema):
@@ -35,8 +34,7 @@
 //!
 //! Written ahead of the one sync core: on the two pipelines of commit c8772d7, scenario 9
 //! fails for the cluster kind (a refused status write becomes a reconcile error, retried
-//! forever), 10b for the namespaced kind (it kept the old ETag across a spec change) and 11
-//! for both (each kept the old source's annotation on a map it held already). For
+//! forever) and 10b for the namespaced kind (it kept the old ETag across a spec change). For
 //! the same source (10), the shared fetcher revalidates the body it holds with its own ETag
 //! whatever the reconciler asks: a 304 from the URL that served that body vouches for it.
 //!
@@ -79,7 +77,6 @@ use costmap_operator::api::{
     SYNC_REQUESTED_AT_ANNOTATION,
 };
 use costmap_operator::digest::sha256_digest;
-use costmap_operator::layout::SOURCE_URL_ANNOTATION;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -618,29 +615,3 @@ async fn a_new_source_is_not_sent_the_old_etag(kind: Kind) {
 }
 
 for_both_kinds!(a_new_source_is_not_sent_the_old_etag);
-
-// 11. The source moves and serves the same map: the ConfigMaps say where it comes from now.
-
-async fn a_moved_source_is_named_in_every_config_map(kind: Kind) {
-    let a = map_a();
-    let (s, _old) = synced(kind, "moved", &a).await;
-    let mirror = Source::start(Answer::Map(a.clone())).await;
-    let generation = s.patch_spec(json!({"source": {"url": mirror.url}})).await;
-    s.wait_status("the new generation synced", |status| {
-        status.observed_generation == generation
-            && ready(status).is_some_and(|r| r.reason == Reason::Synced.as_str())
-    })
-    .await;
-    eventually("every ConfigMap to name the new source", || async {
-        let named = s.config_maps().await.into_iter().all(|(_, config_map)| {
-            config_map
-                .and_then(|cm| cm.metadata.annotations?.remove(SOURCE_URL_ANNOTATION))
-                .is_some_and(|url| url == mirror.url)
-        });
-        named.then_some(())
-    })
-    .await;
-    assert!(s.holds(&a).await);
-}
-
-for_both_kinds!(a_moved_source_is_named_in_every_config_map);

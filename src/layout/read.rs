@@ -11,10 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::chunks::{ChunkError, chunk_count, chunk_key, chunk_name, gz_key};
 use super::gzip::{GunzipError, StoredMap, gunzip_bounded};
-use super::{
-    CHUNKS_ANNOTATION, DIGEST_ANNOTATION, GIT_BLOB_ID_ANNOTATION, MODELS_ANNOTATION,
-    SOURCE_URL_ANNOTATION,
-};
+use super::{CHUNKS_ANNOTATION, DIGEST_ANNOTATION, GIT_BLOB_ID_ANNOTATION, MODELS_ANNOTATION};
 
 /// Why a map could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -188,14 +185,11 @@ pub fn holds_rendered(actual: &ConfigMap, desired: &ConfigMap) -> bool {
             .filter(|(key, _)| keys(key))
             .all(|(key, value)| actual.get(key) == Some(value))
     }
-    // What a reader relies on: which map, and where it came from. The update time is the
-    // artifact's, so a map put back from history may carry an older one.
     let identity_annotation = |key: &str| {
         [
             DIGEST_ANNOTATION,
             GIT_BLOB_ID_ANNOTATION,
             MODELS_ANNOTATION,
-            SOURCE_URL_ANNOTATION,
             CHUNKS_ANNOTATION,
         ]
         .contains(&key)
@@ -410,14 +404,6 @@ mod tests {
             .unwrap()
             .insert("map.json".into(), "{}".into());
         assert!(!holds_rendered(&edited, &desired));
-
-        // The source moved: the map is the same, the annotation says where it came from.
-        let mut moved = desired.clone();
-        moved.metadata.annotations.as_mut().unwrap().insert(
-            SOURCE_URL_ANNOTATION.into(),
-            "https://old.example/map.json".into(),
-        );
-        assert!(!holds_rendered(&moved, &desired));
 
         let mut digest_edited = desired.clone();
         digest_edited
