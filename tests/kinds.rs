@@ -19,6 +19,7 @@
 //! | 9  | status write refused     | Ready=False WriteFailed naming the status write; artifact and ConfigMap(s) keep the last good map; published once the write goes through |
 //! | 10 | spec changed, same source | the source is asked again at once (not an answer from within the interval); the same map, Synced for the new generation (here validation.minModels changed) |
 //! | 10b| spec names a new source  | the new source is not sent the old one's ETag: a validator of the old spec means nothing there |
+//! | 10c| the new source fails     | Ready=False FetchFailed for the new generation; every ConfigMap keeps the last good map as written (its annotations still name the source it came from) |
 //!
 //! Where the kinds differ by design (tested here only for scenario 6; the rest is in
 //! tests/cluster.rs or in the schema):
@@ -615,3 +616,31 @@ async fn a_new_source_is_not_sent_the_old_etag(kind: Kind) {
 }
 
 for_both_kinds!(a_new_source_is_not_sent_the_old_etag);
+
+// 10c. A new source that fails: the ConfigMaps keep the map, and the source it came from.
+
+async fn a_failing_new_source_writes_nothing(kind: Kind) {
+    let a = map_a();
+    let (s, _old) = synced(kind, "failing-source", &a).await;
+    let versions = s.config_map_versions().await;
+    let down = Source::start(Answer::Status(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        Bytes::from_static(b"down"),
+    ))
+    .await;
+    let generation = s.patch_spec(json!({"source": {"url": down.url}})).await;
+    let status = s
+        .wait_status("an attempt of the new spec", |status| {
+            status.observed_generation == generation
+        })
+        .await;
+    assert_ready(
+        &status,
+        ("False", Reason::FetchFailed),
+        "a failing new source",
+    );
+    s.assert_kept(&status, &a, &versions, "a failing new source")
+        .await;
+}
+
+for_both_kinds!(a_failing_new_source_writes_nothing);

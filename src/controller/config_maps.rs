@@ -63,9 +63,19 @@ pub(super) struct WrittenTarget {
 }
 
 impl WrittenTarget {
-    /// Whether this is the rendering of `identity` into `target`.
+    /// Whether this is the map of `identity` rendered into `target`. Where the map was
+    /// fetched from and when it last changed do not count: status does not say where the
+    /// published map came from, so a map put back after a sync from a new source failed
+    /// would otherwise be written again, naming a source it did not come from.
     pub(super) fn renders(&self, target: &TargetRef, identity: &MapIdentity) -> bool {
-        &self.target == target && &self.identity == identity
+        let map = |identity: &MapIdentity| {
+            (
+                identity.digest.clone(),
+                identity.git_blob_id.clone(),
+                identity.models,
+            )
+        };
+        &self.target == target && map(&self.identity) == map(identity)
     }
 }
 
@@ -367,15 +377,20 @@ mod tests {
     }
 
     #[test]
-    fn renders_only_the_same_target_and_identity() {
+    fn renders_only_the_same_map_into_the_same_target() {
         let first = written(&[("litellm-model-cost-map", "10")]);
         assert!(first.renders(&first.target, &first.identity));
-        let mut other_url = first.identity.clone();
-        other_url.source_url = "https://example.com/other.json".to_owned();
-        assert!(!first.renders(&first.target, &other_url));
+        let mut other_map = first.identity.clone();
+        other_map.digest = "sha256:cc".to_owned();
+        assert!(!first.renders(&first.target, &other_map));
         let mut other_key = first.target.clone();
         other_key.key = "map.json".to_owned();
         assert!(!first.renders(&other_key, &first.identity));
+        // The same map named as fetched from a spec's new source: still what was written.
+        let mut other_url = first.identity.clone();
+        other_url.source_url = "https://example.com/other.json".to_owned();
+        other_url.updated_at = "2026-12-05T00:00:00Z".to_owned();
+        assert!(first.renders(&first.target, &other_url));
     }
 
     #[test]
