@@ -62,14 +62,6 @@ pub struct MapLabels {
 }
 
 impl MapLabels {
-    /// A ClusterModelCostMapSync's labels.
-    pub fn cluster(name: &str) -> Self {
-        MapLabels {
-            namespace: String::new(),
-            name: name.to_owned(),
-        }
-    }
-
     fn scope(&self) -> ObjectScope {
         if self.namespace.is_empty() {
             ObjectScope::Cluster
@@ -447,7 +439,10 @@ mod tests {
             metrics.record_map(map, 10, 1);
             metrics.record_consumers(map, &[("Current", 1), ("Stale", 0), ("Unreachable", 0)]);
         }
-        let cluster = MapLabels::cluster("everywhere");
+        let cluster = MapLabels {
+            namespace: String::new(),
+            name: "everywhere".to_owned(),
+        };
         metrics.record_map(&cluster, 10, 1);
         assert_eq!(
             metrics.forget_maps_except(ObjectScope::Namespaced, &HashSet::from([kept.clone()])),

@@ -62,12 +62,16 @@ pub fn remove_condition(conditions: &mut Vec<Condition>, type_: ConditionType) {
     conditions.retain(|c| c.type_ != type_.as_str());
 }
 
-/// The Ready condition's status, if present.
-pub fn is_ready(conditions: &[Condition]) -> Option<bool> {
+/// The Ready condition, if present.
+pub fn ready_condition(conditions: &[Condition]) -> Option<&Condition> {
     conditions
         .iter()
         .find(|c| c.type_ == ConditionType::Ready.as_str())
-        .map(|c| c.status == "True")
+}
+
+/// The Ready condition's status, if present.
+pub fn is_ready(conditions: &[Condition]) -> Option<bool> {
+    ready_condition(conditions).map(|c| c.status == "True")
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use kube::ResourceExt;
 
 use super::context::Error;
 use super::memory::ObjectKey;
-use crate::api::{MapSync, ModelCostMapSyncSpec, ModelCostMapSyncStatus};
+use crate::api::{MapSync, ModelCostMapSyncSpec, ModelCostMapSyncStatus, SpecError};
 use crate::metrics::MapLabels;
 
 /// One ModelCostMapSync or ClusterModelCostMapSync.
@@ -63,6 +63,16 @@ impl<'a> Object<'a> {
     /// Its kind.
     pub(super) fn kind(&self) -> &'static str {
         self.key.kind
+    }
+
+    /// Its namespace, where what its spec names lives (Secrets, override ConfigMaps,
+    /// proxies): never another one. A cluster object has none, and its spec may name none
+    /// of those (see [`crate::api::ClusterModelCostMapSyncSpec::unsupported`]).
+    pub(super) fn own_namespace(&self, field: &'static str) -> Result<&str, SpecError> {
+        self.namespace.as_deref().ok_or_else(|| SpecError {
+            field,
+            reason: "a cluster-scoped object has no namespace to read it from".to_owned(),
+        })
     }
 
     /// How metrics label it (an empty namespace for a cluster object).

@@ -9,8 +9,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
 use crate::api::{
-    ACCEPT_DIGEST_ANNOTATION, Artifact, ConditionType, EventReason, HistoryEntry,
-    ModelCostMapSyncStatus, OverridesStatus, Reason, SourceMap,
+    ACCEPT_DIGEST_ANNOTATION, Artifact, EventReason, HistoryEntry, ModelCostMapSyncStatus,
+    OverridesStatus, Reason, SourceMap,
 };
 use crate::controller::conditions;
 use crate::sync::SyncError;
@@ -336,10 +336,7 @@ fn later(at: Timestamp, wait: Duration) -> Timestamp {
 /// but a requested one or a new spec's waits for. A synced map that some namespaces of a
 /// cluster object lack is no failed attempt.
 pub(super) fn retrying(status: &ModelCostMapSyncStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == ConditionType::Ready.as_str())
+    conditions::ready_condition(&status.conditions)
         .is_some_and(|c| c.status != "True" && c.reason != Reason::NamespacesFailing.as_str())
 }
 

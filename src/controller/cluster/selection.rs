@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{
-    ConditionType, MAX_LISTED_NAMESPACES, ModelCostMapSyncStatus, NamespaceFailure,
-    NamespaceReason, NamespacesStatus, Reason,
+    MAX_LISTED_NAMESPACES, ModelCostMapSyncStatus, NamespaceFailure, NamespaceReason,
+    NamespacesStatus, Reason,
 };
 use crate::controller::conditions;
 use crate::controller::status::synced_message;
@@ -120,11 +120,7 @@ pub(super) fn set_ready(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let Some(ready) = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == ConditionType::Ready.as_str())
-    else {
+    let Some(ready) = conditions::ready_condition(&status.conditions) else {
         return;
     };
     let synced = ready.status == "True" || ready.reason == Reason::NamespacesFailing.as_str();

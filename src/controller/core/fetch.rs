@@ -93,8 +93,7 @@ impl<D: Destination> Reconciler<'_, D> {
         let Some(secret_ref) = &self.object.spec.source.headers_secret_ref else {
             return Ok(Vec::new());
         };
-        // A cluster object has no namespace, and its spec no headersSecretRef.
-        let namespace = self.object.namespace.as_deref().unwrap_or_default();
+        let namespace = self.object.own_namespace("source.headersSecretRef")?;
         let secret = self
             .context
             .secret(namespace, &secret_ref.name, "headers")

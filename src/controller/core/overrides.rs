@@ -35,43 +35,54 @@ impl<D: Destination> Reconciler<'_, D> {
     /// The overrides of the spec, in the order they apply: `configMapRefs` in order, inline
     /// models last.
     pub(super) async fn read_overrides(&self) -> ReadOverrides {
-        let spec = &self.object.spec.overrides;
-        let mut found = Vec::with_capacity(spec.config_map_refs.len());
-        for reference in &spec.config_map_refs {
-            // A cluster object has no namespace, and its spec no configMapRefs.
-            let namespace = self.object.namespace.as_deref().unwrap_or_default();
-            let config_maps = Api::<ConfigMap>::namespaced(self.context.client.clone(), namespace);
-            let config_map = match config_maps.get_opt(&reference.name).await {
-                Ok(config_map) => config_map,
-                Err(err) => {
-                    let error = SyncError::Write {
-                        what: format!("(reading) override ConfigMap {}", reference.name),
-                        message: api_error_message(&err),
-                    };
-                    return ReadOverrides {
-                        fingerprint: None,
-                        overrides: Err(error),
-                    };
-                }
-            };
-            found.push(match config_map {
-                None => Found::ConfigMapMissing,
-                Some(config_map) => match config_map
-                    .data
-                    .and_then(|mut data| data.remove(&reference.key))
-                {
-                    None => Found::KeyMissing,
-                    Some(text) => Found::Text(text),
-                },
-            });
-        }
-        let fingerprint = serde_json::to_vec(&(&found, &spec.models))
+        let found = match self.read_config_map_refs().await {
+            Ok(found) => found,
+            Err(error) => {
+                return ReadOverrides {
+                    fingerprint: None,
+                    overrides: Err(error),
+                };
+            }
+        };
+        let fingerprint = serde_json::to_vec(&(&found, &self.object.spec.overrides.models))
             .ok()
             .map(|inputs| sha256_digest(&inputs));
         ReadOverrides {
             fingerprint,
             overrides: self.parse_overrides(found),
         }
+    }
+
+    /// Each `configMapRefs` entry as found, in the object's own namespace.
+    async fn read_config_map_refs(&self) -> Result<Vec<Found>, SyncError> {
+        let references = &self.object.spec.overrides.config_map_refs;
+        if references.is_empty() {
+            return Ok(Vec::new());
+        }
+        let namespace = self.object.own_namespace("overrides.configMapRefs")?;
+        let config_maps = Api::<ConfigMap>::namespaced(self.context.client.clone(), namespace);
+        let mut found = Vec::with_capacity(references.len());
+        for reference in references {
+            let config_map =
+                config_maps
+                    .get_opt(&reference.name)
+                    .await
+                    .map_err(|err| SyncError::Write {
+                        what: format!("(reading) override ConfigMap {}", reference.name),
+                        message: api_error_message(&err),
+                    })?;
+            let text = config_map.map(|config_map| {
+                config_map
+                    .data
+                    .and_then(|mut data| data.remove(&reference.key))
+            });
+            found.push(match text {
+                None => Found::ConfigMapMissing,
+                Some(None) => Found::KeyMissing,
+                Some(Some(text)) => Found::Text(text),
+            });
+        }
+        Ok(found)
     }
 
     fn parse_overrides(&self, found: Vec<Found>) -> Result<Overrides, SyncError> {

@@ -553,3 +553,38 @@ async fn an_invalid_spec_is_said_once_and_nothing_is_fetched() {
     reconcile(&context, &sync, &place).await.unwrap();
     assert_eq!(place.lock().statuses.len(), 1);
 }
+
+#[tokio::test]
+async fn a_cluster_object_reads_nothing_of_a_namespace() {
+    let map = map_of(60);
+    let source = Source::serving(Some(&map)).await;
+    // What the schema and the cluster destination refuse, reaching the core anyway: the
+    // core reads no namespace's ConfigMaps or Secrets for an object that has none.
+    let sync: crate::api::ClusterModelCostMapSync = serde_json::from_value(json!({
+        "apiVersion": "costmap.dev/v1alpha1",
+        "kind": "ClusterModelCostMapSync",
+        "metadata": {"name": "everywhere", "uid": "uid-2", "generation": 1},
+        "spec": {
+            "source": {"url": source.url},
+            "overrides": {"configMapRefs": [{"name": "negotiated-rates"}]},
+            "namespaceSelector": {},
+        },
+    }))
+    .unwrap();
+    let place = Recorded::default();
+    let object = Object::of(&sync).unwrap();
+    Reconciler::new(object, &context(), place.clone())
+        .reconcile()
+        .await
+        .unwrap();
+
+    let status = place.last_status();
+    let (ready_status, reason, message) = ready(&status);
+    assert_eq!(
+        (ready_status.as_str(), reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(message.contains("overrides.configMapRefs"), "{message}");
+    assert!(source.asked().is_empty(), "nothing fetched");
+    assert!(place.lock().writes.is_empty());
+}
