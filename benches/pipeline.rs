@@ -41,7 +41,7 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("prepare (the whole pure step)", |b| {
         b.iter(|| {
             costmap_operator::sync::prepare(
-                black_box(new_bytes.clone()),
+                black_box(bytes::Bytes::from(new_bytes.clone())),
                 &Rules::default(),
                 Some(&old),
                 None,

@@ -300,7 +300,7 @@ pub fn unpack(file: MapFile, max_bytes: u64) -> Result<Unpacked, MapError> {
                     error,
                 },
             })?;
-            (map.bytes, digest.clone())
+            (map.bytes.to_vec(), digest.clone())
         }
     };
     Ok(Unpacked {

@@ -97,6 +97,10 @@ pub struct FetchArgs {
     /// Largest map accepted, in bytes, after decompression.
     #[arg(long, default_value_t = FetchPolicy::default().max_body_bytes)]
     pub max_map_bytes: u64,
+    /// The most bytes of maps being received at once, across every source (at least
+    /// --max-map-bytes): what bounds memory when many sources send large bodies together.
+    #[arg(long, default_value_t = FetchPolicy::default().max_bytes_in_flight)]
+    pub max_bytes_in_flight: u64,
     /// Attempts per fetch, the first included: transport errors, timeouts, 408, 429 and
     /// 5xx are retried with backoff within one sync.
     #[arg(long, default_value_t = FetchPolicy::default().max_attempts, value_parser = clap::value_parser!(usize))]
@@ -231,6 +235,7 @@ impl FetchArgs {
         let policy = FetchPolicy {
             allowed_cidrs: self.allowed_cidrs.clone(),
             max_body_bytes: self.max_map_bytes,
+            max_bytes_in_flight: self.max_bytes_in_flight,
             max_attempts: self.fetch_attempts.max(1),
             ..FetchPolicy::default()
         };

@@ -98,12 +98,13 @@ impl Context {
             instance: settings.instance,
         };
         let held = Arc::<MapStore>::default();
+        let max_map_bytes = fetcher.policy().max_body_bytes;
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             config_maps: OwnedConfigMaps::new(client.clone()),
             client,
             sources: SharedFetcher::new(fetcher),
-            preparer: Preparer::new(Arc::clone(&held), settings.concurrent_syncs),
+            preparer: Preparer::new(Arc::clone(&held), settings.concurrent_syncs, max_map_bytes),
             held,
             metrics: settings.metrics,
             proxies: settings.proxies,

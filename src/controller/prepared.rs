@@ -152,16 +152,34 @@ pub(super) struct Preparer {
     memo: Memo<PrepareInputs, PrepareAnswer>,
     /// How many maps may be prepared (parsed, validated, compressed) at once.
     slots: Semaphore,
+    /// How many KiB of maps may be prepared at once, half the largest accepted size: a map
+    /// takes its size, so two maps over a quarter of that size are never parsed side by
+    /// side (each costs about five times its size while parsed), while maps of today's
+    /// size still are.
+    kib_budget: Semaphore,
+    /// The budget's size, the most one map takes.
+    kib_total: u32,
+    /// One preparation at a time per tenant (namespace; cluster objects are one tenant):
+    /// the budgets above are first come, first served, so without this a tenant with many
+    /// objects on large maps would queue them all ahead of another tenant's one.
+    tenants: TenantGates,
     /// Where a prepared map is held (once, by digest).
     held: Arc<MapStore>,
 }
 
 impl Preparer {
-    /// A preparer that holds its maps in `held`, `concurrent` at a time.
-    pub(super) fn new(held: Arc<MapStore>, concurrent: usize) -> Preparer {
+    /// A preparer that holds its maps in `held`, `concurrent` at a time, and maps of up to
+    /// `max_map_bytes` one at a time once they are large.
+    pub(super) fn new(held: Arc<MapStore>, concurrent: usize, max_map_bytes: u64) -> Preparer {
+        let kib_total = u32::try_from((max_map_bytes / 2).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
         Preparer {
             memo: Memo::new(PREPARED_MAPS),
             slots: Semaphore::new(concurrent.max(1)),
+            kib_budget: Semaphore::new(kib_total as usize),
+            kib_total,
+            tenants: TenantGates::default(),
             held,
         }
     }
@@ -171,6 +189,7 @@ impl Preparer {
     /// thread, at most `--concurrent-syncs` at once.
     pub(super) async fn prepared(
         &self,
+        tenant: &str,
         bytes: Bytes,
         digest: String,
         against: Option<Against>,
@@ -185,13 +204,16 @@ impl Preparer {
         };
         let answer = self
             .memo
-            .get_or_try(inputs.clone(), || self.prepare(bytes, against, inputs))
+            .get_or_try(inputs.clone(), || {
+                self.prepare(tenant, bytes, against, inputs)
+            })
             .await?;
         Ok(answer?)
     }
 
     async fn prepare(
         &self,
+        tenant: &str,
         bytes: Bytes,
         against: Option<Against>,
         inputs: PrepareInputs,
@@ -200,13 +222,20 @@ impl Preparer {
         // how many run at once bounds the operator's memory, however many distinct maps
         // come due together. Fetches are not counted: a hanging source must not hold up
         // the others.
+        let gate = self.tenants.gate(tenant);
+        let _turn = gate.lock().await;
         let _slot = self.slots.acquire().await;
+        let kib = u32::try_from(bytes.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        let _budget = self
+            .kib_budget
+            .acquire_many(kib.clamp(1, self.kib_total))
+            .await;
         let held = Arc::clone(&self.held);
         let prepared = tokio::task::spawn_blocking(move || {
             let summary = against.as_ref().and_then(Against::summary);
             drop(against);
             let answer = prepare(
-                bytes.to_vec(),
+                bytes,
                 &inputs.rules,
                 summary.as_deref(),
                 inputs.accept_digest.as_deref(),
@@ -226,5 +255,20 @@ impl Preparer {
             what: "validation",
             detail: join_error.to_string(),
         })
+    }
+}
+
+/// A gate per tenant, kept while someone holds or waits at it.
+#[derive(Default)]
+struct TenantGates {
+    gates: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl TenantGates {
+    /// `tenant`'s gate; gates nobody uses any more are dropped on the way.
+    fn gate(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = crate::locks::lock(&self.gates);
+        gates.retain(|_, gate| Arc::strong_count(gate) > 1);
+        Arc::clone(gates.entry(tenant.to_owned()).or_default())
     }
 }

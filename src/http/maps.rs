@@ -57,7 +57,7 @@ impl ServedMap {
             digest: map.digest(),
             size: map.bytes.len() as u64,
             gz: Bytes::from(map.gz),
-            plain: OnceLock::from(Bytes::from(map.bytes)),
+            plain: OnceLock::from(map.bytes),
         }
     }
 

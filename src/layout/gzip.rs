@@ -9,12 +9,13 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
 use crate::digest::sha256_digest;
+use bytes::Bytes;
 
 /// The map as stored: its exact bytes and their gzip.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMap {
-    /// The exact bytes fetched.
-    pub bytes: Vec<u8>,
+    /// The exact bytes fetched, shared (not copied) with the fetched body they came from.
+    pub bytes: Bytes,
     /// gzip of `bytes`, as written to (or read from) the ConfigMap.
     pub gz: Vec<u8>,
 }
@@ -49,7 +50,8 @@ const GZIP_LEVEL: u32 = 6;
 
 impl StoredMap {
     /// Compresses the fetched bytes for storage.
-    pub fn from_bytes(bytes: Vec<u8>) -> StoredMap {
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> StoredMap {
+        let bytes = bytes.into();
         let gz = gzip(&bytes);
         StoredMap { bytes, gz }
     }

@@ -39,7 +39,7 @@ pub fn read_stored_map(
         return Ok(None);
     };
     Ok(Some(StoredMap {
-        bytes: gunzip_bounded(&gz.0, max_bytes)?,
+        bytes: gunzip_bounded(&gz.0, max_bytes)?.into(),
         gz: gz.0.clone(),
     }))
 }
@@ -132,7 +132,10 @@ pub fn assemble(parts: &[&[u8]], expected: &str, max_bytes: u64) -> Result<Store
             .into());
         }
     };
-    let map = StoredMap { bytes, gz };
+    let map = StoredMap {
+        bytes: bytes.into(),
+        gz,
+    };
     let actual = map.digest();
     if actual != expected {
         return Err(ChunkError::Mixed {
@@ -353,7 +356,7 @@ mod tests {
     fn reading_back_is_bounded_and_tolerates_garbage() {
         let bomb = StoredMap::from_bytes(vec![b'0'; 2 << 20]);
         let cm = rendered(&StoredMap {
-            bytes: vec![],
+            bytes: Default::default(),
             gz: bomb.gz,
         });
         let err = read_stored_map(&cm, "map.json", 1 << 20).unwrap_err();

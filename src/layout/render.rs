@@ -66,7 +66,7 @@ pub fn render_config_maps(
     let mut annotations = identity_annotations(identity);
     if let [gz] = parts.as_slice() {
         let data = (gz.len() + map.bytes.len() <= VERBATIM_BUDGET)
-            .then(|| String::from_utf8(map.bytes.clone()).ok())
+            .then(|| std::str::from_utf8(&map.bytes).ok().map(str::to_owned))
             .flatten()
             .map(|text| BTreeMap::from([(target.key.clone(), text)]));
         let binary_data = BTreeMap::from([(gz_key(&target.key), ByteString(gz.to_vec()))]);
@@ -352,13 +352,13 @@ mod tests {
     fn a_gzip_that_does_not_fit_the_most_chunks_is_refused_not_truncated() {
         let too_large = MAX_CHUNKS * CHUNK_BYTES + 1;
         let map = StoredMap {
-            bytes: vec![b' '; 10],
+            bytes: vec![b' '; 10].into(),
             gz: vec![0; too_large],
         };
         let err = render_config_maps(&target(), &map, &identity(&map)).unwrap_err();
         assert!(matches!(err, RenderError::TooLarge { gz_bytes } if gz_bytes == too_large));
         let fits = StoredMap {
-            bytes: vec![b' '; 10],
+            bytes: vec![b' '; 10].into(),
             gz: vec![0; MAX_CONFIG_MAP_PAYLOAD],
         };
         let one = render_config_maps(&target(), &fits, &identity(&fits)).unwrap();

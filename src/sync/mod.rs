@@ -96,7 +96,7 @@ pub struct PreparedMap {
 /// The CPU-heavy part of accepting a new map: [`accept`] against the last good map's
 /// summary, and gzip.
 pub fn prepare(
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     rules: &Rules,
     last_good: Option<&MapSummary>,
     accept_digest: Option<&str>,

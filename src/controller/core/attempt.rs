@@ -241,11 +241,29 @@ impl<D: Destination> Reconciler<'_, D> {
         } = new;
         let rules = Rules::from(&self.object.spec.validation);
         let accept_digest = self.object.accept_digest.map(str::to_owned);
-        let prepared = self
+        let prepared = match self
             .context
             .preparer
-            .prepared(bytes, digest, against, rules, accept_digest)
-            .await?;
+            .prepared(
+                self.object.namespace.as_deref().unwrap_or_default(),
+                bytes,
+                digest.clone(),
+                against,
+                rules,
+                accept_digest,
+            )
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(refused) => {
+                // A refused body is not kept for the source's other followers: a tenant's
+                // hostile source would otherwise hold the largest accepted size in memory
+                // until its next answer. Another follower fetches it again, and the
+                // preparer's memory of the refusal answers it without parsing.
+                self.context.sources.forget_body(&digest);
+                return Err(refused);
+            }
+        };
         let map = prepared.map.stored();
         let artifact = artifact_of(
             &prepared.map,

@@ -21,6 +21,7 @@
 //! them are passed through [`sanitize_url`] (no userinfo, no query, no fragment).
 
 pub mod address;
+mod budget;
 pub mod error;
 mod headers;
 pub mod shared;
@@ -32,6 +33,7 @@ pub use source_url::{sanitize_url, validate_source_url};
 pub use error::FetchError;
 
 use address::{AddressPolicy, BlockedAddress, LookupFn, PolicyResolver, system_lookup};
+use budget::BodyBudget;
 use headers::{parse_retry_after, response_revision, secret_headers, validator_header};
 
 use std::sync::Arc;
@@ -64,6 +66,10 @@ pub struct FetchPolicy {
     pub max_backoff: Duration,
     /// Addresses allowed even though they are link-local or cloud metadata.
     pub allowed_cidrs: Vec<IpNet>,
+    /// The most bytes of bodies being received at once, across every source: however many
+    /// tenants' sources send large bodies together, memory holds this much of them. At
+    /// least `max_body_bytes` (so one body of the largest size can always be received).
+    pub max_bytes_in_flight: u64,
 }
 
 impl Default for FetchPolicy {
@@ -77,6 +83,7 @@ impl Default for FetchPolicy {
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
             allowed_cidrs: Vec::new(),
+            max_bytes_in_flight: 64 * 1024 * 1024,
         }
     }
 }
@@ -136,6 +143,7 @@ pub struct Fetcher {
     client: reqwest::Client,
     policy: FetchPolicy,
     addresses: Arc<AddressPolicy>,
+    in_flight: BodyBudget,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -174,10 +182,12 @@ impl Fetcher {
             .map_err(|e| FetchError::Client {
                 detail: error_chain(&e),
             })?;
+        let in_flight = BodyBudget::new(policy.max_bytes_in_flight.max(policy.max_body_bytes));
         Ok(Fetcher {
             client,
             policy,
             addresses,
+            in_flight,
         })
     }
 
@@ -353,13 +363,18 @@ impl Fetcher {
             return Err(too_large());
         }
         let capacity = usize::try_from(expected.unwrap_or(0).min(limit)).unwrap_or(0);
+        // A known length is reserved whole, so two bodies never each hold half the budget
+        // waiting for the other half; an unknown one grows its share as it arrives.
+        let mut reserved = self.in_flight.reserve(None, capacity as u64).await;
         let mut body = BytesMut::with_capacity(capacity);
         while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, url))? {
             // Stop at the first chunk past the cap: the decoder produces
             // output incrementally, so a gzip bomb is never inflated further.
-            if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
+            let len = (body.len() as u64).saturating_add(chunk.len() as u64);
+            if len > limit {
                 return Err(too_large());
             }
+            reserved = self.in_flight.reserve(reserved, len).await;
             body.extend_from_slice(&chunk);
         }
         Ok(FetchOutcome::Fetched {

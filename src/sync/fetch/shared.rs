@@ -268,6 +268,25 @@ impl SharedFetcher {
         before - followers.len()
     }
 
+    /// Drops the body with `digest` wherever it is the last body a source sent (a map that
+    /// was refused); the validator goes with it, so the next fetch asks for the whole body.
+    /// A source whose fetch is in flight keeps it.
+    pub fn forget_body(&self, digest: &str) {
+        let sources: Vec<_> = lock(&self.sources).values().cloned().collect();
+        for source in sources {
+            if let Ok(mut state) = source.try_lock()
+                && state
+                    .body
+                    .as_ref()
+                    .is_some_and(|body| body.digest == digest)
+            {
+                state.body = None;
+                state.revision = None;
+                state.answered_at = None;
+            }
+        }
+    }
+
     /// Records that `follower` follows `key` (and is about to get its latest answer), and
     /// returns the source's state.
     fn follow(
@@ -358,6 +377,35 @@ mod tests {
             SourceKey::of("http://a/map", &h(&[("x", "12")])),
             SourceKey::of("http://a/map", &h(&[("x1", "2")]))
         );
+    }
+
+    #[test]
+    fn a_refused_body_is_forgotten_and_the_others_kept() {
+        let shared = SharedFetcher::new(Fetcher::new(FetchPolicy::default()).unwrap());
+        let state = |text: &str| SourceState {
+            body: Some(body(text, "\"v1\"")),
+            revision: Some("\"v1\"".into()),
+            answered_at: Some(Instant::now()),
+            ..SourceState::default()
+        };
+        let headers = Vec::new();
+        let (refused, kept) = (
+            SourceKey::of("http://a/map", &headers),
+            SourceKey::of("http://b/map", &headers),
+        );
+        for (key, text) in [(&refused, "refused"), (&kept, "kept")] {
+            lock(&shared.sources).insert(key.clone(), Arc::new(state(text).into()));
+        }
+        shared.forget_body(&sha256_digest(b"refused"));
+        let sources = lock(&shared.sources).clone();
+        let refused = sources[&refused].try_lock().unwrap();
+        assert!(refused.body.is_none() && refused.revision.is_none());
+        assert!(
+            refused.answer(None).is_none(),
+            "nothing left to answer with"
+        );
+        let kept = sources[&kept].try_lock().unwrap();
+        assert_eq!(kept.body.as_ref().unwrap().bytes, "kept");
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Parsing a map, bounded and strict: a hostile source can make the parser neither crash
 //! (nesting deeper than serde_json's recursion limit is an error) nor use unbounded memory
-//! (at most [`MAX_TOP_LEVEL_KEYS`] keys), and a key that appears twice in one object is an
+//! (at most [`MAX_TOP_LEVEL_KEYS`] keys and [`MAX_VALUES`] values in all), and a key that appears twice in one object is an
 //! error rather than a silent choice of one copy.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::{EXAMPLES_PER_RULE, ModelMap, ValidationError, truncated};
@@ -15,6 +15,13 @@ use super::{EXAMPLES_PER_RULE, ModelMap, ValidationError, truncated};
 /// The most top-level keys a map may have. Real maps have about 5,000; this bounds the
 /// memory a hostile source can make the parser use.
 pub const MAX_TOP_LEVEL_KEYS: usize = 100_000;
+
+/// The most JSON values (objects, arrays, strings, numbers...) a map may hold in all. The
+/// parsed tree costs about 150 bytes per value, so this bounds its memory at about 150 MB
+/// whatever the body's shape: two bytes of `[0,0,0...]` would otherwise cost 32. Real maps
+/// hold one value per 44 bytes (79,024 in the 3.5 MB map; 790,231 in the 35 MB map of the
+/// big-map bench).
+pub const MAX_VALUES: usize = 1_000_000;
 
 impl ModelMap {
     /// Parses a map, bounded: nesting deeper than serde_json's recursion limit (128) and
@@ -24,10 +31,13 @@ impl ModelMap {
     /// who reads it.
     pub fn parse(bytes: &[u8]) -> Result<ModelMap, ValidationError> {
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let parsed = TopLevel::deserialize(&mut deserializer).and_then(|top| {
-            deserializer.end()?;
-            Ok(top)
-        });
+        let values = Cell::new(0);
+        let parsed = TopLevelSeed { values: &values }
+            .deserialize(&mut deserializer)
+            .and_then(|top| {
+                deserializer.end()?;
+                Ok(top)
+            });
         match parsed {
             Ok(TopLevel { duplicates, .. }) if !duplicates.is_empty() => Err(
                 ValidationError::InvalidMap(describe_duplicates(&duplicates)),
@@ -77,15 +87,23 @@ struct TopLevel {
     duplicates: Vec<String>,
 }
 
-impl<'de> Deserialize<'de> for TopLevel {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(TopLevelVisitor)
+/// Parses the top level, counting values in `values`.
+struct TopLevelSeed<'a> {
+    values: &'a Cell<usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevelSeed<'_> {
+    type Value = TopLevel;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<TopLevel, D::Error> {
+        deserializer.deserialize_map(self)
     }
 }
 
-struct TopLevelVisitor;
-
-impl<'de> Visitor<'de> for TopLevelVisitor {
+impl<'de> Visitor<'de> for TopLevelSeed<'_> {
     type Value = TopLevel;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
@@ -96,7 +114,10 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
         let mut entries = BTreeMap::new();
         let mut duplicates = Vec::new();
         let mut seen = 0usize;
-        while let Some((key, StrictValue(value))) = access.next_entry::<String, StrictValue>()? {
+        while let Some(key) = access.next_key::<String>()? {
+            let value = access.next_value_seed(StrictValue {
+                values: self.values,
+            })?;
             seen += 1;
             if seen > MAX_TOP_LEVEL_KEYS {
                 return Err(serde::de::Error::custom(format!(
@@ -121,21 +142,29 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
     }
 }
 
-/// A JSON value in which no object has the same key twice; serde_json's own `Value` keeps
-/// the last copy silently.
-struct StrictValue(Value);
+/// Parses a JSON value in which no object has the same key twice (serde_json's own `Value`
+/// keeps the last copy silently), counting it and every value inside it in `values`.
+#[derive(Clone, Copy)]
+struct StrictValue<'a> {
+    values: &'a Cell<usize>,
+}
 
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(StrictValueVisitor)
-            .map(StrictValue)
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        let counted = self.values.get() + 1;
+        if counted > MAX_VALUES {
+            return Err(serde::de::Error::custom(format_args!(
+                "more than {MAX_VALUES} JSON values in all"
+            )));
+        }
+        self.values.set(counted);
+        deserializer.deserialize_any(self)
     }
 }
 
-struct StrictValueVisitor;
-
-impl<'de> Visitor<'de> for StrictValueVisitor {
+impl<'de> Visitor<'de> for StrictValue<'_> {
     type Value = Value;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
@@ -171,9 +200,9 @@ impl<'de> Visitor<'de> for StrictValueVisitor {
         Ok(Value::Null)
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(access.size_hint().unwrap_or(0).min(1024));
-        while let Some(StrictValue(item)) = access.next_element()? {
+        while let Some(item) = access.next_element_seed(self)? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -181,7 +210,8 @@ impl<'de> Visitor<'de> for StrictValueVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut fields = serde_json::Map::new();
-        while let Some((key, StrictValue(value))) = access.next_entry::<String, StrictValue>()? {
+        while let Some(key) = access.next_key::<String>()? {
+            let value = access.next_value_seed(self)?;
             if fields.contains_key(&key) {
                 return Err(serde::de::Error::custom(format_args!(
                     "the key {:?} appears twice in one object",
@@ -232,6 +262,16 @@ mod tests {
             .join(",");
         let err = ModelMap::parse(format!("{{{body}}}").as_bytes()).unwrap_err();
         assert!(err.to_string().contains("top-level keys"), "{err}");
+    }
+
+    #[test]
+    fn too_many_values_in_all_is_an_error_however_few_the_models() {
+        let zeros = vec!["0"; MAX_VALUES].join(",");
+        let err =
+            ModelMap::parse(format!("{{\"m\": {{\"a\": [{zeros}]}}}}").as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("JSON values in all"), "{err}");
+        let fits = vec!["0"; MAX_VALUES - 3].join(",");
+        ModelMap::parse(format!("{{\"m\": {{\"a\": [{fits}]}}}}").as_bytes()).unwrap();
     }
 
     #[test]
