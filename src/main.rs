@@ -95,6 +95,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         watch_dir: args.watch_dir,
         key: args.key,
         listen: args.listen,
+        probe_listen: args.probe_listen,
         reload,
         rules: Rules {
             min_models: args.min_models,

@@ -309,3 +309,29 @@ subjects: [{{kind: ServiceAccount, name: litellm, namespace: {ns}}}]
         &["get", "modelcostmapsyncs/other", "-n", ns]
     ));
 }
+
+#[tokio::test]
+async fn the_probe_address_answers_health_and_readiness_and_never_the_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut volume = ConfigMapVolume::new(dir.path());
+    volume.write(&refs(&files(&small_map(60, &[]))));
+    let probes = format!("127.0.0.1:{}", testenv::free_port().unwrap());
+    let agent = Agent::start_with(dir.path(), &["--probe-listen", &probes], &[]);
+    let probe = |path: &str| {
+        let url = format!("http://{probes}{path}");
+        async move {
+            let response = reqwest::get(url).await.ok()?;
+            Some(response.status())
+        }
+    };
+    eventually("the probe address to say ready", || async {
+        (probe("/readyz").await? == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(probe("/healthz").await, Some(StatusCode::OK));
+    for path in [format!("/{DEFAULT_KEY}"), "/status".to_owned()] {
+        assert_eq!(probe(&path).await, Some(StatusCode::NOT_FOUND), "{path}");
+    }
+    let (status, _) = agent.get(&format!("/{DEFAULT_KEY}")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}

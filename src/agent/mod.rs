@@ -36,7 +36,7 @@ mod files;
 mod server;
 
 pub use server::Status;
-use server::{Shared, router};
+use server::{Shared, probe_router, router};
 
 pub use files::{
     Checker, Encoding, LoadedMap, MapError, MapFile, Outcome, Unpacked, read_file, read_map, unpack,
@@ -64,6 +64,9 @@ pub struct Config {
     pub key: String,
     /// Where to serve HTTP (used by [`run`]; [`run_on`] takes a bound listener).
     pub listen: SocketAddr,
+    /// Where to serve health and readiness alone, for the kubelet's probes on the pod IP
+    /// while the map stays on loopback.
+    pub probe_listen: Option<SocketAddr>,
     /// The proxy to reload after each new map; none: serve only.
     pub reload: Option<ReloadConfig>,
     /// What a map must satisfy to be served.
@@ -231,18 +234,23 @@ impl Reloader {
 
 /// Runs the agent on `config.listen` until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|error| AgentError::Listen {
-            addr: config.listen,
-            error,
-        })?;
-    run_on(listener, config, shutdown).await
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| AgentError::Listen { addr, error })
+    };
+    let listener = bind(config.listen).await?;
+    let probes = match config.probe_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    run_on(listener, probes, config, shutdown).await
 }
 
 /// Runs the agent on a bound listener until `shutdown` is cancelled.
 pub async fn run_on(
     listener: TcpListener,
+    probes: Option<TcpListener>,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -252,8 +260,7 @@ pub async fn run_on(
     let _watcher = watch(&config.watch_dir, Arc::clone(&changed))?;
 
     let shared = Shared::new(&config.key);
-    let server = {
-        let app = router(shared.clone());
+    let serve = |listener: TcpListener, app: axum::Router| {
         let stop = shutdown.clone().cancelled_owned();
         tokio::spawn(async move {
             axum::serve(listener, app)
@@ -261,6 +268,9 @@ pub async fn run_on(
                 .await
         })
     };
+    let server = serve(listener, router(shared.clone()));
+    // Ends with the shutdown like the main server; its errors only cost the probes.
+    let _probe_server = probes.map(|probes| serve(probes, probe_router(shared.clone())));
     info!(
         watch_dir = %config.watch_dir.display(),
         key = %config.key,

@@ -77,6 +77,14 @@ pub(super) fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
+/// Health and readiness alone: what the kubelet probes on the pod IP, with no map.
+pub(super) fn probe_router(shared: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
 /// `GET`/`HEAD /<key>`: the map, exactly as the operator serves it.
 async fn map(State(shared): State<Shared>, method: Method, headers: HeaderMap) -> Response {
     let map = shared.read(|inner| inner.map.clone());

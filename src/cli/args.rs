@@ -189,10 +189,14 @@ pub struct AgentArgs {
     /// does not update those).
     #[arg(long, value_name = "DIR")]
     pub watch_dir: std::path::PathBuf,
-    /// Address of the HTTP server: the map at /<key>, /healthz, /readyz, /status. Not only
-    /// loopback by default: the kubelet probes the pod IP.
-    #[arg(long, default_value = "0.0.0.0:8090")]
+    /// Address of the HTTP server: the map at /<key>, /healthz, /readyz, /status. Loopback
+    /// by default: the proxy in the same pod is its only reader.
+    #[arg(long, default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
+    /// Also serve /healthz and /readyz alone (no map) on this address, e.g. 0.0.0.0:8091
+    /// for the kubelet's probes, which reach the pod IP, not loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub probe_listen: Option<SocketAddr>,
     /// The map's key in the ConfigMap; `<key>.gz` is read (else the chunks `<key>.gz.chunks`
     /// names, else `<key>`) and served at /<key>.
     #[arg(long, default_value = crate::api::DEFAULT_KEY, value_parser = crate::agent::parse_key)]
@@ -240,5 +244,23 @@ impl FetchArgs {
             ..FetchPolicy::default()
         };
         Fetcher::new(policy).context("building the HTTP client")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_serves_on_loopback_unless_told_otherwise() {
+        let Cli {
+            command: Command::Agent(args),
+        } = Cli::try_parse_from(["costmap-operator", "agent", "--watch-dir", "/etc/costmap"])
+            .unwrap()
+        else {
+            panic!("agent arguments");
+        };
+        assert!(args.listen.ip().is_loopback(), "{}", args.listen);
+        assert_eq!(args.probe_listen, None);
     }
 }

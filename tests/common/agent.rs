@@ -41,7 +41,8 @@ impl Agent {
         )
     }
 
-    fn start_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Agent {
+    /// Starts it on `dir` with extra `args`.
+    pub fn start_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Agent {
         let port = testenv::free_port().unwrap();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("agent.log");
