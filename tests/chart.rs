@@ -136,6 +136,8 @@ fn helm_lint_passes_with_the_defaults_and_every_option() {
         "allowSourceCidrs={169.254.10.0/24}",
         "--set",
         "logFormat=json",
+        "--set",
+        "networkPolicy.enabled=true",
     ])
     .unwrap();
 }
@@ -660,6 +662,7 @@ fn the_readme_documents_every_value() {
         "serviceMonitor",
         "prometheusRule",
         "podDisruptionBudget",
+        "networkPolicy",
     ];
     let mut keys = Vec::new();
     for (key, value) in values.as_mapping().unwrap() {
@@ -685,3 +688,34 @@ fn the_readme_documents_every_value() {
         "values missing from README's table: {missing:?}"
     );
 }
+
+#[test]
+fn the_network_policy_admits_only_the_selected_namespaces_to_the_http_port() {
+    assert!(of_kind(&template(&[]), "NetworkPolicy").is_empty());
+    let docs = template(&[
+        "networkPolicy.enabled=true",
+        "networkPolicy.mapClients.namespaceSelector.matchLabels.team=llm",
+        "networkPolicy.extraFrom[0].ipBlock.cidr=10.0.0.0/24",
+    ]);
+    let policies = of_kind(&docs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1);
+    let spec = serde_json::to_value(&policies[0]["spec"]).unwrap();
+    let deployment = of_kind(&docs, "Deployment")[0];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        serde_json::to_value(&deployment["spec"]["selector"]["matchLabels"]).unwrap()
+    );
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = spec["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["ports"], serde_json::json!([{"port": "http", "protocol": "TCP"}]));
+    assert_eq!(
+        rules[0]["from"],
+        serde_json::json!([
+            {"namespaceSelector": {"matchLabels": {"team": "llm"}}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+            {"ipBlock": {"cidr": "10.0.0.0/24"}},
+        ])
+    );
+}
+
