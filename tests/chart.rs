@@ -708,7 +708,10 @@ fn the_network_policy_admits_only_the_selected_namespaces_to_the_http_port() {
     assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
     let rules = spec["ingress"].as_array().unwrap();
     assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0]["ports"], serde_json::json!([{"port": "http", "protocol": "TCP"}]));
+    assert_eq!(
+        rules[0]["ports"],
+        serde_json::json!([{"port": "http", "protocol": "TCP"}])
+    );
     assert_eq!(
         rules[0]["from"],
         serde_json::json!([
@@ -718,4 +721,3 @@ fn the_network_policy_admits_only_the_selected_namespaces_to_the_http_port() {
         ])
     );
 }
-

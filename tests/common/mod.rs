@@ -130,6 +130,12 @@ impl Operator {
         Self::start_in(client, vec![namespace.to_owned()], policy)
     }
 
+    /// Starts the controller for several namespaces (tenants), with test-friendly backoffs.
+    pub fn start_for(client: &Client, namespaces: &[&str]) -> Operator {
+        let namespaces = namespaces.iter().map(|ns| (*ns).to_owned()).collect();
+        Self::start_in(client, namespaces, test_policy())
+    }
+
     /// Starts the controller for the whole cluster: ModelCostMapSyncs in every namespace
     /// and ClusterModelCostMapSyncs. Only one may run per control plane.
     pub fn start_cluster_wide(client: &Client) -> Operator {

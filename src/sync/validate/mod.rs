@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::api::Validation;
 
-pub use parse::MAX_TOP_LEVEL_KEYS;
+pub use parse::{MAX_TOP_LEVEL_KEYS, MAX_VALUES};
 
 /// Top-level keys that are not models.
 pub const RESERVED_KEYS: [&str; 2] = ["sample_spec", "fallback_generalizations"];
