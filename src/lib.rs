@@ -18,6 +18,7 @@ pub mod agent;
 pub mod api;
 pub mod apiserver;
 pub mod bounded;
+pub mod budget;
 pub mod cli;
 pub mod controller;
 pub mod digest;

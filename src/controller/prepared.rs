@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::budget::ByteBudget;
 use crate::digest::sha256_digest;
 use crate::memo::Memo;
 use crate::sync::fetch::shared::SourceBody;
@@ -152,13 +153,11 @@ pub(super) struct Preparer {
     memo: Memo<PrepareInputs, PrepareAnswer>,
     /// How many maps may be prepared (parsed, validated, compressed) at once.
     slots: Semaphore,
-    /// How many KiB of maps may be prepared at once, half the largest accepted size: a map
-    /// takes its size, so two maps over a quarter of that size are never parsed side by
+    /// How many bytes of maps may be prepared at once, half the largest accepted size: a
+    /// map takes its size, so two maps over a quarter of that size are never parsed side by
     /// side (each costs about five times its size while parsed), while maps of today's
     /// size still are.
-    kib_budget: Semaphore,
-    /// The budget's size, the most one map takes.
-    kib_total: u32,
+    budget: ByteBudget,
     /// One preparation at a time per tenant (namespace; cluster objects are one tenant):
     /// the budgets above are first come, first served, so without this a tenant with many
     /// objects on large maps would queue them all ahead of another tenant's one.
@@ -171,14 +170,10 @@ impl Preparer {
     /// A preparer that holds its maps in `held`, `concurrent` at a time, and maps of up to
     /// `max_map_bytes` one at a time once they are large.
     pub(super) fn new(held: Arc<MapStore>, concurrent: usize, max_map_bytes: u64) -> Preparer {
-        let kib_total = u32::try_from((max_map_bytes / 2).div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .max(1);
         Preparer {
             memo: Memo::new(PREPARED_MAPS),
             slots: Semaphore::new(concurrent.max(1)),
-            kib_budget: Semaphore::new(kib_total as usize),
-            kib_total,
+            budget: ByteBudget::new(max_map_bytes / 2),
             tenants: TenantGates::default(),
             held,
         }
@@ -220,16 +215,12 @@ impl Preparer {
     ) -> Result<PrepareAnswer, SyncError> {
         // Preparing holds the new map, its parsed form and its gzip: tens of MiB. Bounding
         // how many run at once bounds the operator's memory, however many distinct maps
-        // come due together. Fetches are not counted: a hanging source must not hold up
-        // the others.
+        // come due together. Fetches are not counted here (bodies being received have a
+        // budget of their own): a hanging source must not hold up the others.
         let gate = self.tenants.gate(tenant);
         let _turn = gate.lock().await;
         let _slot = self.slots.acquire().await;
-        let kib = u32::try_from(bytes.len().div_ceil(1024)).unwrap_or(u32::MAX);
-        let _budget = self
-            .kib_budget
-            .acquire_many(kib.clamp(1, self.kib_total))
-            .await;
+        let _budget = self.budget.reserve(None, bytes.len() as u64).await;
         let held = Arc::clone(&self.held);
         let prepared = tokio::task::spawn_blocking(move || {
             let summary = against.as_ref().and_then(Against::summary);

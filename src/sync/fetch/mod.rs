@@ -21,7 +21,6 @@
 //! them are passed through [`sanitize_url`] (no userinfo, no query, no fragment).
 
 pub mod address;
-mod budget;
 pub mod error;
 mod headers;
 pub mod shared;
@@ -33,7 +32,6 @@ pub use source_url::{sanitize_url, validate_source_url};
 pub use error::FetchError;
 
 use address::{AddressPolicy, BlockedAddress, LookupFn, PolicyResolver, system_lookup};
-use budget::BodyBudget;
 use headers::{parse_retry_after, response_revision, secret_headers, validator_header};
 
 use std::sync::Arc;
@@ -46,6 +44,8 @@ use ipnet::IpNet;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 use url::Url;
+
+use crate::budget::ByteBudget;
 
 /// `User-Agent` sent with every request, so a source's logs can tell us apart.
 pub const USER_AGENT: &str = concat!("costmap-operator/", env!("CARGO_PKG_VERSION"));
@@ -143,7 +143,7 @@ pub struct Fetcher {
     client: reqwest::Client,
     policy: FetchPolicy,
     addresses: Arc<AddressPolicy>,
-    in_flight: BodyBudget,
+    in_flight: ByteBudget,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -182,7 +182,7 @@ impl Fetcher {
             .map_err(|e| FetchError::Client {
                 detail: error_chain(&e),
             })?;
-        let in_flight = BodyBudget::new(policy.max_bytes_in_flight.max(policy.max_body_bytes));
+        let in_flight = ByteBudget::new(policy.max_bytes_in_flight.max(policy.max_body_bytes));
         Ok(Fetcher {
             client,
             policy,

@@ -1,6 +1,6 @@
-//! The bytes of bodies being received at once, across every source: one budget, so that
-//! many tenants' sources sending their largest bodies together cannot add up past the
-//! operator's memory.
+//! A budget of bytes shared by everyone who holds a map in memory for a while: bodies being
+//! received (across every source) and maps being prepared each have one, so that many
+//! tenants' large maps arriving together cannot add up past the operator's memory.
 
 use std::sync::Arc;
 
@@ -12,18 +12,18 @@ const STEP: u64 = 1024 * 1024;
 
 /// A budget of bytes, counted in [`STEP`]s.
 #[derive(Clone)]
-pub(super) struct BodyBudget {
+pub struct ByteBudget {
     steps: Arc<Semaphore>,
     total: u32,
 }
 
-impl BodyBudget {
+impl ByteBudget {
     /// A budget of `bytes` (rounded up to a whole step).
-    pub(super) fn new(bytes: u64) -> BodyBudget {
+    pub fn new(bytes: u64) -> ByteBudget {
         let total = u32::try_from(bytes.div_ceil(STEP))
             .unwrap_or(u32::MAX)
             .max(1);
-        BodyBudget {
+        ByteBudget {
             steps: Arc::new(Semaphore::new(total as usize)),
             total,
         }
@@ -31,7 +31,7 @@ impl BodyBudget {
 
     /// Grows `held` to cover `bytes`, waiting while other bodies hold the rest; a body
     /// larger than the whole budget holds all of it. The caller's timeout bounds the wait.
-    pub(super) async fn reserve(
+    pub async fn reserve(
         &self,
         held: Option<OwnedSemaphorePermit>,
         bytes: u64,
@@ -72,7 +72,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_holds_its_share_until_it_is_done_and_others_wait_for_it() {
-        let budget = BodyBudget::new(3 * STEP);
+        let budget = ByteBudget::new(3 * STEP);
         let first = budget.reserve(None, 1).await;
         let first = budget.reserve(first, 2 * STEP).await;
         assert_eq!(budget.free(), 1);
@@ -93,7 +93,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_larger_than_the_budget_takes_all_of_it() {
-        let budget = BodyBudget::new(2 * STEP);
+        let budget = ByteBudget::new(2 * STEP);
         let all = budget.reserve(None, 10 * STEP).await;
         assert_eq!(all.unwrap().num_permits(), 2);
     }
