@@ -487,7 +487,7 @@ mod tests {
         {
             Ok(()) => None,
             Err(Attempt::Final(outcome)) => Some(Ok(outcome)),
-            Err(Attempt::Retry(message)) => Some(Err(message)),
+            Err(Attempt::Retry(message) | Attempt::Refused(message)) => Some(Err(message)),
         };
         assert_eq!(
             outcome(

@@ -36,6 +36,7 @@ use costmap_operator::http::map_cache::MapCache;
 use costmap_operator::http::server::{self, ServerState};
 use costmap_operator::litellm::{ProxyClient, ProxyClientConfig};
 use costmap_operator::metrics::Metrics;
+use costmap_operator::sync::fetch::address::{AddressPolicy, OwnAddresses};
 use costmap_operator::sync::fetch::{FetchPolicy, Fetcher};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
@@ -148,6 +149,7 @@ impl Operator {
             proxies: ProxyClient::new(ProxyClientConfig {
                 attempts: 2,
                 min_backoff: Duration::from_millis(50),
+                addresses: loopback_consumers(),
                 ..ProxyClientConfig::default()
             })
             .expect("proxy client"),
@@ -189,15 +191,37 @@ impl Operator {
     }
 }
 
-/// Short retries so failing sources fail fast.
+/// Short retries so failing sources fail fast; loopback sources allowed (the tests' own
+/// sources are on loopback).
 pub fn test_policy() -> FetchPolicy {
     FetchPolicy {
         max_attempts: 2,
         min_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
+        allowed_cidrs: LOOPBACK.iter().map(|c| c.parse().unwrap()).collect(),
         ..FetchPolicy::default()
     }
 }
+
+/// What the tests' operators allow although the address policy refuses it: loopback,
+/// where the tests' sources and proxies listen.
+pub const LOOPBACK: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// The consumer address policy of the in-process operator: loopback allowed.
+pub fn loopback_consumers() -> AddressPolicy {
+    AddressPolicy::new(
+        LOOPBACK.iter().map(|c| c.parse().unwrap()).collect(),
+        OwnAddresses::default(),
+    )
+}
+
+/// The `run` flags that allow loopback sources and consumers, for operator processes.
+pub const ALLOW_LOOPBACK_ARGS: [&str; 4] = [
+    "--allow-source-cidr=127.0.0.0/8",
+    "--allow-source-cidr=::1/128",
+    "--allow-consumer-cidr=127.0.0.0/8",
+    "--allow-consumer-cidr=::1/128",
+];
 
 /// What the loopback source answers.
 #[derive(Clone)]

@@ -590,9 +590,14 @@ mod tests {
                 .await
                 .unwrap_err();
             match &err {
-                FetchError::ForbiddenAddress { url, address: got } => {
+                FetchError::ForbiddenAddress {
+                    url,
+                    address: got,
+                    why,
+                } => {
                     assert!(!url.contains("token"), "{url}");
-                    assert_eq!(got.address, ip(address));
+                    assert_eq!(*got, ip(address));
+                    assert_ne!(*why, Blocked::Operator);
                 }
                 other => panic!("expected ForbiddenAddress, got {other:?}"),
             }
