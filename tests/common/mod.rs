@@ -128,16 +128,32 @@ impl Operator {
 
     /// Starts the controller with a given fetch policy.
     pub fn start_with(client: &Client, namespace: &str, policy: FetchPolicy) -> Operator {
-        Self::start_in(client, vec![namespace.to_owned()], policy)
+        Self::start_in(client, vec![namespace.to_owned()], policy, loopback_consumers())
+    }
+
+    /// Starts the controller for `namespaces` with given source and consumer address
+    /// policies (the tenancy tests run it as it runs by default: no loopback).
+    pub fn start_with_addresses(
+        client: &Client,
+        namespaces: Vec<String>,
+        policy: FetchPolicy,
+        consumers: AddressPolicy,
+    ) -> Operator {
+        Self::start_in(client, namespaces, policy, consumers)
     }
 
     /// Starts the controller for the whole cluster: ModelCostMapSyncs in every namespace
     /// and ClusterModelCostMapSyncs. Only one may run per control plane.
     pub fn start_cluster_wide(client: &Client) -> Operator {
-        Self::start_in(client, Vec::new(), test_policy())
+        Self::start_in(client, Vec::new(), test_policy(), loopback_consumers())
     }
 
-    fn start_in(client: &Client, namespaces: Vec<String>, policy: FetchPolicy) -> Operator {
+    fn start_in(
+        client: &Client,
+        namespaces: Vec<String>,
+        policy: FetchPolicy,
+        consumers: AddressPolicy,
+    ) -> Operator {
         let stop = CancellationToken::new();
         let fetcher = Fetcher::new(policy).expect("fetcher");
         let maps = MapCache::default();
@@ -149,7 +165,7 @@ impl Operator {
             proxies: ProxyClient::new(ProxyClientConfig {
                 attempts: 2,
                 min_backoff: Duration::from_millis(50),
-                addresses: loopback_consumers(),
+                addresses: consumers,
                 ..ProxyClientConfig::default()
             })
             .expect("proxy client"),
