@@ -410,10 +410,13 @@ async fn send<T>(
     if let Some(AdminKey(value)) = admin_key {
         request = request.header(AUTHORIZATION, value.clone());
     }
-    request.send().await.map_err(|err| match find_blocked(&err) {
-        Some(blocked) => Attempt::Refused(refused_message(&blocked)),
-        None => Attempt::Retry(describe(&err)),
-    })
+    request
+        .send()
+        .await
+        .map_err(|err| match find_blocked(&err) {
+            Some(blocked) => Attempt::Refused(refused_message(&blocked)),
+            None => Attempt::Retry(describe(&err)),
+        })
 }
 
 /// At most `max` bytes of a response body: a proxy's error page is never read whole.

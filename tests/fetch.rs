@@ -71,7 +71,10 @@ fn fast_policy() -> FetchPolicy {
     FetchPolicy {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
-        allowed_cidrs: common::LOOPBACK.iter().map(|c| c.parse().unwrap()).collect(),
+        allowed_cidrs: common::LOOPBACK
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect(),
         ..FetchPolicy::default()
     }
 }

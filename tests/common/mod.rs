@@ -128,7 +128,12 @@ impl Operator {
 
     /// Starts the controller with a given fetch policy.
     pub fn start_with(client: &Client, namespace: &str, policy: FetchPolicy) -> Operator {
-        Self::start_in(client, vec![namespace.to_owned()], policy, loopback_consumers())
+        Self::start_in(
+            client,
+            vec![namespace.to_owned()],
+            policy,
+            loopback_consumers(),
+        )
     }
 
     /// Starts the controller for `namespaces` with given source and consumer address

@@ -214,9 +214,7 @@ impl Consumers<'_> {
         };
         let mut reloaded = None;
         if mode.reloads(answer.as_ref(), expected) {
-            let mut outcome = proxies
-                .reload(&endpoint(url, RELOAD_PATH), admin_key)
-                .await;
+            let mut outcome = proxies.reload(&endpoint(url, RELOAD_PATH), admin_key).await;
             if outcome == ReloadOutcome::NoDatabase
                 && let Ok(Some(period)) = proxies.self_reload_period(url, admin_key).await
             {

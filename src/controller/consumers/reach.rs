@@ -57,7 +57,16 @@ impl Consumers<'_> {
                 request: Err("the proxy URL is not a valid URL".to_owned()),
             };
         };
-        let shown = sanitize_url(&parsed);
+        // As written when there is nothing to hide: status keeps the spec's spelling.
+        let hides_nothing = parsed.username().is_empty()
+            && parsed.password().is_none()
+            && parsed.query().is_none()
+            && parsed.fragment().is_none();
+        let shown = if hides_nothing {
+            url.trim().to_owned()
+        } else {
+            sanitize_url(&parsed)
+        };
         let request = self.request_url(parsed).await;
         Checked { shown, request }
     }
@@ -68,8 +77,7 @@ impl Consumers<'_> {
             addresses
                 .check_url(&url)
                 .map_err(|blocked| refused_message(&blocked))?;
-            if addresses.allows_explicitly(ip) || self.namespace_addresses().await.contains(&ip)
-            {
+            if addresses.allows_explicitly(ip) || self.namespace_addresses().await.contains(&ip) {
                 return Ok(url.to_string());
             }
             return Err(format!(
@@ -97,7 +105,10 @@ impl Consumers<'_> {
                  must be in the object's own namespace, {}",
                 self.namespace
             )),
-            None if self.allowed_by_name(&host, url.port_or_known_default()).await => {
+            None if self
+                .allowed_by_name(&host, url.port_or_known_default())
+                .await =>
+            {
                 Ok(url.to_string())
             }
             None => Err(format!(
@@ -175,9 +186,18 @@ mod tests {
             ("litellm.team-a", Some(("litellm", "team-a"))),
             ("litellm.team-b", Some(("litellm", "team-b"))),
             ("litellm.team-a.svc", Some(("litellm", "team-a"))),
-            ("litellm.team-a.svc.cluster.local", Some(("litellm", "team-a"))),
-            ("litellm.team-a.svc.cluster.local.", Some(("litellm", "team-a"))),
-            ("litellm.team-b.svc.cluster.local", Some(("litellm", "team-b"))),
+            (
+                "litellm.team-a.svc.cluster.local",
+                Some(("litellm", "team-a")),
+            ),
+            (
+                "litellm.team-a.svc.cluster.local.",
+                Some(("litellm", "team-a")),
+            ),
+            (
+                "litellm.team-b.svc.cluster.local",
+                Some(("litellm", "team-b")),
+            ),
             ("litellm.team-a.svc.evil.example", None),
             ("litellm.team-a.pod.cluster.local", None),
             ("proxy.example.com", None),

@@ -88,7 +88,10 @@ impl OwnAddresses {
 
     /// Replaces the addresses.
     pub fn set(&self, addresses: Vec<IpAddr>) {
-        let mut held = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *held = addresses;
     }
 
@@ -101,8 +104,12 @@ impl OwnAddresses {
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
-        let held = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        held.iter().any(|own| own.to_canonical() == ip.to_canonical())
+        let held = self
+            .0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.iter()
+            .any(|own| own.to_canonical() == ip.to_canonical())
     }
 }
 

@@ -44,10 +44,9 @@ impl ModelMap {
             Ok(TopLevel {
                 entries,
                 duplicates,
-            }) if source && !is_map_shaped(&entries) => Err(ValidationError::InvalidMap(describe_shape(
-                &entries,
-                duplicates.len(),
-            ))),
+            }) if source && !is_map_shaped(&entries) => Err(ValidationError::InvalidMap(
+                describe_shape(&entries, duplicates.len()),
+            )),
             Ok(TopLevel { duplicates, .. }) if !duplicates.is_empty() => Err(
                 ValidationError::InvalidMap(describe_duplicates(&duplicates)),
             ),
@@ -296,7 +295,10 @@ mod tests {
         ] {
             let err = ModelMap::parse(body.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(expected), "{body}: {err}");
-            assert!(!err.contains("s3cret") && !err.contains("42"), "{body}: {err}");
+            assert!(
+                !err.contains("s3cret") && !err.contains("42"),
+                "{body}: {err}"
+            );
         }
         // A map with a few broken entries is still a map: its messages name them.
         let map = br#"{"a": {}, "b": {}, "c": "x"}"#;
