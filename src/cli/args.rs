@@ -105,8 +105,8 @@ pub struct RunArgs {
 #[derive(clap::Args)]
 pub struct FetchArgs {
     /// Allow sources (and redirects) in this CIDR even though the address policy refuses them:
-    /// loopback, unspecified, link-local, cloud metadata (repeatable; `run` only, `check`
-    /// and `diff` reach any address). The operator's own addresses stay refused.
+    /// loopback, unspecified, link-local, cloud metadata (repeatable; `check` and `diff`
+    /// refuse only link-local and metadata ones). The operator's own addresses stay refused.
     #[arg(long = "allow-source-cidr", value_name = "CIDR")]
     pub allowed_cidrs: Vec<ipnet::IpNet>,
     /// Largest map accepted, in bytes, after decompression.
@@ -253,11 +253,13 @@ impl FetchArgs {
         Fetcher::new(policy).context("building the HTTP client")
     }
 
-    /// The fetcher of `check` and `diff`, run by a person on their own machine: any
-    /// address, loopback included.
+    /// The fetcher of `check` and `diff`, run by a person on their own machine: loopback
+    /// and private addresses included, link-local and metadata only with
+    /// `--allow-source-cidr`.
     pub fn local_fetcher(&self) -> anyhow::Result<Fetcher> {
         let policy = FetchPolicy {
-            any_address: true,
+            allowed_cidrs: self.allowed_cidrs.clone(),
+            local: true,
             ..self.policy()
         };
         Fetcher::new(policy).context("building the HTTP client")

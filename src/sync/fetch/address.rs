@@ -11,8 +11,10 @@
 //! `--allow-consumer-cidr`) covers them. The operator's own addresses are refused even
 //! then: an allow-list of the pod network must not reopen the way to its own endpoint.
 //!
-//! One policy for the fetcher and the proxy client; `check` and `diff`, run by a person on
-//! their own machine, use [`AddressPolicy::unrestricted`].
+//! One policy for the fetcher and the proxy client. `check` and `diff`, run by a person on
+//! their own machine, use [`AddressPolicy::local`]: any address but link-local and cloud
+//! metadata (their credentials are the machine's, not the person's). The agent reaches the
+//! proxy of its own pod: [`AddressPolicy::unrestricted`].
 
 use std::future::Future;
 use std::io;
@@ -154,7 +156,18 @@ fn pod_addresses(var: impl Fn(&str) -> Option<String>) -> Vec<IpAddr> {
 pub struct AddressPolicy {
     allowed: Vec<IpNet>,
     own: OwnAddresses,
-    unrestricted: bool,
+    scope: Scope,
+}
+
+/// Whose URLs a policy guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// URLs tenants wrote, reached from the operator's pod: the whole block list.
+    Tenant,
+    /// URLs a person gives on their own machine: link-local and metadata only.
+    Local,
+    /// Anything.
+    Any,
 }
 
 impl AddressPolicy {
@@ -163,22 +176,32 @@ impl AddressPolicy {
         AddressPolicy {
             allowed,
             own,
-            unrestricted: false,
+            scope: Scope::Tenant,
         }
     }
 
-    /// Any address: for commands a person runs on their own machine.
+    /// For commands a person runs on their own machine: any address but link-local and
+    /// cloud metadata ones, with `allowed` as exceptions.
+    pub fn local(allowed: Vec<IpNet>) -> AddressPolicy {
+        AddressPolicy {
+            allowed,
+            own: OwnAddresses::default(),
+            scope: Scope::Local,
+        }
+    }
+
+    /// Any address at all.
     pub fn unrestricted() -> AddressPolicy {
         AddressPolicy {
             allowed: Vec::new(),
             own: OwnAddresses::default(),
-            unrestricted: true,
+            scope: Scope::Any,
         }
     }
 
     /// Why `ip` may not be connected to, or None when it may.
     pub fn refusal(&self, ip: IpAddr) -> Option<Blocked> {
-        if self.unrestricted {
+        if self.scope == Scope::Any {
             return None;
         }
         if self.own.contains(ip) {
@@ -192,7 +215,12 @@ impl AddressPolicy {
         if allowed {
             return None;
         }
-        blocked(ip)
+        match (self.scope, blocked(ip)) {
+            (Scope::Local, Some(Blocked::LinkLocal | Blocked::Metadata)) | (Scope::Tenant, _) => {
+                blocked(ip)
+            }
+            _ => None,
+        }
     }
 
     /// Whether `ip` may be connected to.
@@ -493,6 +521,30 @@ mod tests {
         for any in ["127.0.0.1", "::1", "169.254.169.254", "0.0.0.0"] {
             assert!(p.permits(ip(any)), "{any}");
         }
+    }
+
+    #[test]
+    fn a_person_s_policy_refuses_only_link_local_and_metadata() {
+        let p = AddressPolicy::local(Vec::new());
+        for any in [
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "10.0.0.1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(p.permits(ip(any)), "{any}");
+        }
+        for blocked in [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "168.63.129.16",
+            "fe80::1",
+        ] {
+            assert!(!p.permits(ip(blocked)), "{blocked}");
+        }
+        let allowed = AddressPolicy::local(vec!["169.254.0.0/16".parse().unwrap()]);
+        assert!(allowed.permits(ip("169.254.169.254")));
     }
 
     #[test]

@@ -169,6 +169,19 @@ fn status_hint(code: u16) -> &'static str {
     }
 }
 
+/// What to do about a refused source address.
+fn refusal_hint(why: Blocked) -> &'static str {
+    match why {
+        Blocked::Operator => {
+            "a source may not be the operator's own endpoint (it serves every namespace's maps)"
+        }
+        _ => {
+            "such addresses are refused as sources; if this source is intended, \
+             --allow-source-cidr can allow a CIDR covering it"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,18 +219,5 @@ mod tests {
             .is_too_large()
         );
         assert!(!e.is_too_large());
-    }
-}
-
-/// What to do about a refused source address.
-fn refusal_hint(why: Blocked) -> &'static str {
-    match why {
-        Blocked::Operator => {
-            "a source may not be the operator's own endpoint (it serves every namespace's maps)"
-        }
-        _ => {
-            "loopback, unspecified, link-local and cloud metadata addresses are refused; if this \
-             source is intended, the operator's --allow-source-cidr can allow a CIDR covering it"
-        }
     }
 }

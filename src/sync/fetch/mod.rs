@@ -67,9 +67,9 @@ pub struct FetchPolicy {
     pub allowed_cidrs: Vec<IpNet>,
     /// The operator's own pod and Service addresses, always refused.
     pub own_addresses: OwnAddresses,
-    /// Any address at all: only for commands a person runs on their own machine
-    /// (`check`, `diff`), never for the operator.
-    pub any_address: bool,
+    /// A person's policy, for commands they run on their own machine (`check`, `diff`):
+    /// only link-local and cloud metadata addresses refused. Never for the operator.
+    pub local: bool,
 }
 
 impl Default for FetchPolicy {
@@ -84,7 +84,7 @@ impl Default for FetchPolicy {
             max_backoff: Duration::from_secs(30),
             allowed_cidrs: Vec::new(),
             own_addresses: OwnAddresses::default(),
-            any_address: false,
+            local: false,
         }
     }
 }
@@ -161,8 +161,8 @@ impl Fetcher {
     }
 
     fn with_lookup(policy: FetchPolicy, lookup: LookupFn) -> Result<Fetcher, FetchError> {
-        let addresses = Arc::new(if policy.any_address {
-            AddressPolicy::unrestricted()
+        let addresses = Arc::new(if policy.local {
+            AddressPolicy::local(policy.allowed_cidrs.clone())
         } else {
             AddressPolicy::new(policy.allowed_cidrs.clone(), policy.own_addresses.clone())
         });
