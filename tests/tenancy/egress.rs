@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use serde_json::json;
 
+use crate::common::process::OperatorProcess;
 use crate::common::*;
 
 /// What a [`Counting`] server answers to every request.
@@ -425,4 +426,43 @@ async fn a_source_answer_that_is_no_map_is_described_by_its_shape_only() {
         "{scalar_says}"
     );
     operator.stop().await;
+}
+
+#[tokio::test]
+async fn run_refuses_the_cluster_ips_of_the_service_it_is_told_is_its_own() {
+    let client = client().await;
+    let ns = namespace(&client, "egress-own-service").await;
+    let service: Service = create(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "costmap-operator"},
+               "spec": {"ports": [{"port": 8080}]}}),
+    )
+    .await;
+    let ip = service
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .expect("a cluster IP");
+    // The address is allowed by CIDR: only its being the operator's own refuses it.
+    let allow = format!("--allow-source-cidr={ip}/32");
+    let mut operator = OperatorProcess::start(
+        &control_plane().kubeconfig,
+        &ns,
+        "operator-0",
+        &[
+            "--namespace",
+            &ns,
+            "--service-name=costmap-operator",
+            &allow,
+        ],
+    );
+    let url = format!("http://{ip}:8080/maps/{ns}/other/{DEFAULT_KEY}");
+    create_litellm_sync(&client, &ns, &url).await;
+    let message = refused(&client, &ns, "litellm", Reason::FetchFailed).await;
+    assert!(
+        message.contains(&format!("refusing to connect to {ip}"))
+            && message.contains("the operator itself"),
+        "{message}"
+    );
+    operator.assert_alive();
 }
