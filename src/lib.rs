@@ -30,6 +30,7 @@ pub mod litellm;
 pub mod locks;
 pub mod memo;
 pub mod metrics;
+pub mod own_addresses;
 pub mod scope;
 pub mod sync;
 pub mod watch;

@@ -12,6 +12,10 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
+use crate::sync::fetch::address::{
+    AddressPolicy, BlockedAddress, OwnAddresses, PolicyResolver, find_blocked, system_lookup,
+};
+
 /// LiteLLM's reload endpoint, below a proxy's base URL.
 pub const RELOAD_PATH: &str = "reload/model_cost_map";
 /// LiteLLM's "which map do you serve" endpoint, below a proxy's base URL.
@@ -77,6 +81,12 @@ pub struct ProxyClientConfig {
     pub attempts: usize,
     /// Wait before the first retry; it doubles (with jitter) up to 8 times this.
     pub min_backoff: Duration,
+    /// Which addresses may be reached, for IP literals and for every address a name
+    /// resolves to. The operator's: the block list with `--allow-consumer-cidr`; the
+    /// agent's (its own proxy on localhost): unrestricted.
+    pub addresses: AddressPolicy,
+    /// The cluster's DNS domain (`<svc>.<namespace>.svc.<domain>`).
+    pub cluster_domain: String,
 }
 
 impl Default for ProxyClientConfig {
@@ -86,6 +96,8 @@ impl Default for ProxyClientConfig {
             source_timeout: Duration::from_secs(10),
             attempts: 3,
             min_backoff: Duration::from_secs(1),
+            addresses: AddressPolicy::new(Vec::new(), OwnAddresses::default()),
+            cluster_domain: "cluster.local".to_owned(),
         }
     }
 }
@@ -95,6 +107,15 @@ impl Default for ProxyClientConfig {
 pub struct ProxyClient {
     http: reqwest::Client,
     config: ProxyClientConfig,
+}
+
+/// What status says of a refused proxy address: nothing was sent to it.
+pub fn refused_message(blocked: &BlockedAddress) -> String {
+    let hint = match blocked.why {
+        crate::sync::fetch::address::Blocked::Operator => "",
+        _ => " (the operator's --allow-consumer-cidr can allow it)",
+    };
+    format!("refused, nothing was sent: {blocked}{hint}")
 }
 
 /// How a reload call ended.
@@ -151,17 +172,25 @@ pub struct SourceInfo {
 enum Attempt<T> {
     Retry(String),
     Final(T),
+    /// The address policy refused the address: nothing was sent.
+    Refused(String),
 }
 
 impl ProxyClient {
     /// A client with these timeouts and retries.
     pub fn new(config: ProxyClientConfig) -> Result<ProxyClient, reqwest::Error> {
+        let resolver = PolicyResolver {
+            policy: std::sync::Arc::new(config.addresses.clone()),
+            lookup: system_lookup(),
+        };
         let http = reqwest::Client::builder()
             .user_agent(crate::sync::fetch::USER_AGENT)
             // Proxies are in the cluster (or the pod): never send them, and the key, through
-            // an egress proxy, nor the key after a redirect.
+            // an egress proxy (which would also resolve names past the address policy), nor
+            // the key after a redirect.
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(std::sync::Arc::new(resolver))
             .build()?;
         Ok(ProxyClient { http, config })
     }
@@ -174,10 +203,33 @@ impl ProxyClient {
             .with_jitter()
     }
 
+    /// Whether the address policy lets `url` be reached, when its host is an IP literal
+    /// (names are checked on their addresses, as they resolve).
+    pub fn check_address(&self, url: &str) -> Result<(), BlockedAddress> {
+        match url::Url::parse(url) {
+            Ok(parsed) => self.config.addresses.check_url(&parsed),
+            // reqwest refuses it too, before any connection.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The cluster's DNS domain, for Service names in proxy URLs.
+    pub fn cluster_domain(&self) -> &str {
+        &self.config.cluster_domain
+    }
+
+    /// The address policy of this client.
+    pub fn addresses(&self) -> &AddressPolicy {
+        &self.config.addresses
+    }
+
     /// `POST reload_url` (a proxy's `<base>/reload/model_cost_map`), retried with backoff on
     /// connection errors and answers that can pass (5xx, 408, 429), but not on LiteLLM's
     /// no-database answer or a refused key, which will not change.
     pub async fn reload(&self, reload_url: &str, admin_key: Option<&AdminKey>) -> ReloadOutcome {
+        if let Err(blocked) = self.check_address(reload_url) {
+            return ReloadOutcome::Failed(refused_message(&blocked));
+        }
         let attempt = || async {
             let request = self
                 .http
@@ -197,7 +249,9 @@ impl ProxyClient {
         match result {
             Ok(()) => ReloadOutcome::Reloaded,
             Err(Attempt::Final(outcome)) => outcome,
-            Err(Attempt::Retry(message)) => ReloadOutcome::Failed(message),
+            Err(Attempt::Retry(message) | Attempt::Refused(message)) => {
+                ReloadOutcome::Failed(message)
+            }
         }
     }
 
@@ -247,6 +301,8 @@ impl ProxyClient {
         admin_key: Option<&AdminKey>,
     ) -> Result<T, String> {
         let url = endpoint(base_url, path);
+        self.check_address(&url)
+            .map_err(|blocked| refused_message(&blocked))?;
         let attempt = || async {
             let request = self.http.get(&url).timeout(self.config.source_timeout);
             let response = send(request, admin_key).await?;
@@ -268,7 +324,9 @@ impl ProxyClient {
             .when(|err| matches!(err, Attempt::Retry(_)))
             .await
             .map_err(|err| match err {
-                Attempt::Retry(message) | Attempt::Final(message) => message,
+                Attempt::Retry(message) | Attempt::Final(message) | Attempt::Refused(message) => {
+                    message
+                }
             })
     }
 }
@@ -355,7 +413,10 @@ async fn send<T>(
     request
         .send()
         .await
-        .map_err(|err| Attempt::Retry(describe(&err)))
+        .map_err(|err| match find_blocked(&err) {
+            Some(blocked) => Attempt::Refused(refused_message(&blocked)),
+            None => Attempt::Retry(describe(&err)),
+        })
 }
 
 /// At most `max` bytes of a response body: a proxy's error page is never read whole.
@@ -429,7 +490,7 @@ mod tests {
         {
             Ok(()) => None,
             Err(Attempt::Final(outcome)) => Some(Ok(outcome)),
-            Err(Attempt::Retry(message)) => Some(Err(message)),
+            Err(Attempt::Retry(message) | Attempt::Refused(message)) => Some(Err(message)),
         };
         assert_eq!(
             outcome(

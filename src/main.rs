@@ -15,7 +15,9 @@ use costmap_operator::http::server::{self, ServerState};
 use costmap_operator::leader::{self, Candidate};
 use costmap_operator::litellm::{ProxyClient, ProxyClientConfig};
 use costmap_operator::metrics::Metrics;
+use costmap_operator::own_addresses::{self, OwnService};
 use costmap_operator::scope;
+use costmap_operator::sync::fetch::address::AddressPolicy;
 use costmap_operator::sync::validate::Rules;
 use kube::Client;
 use kube::api::ListParams;
@@ -134,7 +136,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let fetcher = args.fetch.fetcher()?;
+    let own = own_addresses::from_env();
+    let fetcher = args.fetch.fetcher(own.clone())?;
     let client = Client::try_default()
         .await
         .context("finding the cluster (in-cluster config, else KUBECONFIG)")?;
@@ -142,6 +145,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    if let Some(name) = args.service_name.clone() {
+        let namespace = std::env::var("POD_NAMESPACE")
+            .unwrap_or_else(|_| client.default_namespace().to_owned());
+        let service = OwnService::new(client.clone(), &namespace, name);
+        service.refresh(&own).await;
+        tokio::spawn(service.keep(own.clone(), shutdown.clone()));
+    }
 
     let metrics = Arc::new(Metrics::default());
     // Every replica serves maps, leader or not.
@@ -167,8 +177,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespaces: args.namespaces,
         instance: std::env::var("POD_NAME").ok(),
         metrics: metrics.clone(),
-        proxies: ProxyClient::new(ProxyClientConfig::default())
-            .context("building the HTTP client for proxies")?,
+        proxies: ProxyClient::new(ProxyClientConfig {
+            addresses: AddressPolicy::new(args.allowed_consumer_cidrs, own),
+            cluster_domain: args.cluster_domain,
+            ..ProxyClientConfig::default()
+        })
+        .context("building the HTTP client for proxies")?,
         maps,
         concurrent_syncs: args.concurrent_syncs,
         retry_backoff: args.retry_backoff,

@@ -230,7 +230,8 @@ fn check_refuses_invalid_files_with_exit_code_1_and_the_reason() {
         (
             "models that are not objects",
             numbers.as_bytes(),
-            "each model entry is a JSON object",
+            // No map at all: described by its shape, never its keys or values.
+            "not a map of model entries: 0 of its 60 top-level values are objects",
         ),
         (
             "two JSON documents",

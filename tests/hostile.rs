@@ -629,7 +629,7 @@ async fn no_secret_reaches_logs_events_status_configmaps_or_metrics_and_json_log
         if let Err(err) = ModelMap::parse(line.as_bytes()) {
             let err = err.to_string();
             assert!(
-                !err.contains("more than once") && !err.contains("appears twice"),
+                !err.contains("more than once") && !err.contains("a key twice"),
                 "a JSON log line with a key twice: {err}\n{line}"
             );
             assert!(

@@ -757,6 +757,7 @@ async fn reloads_retry_what_can_pass_and_stop_at_final_answers() {
     let client = ProxyClient::new(ProxyClientConfig {
         attempts: 3,
         min_backoff: std::time::Duration::from_millis(20),
+        addresses: common::loopback_consumers(),
         ..ProxyClientConfig::default()
     })
     .unwrap();

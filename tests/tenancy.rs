@@ -6,3 +6,6 @@ mod common;
 
 #[path = "tenancy/memory.rs"]
 mod memory;
+
+#[path = "tenancy/egress.rs"]
+mod egress;

@@ -29,6 +29,7 @@ use tracing::{debug, error, info, warn};
 use url::Url;
 
 use crate::litellm::{AdminKey, ProxyClient, ProxyClientConfig, ReloadOutcome};
+use crate::sync::fetch::address::AddressPolicy;
 use crate::sync::fetch::{sanitize_url, validate_source_url};
 use crate::sync::validate::Rules;
 
@@ -138,6 +139,8 @@ impl ReloadConfig {
                 reload_timeout: DEFAULT_RELOAD_TIMEOUT,
                 attempts: 3,
                 min_backoff: Duration::from_millis(500),
+                // The agent reaches the proxy of its own pod, on the URL its pod spec names.
+                addresses: AddressPolicy::unrestricted(),
                 ..ProxyClientConfig::default()
             },
         }

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::api::Validation;
+use crate::sync::fetch::address::OwnAddresses;
 use crate::sync::fetch::{FetchPolicy, Fetcher};
 use crate::sync::validate::Rules;
 
@@ -83,6 +84,19 @@ pub struct RunArgs {
     pub lease_duration: Duration,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    /// Allow proxy (consumer) addresses in this CIDR even though the address policy refuses
+    /// them (loopback, link-local, cloud metadata), or though they are not in the object's
+    /// namespace (repeatable). The operator's own addresses stay refused.
+    #[arg(long = "allow-consumer-cidr", value_name = "CIDR")]
+    pub allowed_consumer_cidrs: Vec<ipnet::IpNet>,
+    /// The operator's own Service (in its namespace, env POD_NAMESPACE): its cluster IPs are
+    /// refused as sources and consumers, like the pod's own addresses (env POD_IP, POD_IPS).
+    #[arg(long, value_name = "NAME")]
+    pub service_name: Option<String>,
+    /// The cluster's DNS domain: a consumer URL may name a Service as
+    /// `<svc>.<namespace>.svc.<cluster domain>`.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "COSTMAP_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -90,8 +104,9 @@ pub struct RunArgs {
 
 #[derive(clap::Args)]
 pub struct FetchArgs {
-    /// Allow sources in this CIDR even though it is link-local or a cloud metadata address
-    /// (repeatable).
+    /// Allow sources (and redirects) in this CIDR even though the address policy refuses them:
+    /// loopback, unspecified, link-local, cloud metadata (repeatable; `check` and `diff`
+    /// refuse only link-local and metadata ones). The operator's own addresses stay refused.
     #[arg(long = "allow-source-cidr", value_name = "CIDR")]
     pub allowed_cidrs: Vec<ipnet::IpNet>,
     /// Largest map accepted, in bytes, after decompression.
@@ -235,15 +250,36 @@ pub enum LogFormat {
 }
 
 impl FetchArgs {
-    pub fn fetcher(&self) -> anyhow::Result<Fetcher> {
+    /// The operator's fetcher: the address policy with `--allow-source-cidr`, and `own`
+    /// addresses always refused.
+    pub fn fetcher(&self, own: OwnAddresses) -> anyhow::Result<Fetcher> {
         let policy = FetchPolicy {
             allowed_cidrs: self.allowed_cidrs.clone(),
+            own_addresses: own,
+            ..self.policy()
+        };
+        Fetcher::new(policy).context("building the HTTP client")
+    }
+
+    /// The fetcher of `check` and `diff`, run by a person on their own machine: loopback
+    /// and private addresses included, link-local and metadata only with
+    /// `--allow-source-cidr`.
+    pub fn local_fetcher(&self) -> anyhow::Result<Fetcher> {
+        let policy = FetchPolicy {
+            allowed_cidrs: self.allowed_cidrs.clone(),
+            local: true,
+            ..self.policy()
+        };
+        Fetcher::new(policy).context("building the HTTP client")
+    }
+
+    fn policy(&self) -> FetchPolicy {
+        FetchPolicy {
             max_body_bytes: self.max_map_bytes,
             max_bytes_in_flight: self.max_bytes_in_flight,
             max_attempts: self.fetch_attempts.max(1),
             ..FetchPolicy::default()
-        };
-        Fetcher::new(policy).context("building the HTTP client")
+        }
     }
 }
 

@@ -111,7 +111,7 @@ pub fn summarize(
 /// Runs `check` as the command line asks; exit 0 valid, 1 refused.
 pub async fn run(args: CheckArgs) -> ExitCode {
     let rules = args.rules.rules();
-    let result = match args.fetch.fetcher() {
+    let result = match args.fetch.local_fetcher() {
         Ok(fetcher) => check(
             &args.source,
             args.against.as_deref(),

@@ -290,7 +290,7 @@ pub async fn run(args: DiffArgs) -> ExitCode {
         eprintln!("error: {err:#}");
         ExitCode::from(2)
     };
-    let fetcher = match args.fetch.fetcher() {
+    let fetcher = match args.fetch.local_fetcher() {
         Ok(fetcher) => fetcher,
         Err(err) => return unusable(err),
     };

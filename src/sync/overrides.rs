@@ -132,7 +132,8 @@ pub fn layer_from_json(origin: Origin, text: &str) -> Result<Layer, OverrideErro
         origin: origin.to_string(),
         detail,
     };
-    let parsed = ModelMap::parse(text.as_bytes()).map_err(|err| not_models(err.to_string()))?;
+    let parsed =
+        ModelMap::parse_layer(text.as_bytes()).map_err(|err| not_models(err.to_string()))?;
     let mut models = BTreeMap::new();
     for (model, entry) in &parsed.entries {
         let Some(fields) = entry.as_object() else {

@@ -36,6 +36,7 @@ use costmap_operator::http::map_cache::MapCache;
 use costmap_operator::http::server::{self, ServerState};
 use costmap_operator::litellm::{ProxyClient, ProxyClientConfig};
 use costmap_operator::metrics::Metrics;
+use costmap_operator::sync::fetch::address::{AddressPolicy, OwnAddresses};
 use costmap_operator::sync::fetch::{FetchPolicy, Fetcher};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
@@ -127,22 +128,43 @@ impl Operator {
 
     /// Starts the controller with a given fetch policy.
     pub fn start_with(client: &Client, namespace: &str, policy: FetchPolicy) -> Operator {
-        Self::start_in(client, vec![namespace.to_owned()], policy)
+        Self::start_in(
+            client,
+            vec![namespace.to_owned()],
+            policy,
+            loopback_consumers(),
+        )
+    }
+
+    /// Starts the controller for `namespaces` with given source and consumer address
+    /// policies (the tenancy tests run it as it runs by default: no loopback).
+    pub fn start_with_addresses(
+        client: &Client,
+        namespaces: Vec<String>,
+        policy: FetchPolicy,
+        consumers: AddressPolicy,
+    ) -> Operator {
+        Self::start_in(client, namespaces, policy, consumers)
     }
 
     /// Starts the controller for several namespaces (tenants), with test-friendly backoffs.
     pub fn start_for(client: &Client, namespaces: &[&str]) -> Operator {
         let namespaces = namespaces.iter().map(|ns| (*ns).to_owned()).collect();
-        Self::start_in(client, namespaces, test_policy())
+        Self::start_in(client, namespaces, test_policy(), loopback_consumers())
     }
 
     /// Starts the controller for the whole cluster: ModelCostMapSyncs in every namespace
     /// and ClusterModelCostMapSyncs. Only one may run per control plane.
     pub fn start_cluster_wide(client: &Client) -> Operator {
-        Self::start_in(client, Vec::new(), test_policy())
+        Self::start_in(client, Vec::new(), test_policy(), loopback_consumers())
     }
 
-    fn start_in(client: &Client, namespaces: Vec<String>, policy: FetchPolicy) -> Operator {
+    fn start_in(
+        client: &Client,
+        namespaces: Vec<String>,
+        policy: FetchPolicy,
+        consumers: AddressPolicy,
+    ) -> Operator {
         let stop = CancellationToken::new();
         let fetcher = Fetcher::new(policy).expect("fetcher");
         let maps = MapCache::default();
@@ -154,6 +176,7 @@ impl Operator {
             proxies: ProxyClient::new(ProxyClientConfig {
                 attempts: 2,
                 min_backoff: Duration::from_millis(50),
+                addresses: consumers,
                 ..ProxyClientConfig::default()
             })
             .expect("proxy client"),
@@ -195,15 +218,37 @@ impl Operator {
     }
 }
 
-/// Short retries so failing sources fail fast.
+/// Short retries so failing sources fail fast; loopback sources allowed (the tests' own
+/// sources are on loopback).
 pub fn test_policy() -> FetchPolicy {
     FetchPolicy {
         max_attempts: 2,
         min_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
+        allowed_cidrs: LOOPBACK.iter().map(|c| c.parse().unwrap()).collect(),
         ..FetchPolicy::default()
     }
 }
+
+/// What the tests' operators allow although the address policy refuses it: loopback,
+/// where the tests' sources and proxies listen.
+pub const LOOPBACK: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// The consumer address policy of the in-process operator: loopback allowed.
+pub fn loopback_consumers() -> AddressPolicy {
+    AddressPolicy::new(
+        LOOPBACK.iter().map(|c| c.parse().unwrap()).collect(),
+        OwnAddresses::default(),
+    )
+}
+
+/// The `run` flags that allow loopback sources and consumers, for operator processes.
+pub const ALLOW_LOOPBACK_ARGS: [&str; 4] = [
+    "--allow-source-cidr=127.0.0.0/8",
+    "--allow-source-cidr=::1/128",
+    "--allow-consumer-cidr=127.0.0.0/8",
+    "--allow-consumer-cidr=::1/128",
+];
 
 /// What the loopback source answers.
 #[derive(Clone)]

@@ -57,8 +57,13 @@ impl OperatorProcess {
         let log = log_dir.path().join("operator.log");
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
+        cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")]);
+        // The tests' sources and proxies are on loopback, which the address policy refuses;
+        // a test that passes an allow flag of its own chooses its policy itself.
+        if !args.iter().any(|arg| arg.starts_with("--allow-")) {
+            cmd.args(super::ALLOW_LOOPBACK_ARGS);
+        }
+        cmd.args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", pod_namespace)
             .env("POD_NAME", pod)

@@ -131,7 +131,12 @@ fn start_operator(bin: &Path, cp: &ControlPlane, log: &Path) -> Result<(TiedChil
     let listen = format!("127.0.0.1:{}", testenv::free_port()?);
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(bin);
+    // The demo's source and proxy listen on loopback, which the address policy refuses.
     cmd.args(["run", "--listen", &listen])
+        .args([
+            "--allow-source-cidr=127.0.0.0/8",
+            "--allow-consumer-cidr=127.0.0.0/8",
+        ])
         .env("KUBECONFIG", &cp.kubeconfig)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)

@@ -3,6 +3,7 @@
 //! `restartWorkloads` get the digest in their pod template, which rolls their pods.
 
 mod proxies;
+mod reach;
 mod state;
 mod workloads;
 

@@ -60,7 +60,10 @@ impl ProxyCheck {
 
 /// One proxy to reach.
 pub(super) struct ProxyTarget {
+    /// As status and logs show it: no userinfo, no query.
     pub(super) url: String,
+    /// What is requested, or why nothing may be.
+    pub(super) request: Result<String, String>,
     pub(super) pod: Option<String>,
     pub(super) admin_key: Result<Option<AdminKey>, SecretError>,
 }
@@ -86,8 +89,21 @@ impl Consumers<'_> {
         let mut targets = Vec::new();
         for proxy in &self.object.spec.consumers.litellm_proxies {
             let admin_key = self.admin_key(&proxy.admin_key_secret_ref).await;
-            for (url, pod) in self.proxy_urls(proxy).await {
+            if let Some(url) = &proxy.url {
+                let checked = self.check_url(url).await;
                 targets.push(ProxyTarget {
+                    url: checked.shown,
+                    request: checked.request,
+                    pod: None,
+                    admin_key,
+                });
+                continue;
+            }
+            for (url, pod) in self.proxy_urls(proxy).await {
+                // Endpoint addresses pass the address policy in the proxy client: a tenant
+                // may write an EndpointSlice by hand.
+                targets.push(ProxyTarget {
+                    request: Ok(url.clone()),
                     url,
                     pod,
                     admin_key: admin_key.clone(),
@@ -97,10 +113,8 @@ impl Consumers<'_> {
         targets
     }
 
+    /// Each ready endpoint behind the Service a proxy names, with its pod.
     pub(super) async fn proxy_urls(&self, proxy: &LitellmProxy) -> Vec<(String, Option<String>)> {
-        if let Some(url) = &proxy.url {
-            return vec![(url.clone(), None)];
-        }
         let Some(service) = &proxy.service else {
             return Vec::new();
         };
@@ -171,30 +185,38 @@ impl Consumers<'_> {
         expected: &str,
         previous: Option<&ConsumerStatus>,
     ) -> ProxyCheck {
+        let unasked = |why: String| {
+            ProxyCheck::of(state::unasked(
+                &target.url,
+                target.pod.as_deref(),
+                self.now,
+                why,
+            ))
+        };
+        let url = match &target.request {
+            Ok(url) => url.as_str(),
+            Err(why) => {
+                warn!(url = %target.url, reason = %why, "the proxy URL is refused");
+                return unasked(why.clone());
+            }
+        };
+        if let Err(blocked) = self.context.proxies.check_address(url) {
+            return unasked(crate::litellm::refused_message(&blocked));
+        }
         let admin_key = match &target.admin_key {
             Ok(key) => key.as_ref(),
-            Err(err) => {
-                let row = state::unasked(
-                    &target.url,
-                    target.pod.as_deref(),
-                    self.now,
-                    err.to_string(),
-                );
-                return ProxyCheck::of(row);
-            }
+            Err(err) => return unasked(err.to_string()),
         };
         let proxies = &self.context.proxies;
         let mut answer = match mode.asks_first() {
-            true => Some(proxies.source(&target.url, admin_key).await),
+            true => Some(proxies.source(url, admin_key).await),
             false => None,
         };
         let mut reloaded = None;
         if mode.reloads(answer.as_ref(), expected) {
-            let mut outcome = proxies
-                .reload(&endpoint(&target.url, RELOAD_PATH), admin_key)
-                .await;
+            let mut outcome = proxies.reload(&endpoint(url, RELOAD_PATH), admin_key).await;
             if outcome == ReloadOutcome::NoDatabase
-                && let Ok(Some(period)) = proxies.self_reload_period(&target.url, admin_key).await
+                && let Ok(Some(period)) = proxies.self_reload_period(url, admin_key).await
             {
                 outcome = ReloadOutcome::ReloadsItself(period);
             }
@@ -204,7 +226,7 @@ impl Consumers<'_> {
         }
         let answer = match answer {
             Some(answer) => answer,
-            None => proxies.source(&target.url, admin_key).await,
+            None => proxies.source(url, admin_key).await,
         };
         let answered = answer.is_ok();
         let mut check = ProxyCheck::of(state::row(Checked {
@@ -220,7 +242,7 @@ impl Consumers<'_> {
             check.self_reload = Some(period);
         }
         if answered {
-            match proxies.deployments(&target.url, admin_key).await {
+            match proxies.deployments(url, admin_key).await {
                 Ok(deployments) => check.priced_by(&deployments),
                 // ModelsPriced says so when no proxy answers; one that does not is no news.
                 Err(message) => {

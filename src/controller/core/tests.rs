@@ -207,6 +207,8 @@ fn context() -> Context {
         kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
     let fetcher = Fetcher::new(FetchPolicy {
         max_attempts: 1,
+        // The test sources listen on loopback.
+        allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
         ..FetchPolicy::default()
     })
     .unwrap();

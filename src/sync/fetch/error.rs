@@ -2,6 +2,8 @@
 //! response body or a URL's credentials.
 
 use std::net::IpAddr;
+
+use super::address::Blocked;
 use std::time::Duration;
 
 /// Why a fetch failed.
@@ -20,16 +22,16 @@ pub enum FetchError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The URL, a redirect or a DNS answer pointed at a blocked address.
-    #[error(
-        "refusing to connect to {address} for {url}: link-local and cloud metadata addresses are \
-         blocked; if this source is intended, add a CIDR covering it to the operator's allowed CIDRs"
-    )]
+    /// The URL, a redirect or a DNS answer pointed at a refused address; nothing was sent
+    /// to it.
+    #[error("refusing to connect to {address} for {url}: it is {why}; {}", refusal_hint(*.why))]
     ForbiddenAddress {
         /// Sanitized URL being requested.
         url: String,
         /// The refused address.
         address: IpAddr,
+        /// Why it is refused.
+        why: Blocked,
     },
     /// A header from the headers Secret cannot be sent.
     #[error("header {name:?} from the headers Secret cannot be used: {reason}")]
@@ -164,6 +166,19 @@ fn status_hint(code: u16) -> &'static str {
         429 => "; the source is rate limiting us",
         500..=599 => "; the source has a server-side problem",
         _ => "",
+    }
+}
+
+/// What to do about a refused source address.
+fn refusal_hint(why: Blocked) -> &'static str {
+    match why {
+        Blocked::Operator => {
+            "a source may not be the operator's own endpoint (it serves every namespace's maps)"
+        }
+        _ => {
+            "such addresses are refused as sources; if this source is intended, \
+             --allow-source-cidr can allow a CIDR covering it"
+        }
     }
 }
 

@@ -10,10 +10,10 @@
 //!   validator, so an unchanged map costs a 304 and nothing else;
 //! - retries with exponential backoff and jitter (via `backon`) on transport
 //!   errors, timeouts, 408, 429 and 5xx, honouring `Retry-After`;
-//! - the SSRF guard ([`address`]): link-local and cloud metadata addresses are
-//!   refused for IP-literal URLs, for resolved host names (custom DNS resolver)
-//!   and for every redirect target, unless the operator-wide allow-list covers
-//!   them;
+//! - the outbound address policy ([`address`]): loopback, unspecified, link-local,
+//!   cloud metadata and the operator's own addresses are refused for IP-literal URLs, for
+//!   resolved host names (custom DNS resolver) and for every redirect target, unless the
+//!   operator-wide allow-list covers them (the operator's own, never);
 //! - caller headers (from a Kubernetes Secret) marked sensitive, sent only to
 //!   the configured origin, and never written to logs or errors.
 //!
@@ -31,7 +31,7 @@ pub use source_url::{sanitize_url, validate_source_url};
 
 pub use error::FetchError;
 
-use address::{AddressPolicy, BlockedAddress, LookupFn, PolicyResolver, system_lookup};
+use address::{AddressPolicy, LookupFn, OwnAddresses, PolicyResolver, find_blocked, system_lookup};
 use headers::{parse_retry_after, response_revision, secret_headers, validator_header};
 
 use std::sync::Arc;
@@ -64,12 +64,18 @@ pub struct FetchPolicy {
     /// Longest wait between two attempts. A server whose `Retry-After` asks for longer is
     /// not retried within the fetch: the error carries its wait for the next sync.
     pub max_backoff: Duration,
-    /// Addresses allowed even though they are link-local or cloud metadata.
+    /// Addresses allowed even though the address policy refuses them (loopback,
+    /// link-local, cloud metadata; never the operator's own).
     pub allowed_cidrs: Vec<IpNet>,
     /// The most bytes of bodies being received at once, across every source: however many
     /// tenants' sources send large bodies together, memory holds this much of them. At
     /// least `max_body_bytes` (so one body of the largest size can always be received).
     pub max_bytes_in_flight: u64,
+    /// The operator's own pod and Service addresses, always refused.
+    pub own_addresses: OwnAddresses,
+    /// A person's policy, for commands they run on their own machine (`check`, `diff`):
+    /// only link-local and cloud metadata addresses refused. Never for the operator.
+    pub local: bool,
 }
 
 impl Default for FetchPolicy {
@@ -84,6 +90,8 @@ impl Default for FetchPolicy {
             max_backoff: Duration::from_secs(30),
             allowed_cidrs: Vec::new(),
             max_bytes_in_flight: 64 * 1024 * 1024,
+            own_addresses: OwnAddresses::default(),
+            local: false,
         }
     }
 }
@@ -161,8 +169,10 @@ impl Fetcher {
     }
 
     fn with_lookup(policy: FetchPolicy, lookup: LookupFn) -> Result<Fetcher, FetchError> {
-        let addresses = Arc::new(AddressPolicy {
-            allowed: policy.allowed_cidrs.clone(),
+        let addresses = Arc::new(if policy.local {
+            AddressPolicy::local(policy.allowed_cidrs.clone())
+        } else {
+            AddressPolicy::new(policy.allowed_cidrs.clone(), policy.own_addresses.clone())
         });
         let resolver = Arc::new(PolicyResolver {
             policy: Arc::clone(&addresses),
@@ -268,9 +278,13 @@ impl Fetcher {
         let mut url = ctx.url.clone();
         let mut redirects = 0;
         loop {
-            self.addresses
-                .check_url(&url)
-                .map_err(AttemptError::fatal)?;
+            self.addresses.check_url(&url).map_err(|blocked| {
+                AttemptError::fatal(FetchError::ForbiddenAddress {
+                    url: sanitize_url(&url),
+                    address: blocked.address,
+                    why: blocked.why,
+                })
+            })?;
             let mut headers = ctx.conditional.clone();
             // Secrets go only to the origin the user configured: a redirect
             // to another host, port or scheme (https -> http) does not get them.
@@ -452,10 +466,11 @@ fn redirect_target(current: &Url, headers: &HeaderMap) -> Result<Url, String> {
 /// which embeds the full URL (query string included).
 fn classify(err: reqwest::Error, url: &Url) -> AttemptError {
     let shown = sanitize_url(url);
-    if let Some(blocked) = find_source::<BlockedAddress>(&err) {
+    if let Some(blocked) = find_blocked(&err) {
         return AttemptError::fatal(FetchError::ForbiddenAddress {
             url: shown,
             address: blocked.address,
+            why: blocked.why,
         });
     }
     let is_timeout = err.is_timeout();
@@ -491,19 +506,6 @@ fn classify(err: reqwest::Error, url: &Url) -> AttemptError {
         detail,
         attempts: 1,
     })
-}
-
-fn find_source<'e, T: std::error::Error + 'static>(
-    err: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e T> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
 }
 
 /// "a: b: c" from an error and its sources, skipping repeats (hyper often

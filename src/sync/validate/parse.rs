@@ -29,7 +29,19 @@ impl ModelMap {
     /// twice in one object is an error too: JSON readers disagree on which copy wins (Python's
     /// `json`, and so LiteLLM, keeps the last), so such a map prices differently depending on
     /// who reads it.
+    ///
+    /// A body that is no map at all (see [`is_map_shaped`]) is described by its shape alone.
     pub fn parse(bytes: &[u8]) -> Result<ModelMap, ValidationError> {
+        Self::parse_checked(bytes, true)
+    }
+
+    /// [`Self::parse`] for a layer the tenant wrote themselves (an override ConfigMap):
+    /// whatever its shape, its messages may name its keys.
+    pub fn parse_layer(bytes: &[u8]) -> Result<ModelMap, ValidationError> {
+        Self::parse_checked(bytes, false)
+    }
+
+    fn parse_checked(bytes: &[u8], source: bool) -> Result<ModelMap, ValidationError> {
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let values = Cell::new(0);
         let parsed = TopLevelSeed { values: &values }
@@ -39,6 +51,12 @@ impl ModelMap {
                 Ok(top)
             });
         match parsed {
+            Ok(TopLevel {
+                entries,
+                duplicates,
+            }) if source && !is_map_shaped(&entries) => Err(ValidationError::InvalidMap(
+                describe_shape(&entries, duplicates.len()),
+            )),
             Ok(TopLevel { duplicates, .. }) if !duplicates.is_empty() => Err(
                 ValidationError::InvalidMap(describe_duplicates(&duplicates)),
             ),
@@ -50,12 +68,49 @@ impl ModelMap {
     }
 }
 
+/// Whether a JSON object is a map, not some other document: more than half of its
+/// top-level values are objects (model entries). Only a map's key names and cost values
+/// appear in messages; anything else is described by its shape alone, so that a source
+/// pointed at some internal JSON document cannot read it back through status.
+fn is_map_shaped(entries: &BTreeMap<String, Value>) -> bool {
+    let objects = entries.values().filter(|value| value.is_object()).count();
+    entries.is_empty() || objects * 2 > entries.len()
+}
+
+fn describe_shape(entries: &BTreeMap<String, Value>, duplicates: usize) -> String {
+    let objects = entries.values().filter(|value| value.is_object()).count();
+    let duplicates = match duplicates {
+        0 => String::new(),
+        n => format!("; {n} top-level keys appear more than once"),
+    };
+    format!(
+        "the body is a JSON object but not a map of model entries: {objects} of its {} \
+         top-level values are objects{duplicates}",
+        entries.len()
+    )
+}
+
+/// A parse error in words that never quote the body: serde_json's own message for a
+/// type mismatch quotes the value ("invalid type: string \"...\"").
 fn describe_parse_error(bytes: &[u8], err: &serde_json::Error) -> String {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         None => "the body is empty".to_owned(),
         Some(b'<') => format!("the body is not JSON (it looks like HTML or XML): {err}"),
         Some(_) if err.is_eof() => format!("the JSON is truncated: {err}"),
+        // Our own messages (too many keys, a key twice), which quote nothing.
+        Some(b'{') if err.is_data() => format!("not a JSON object of models: {err}"),
+        Some(byte) if err.is_data() => format!(
+            "not a JSON object of models: the body is {}",
+            match byte {
+                b'[' => "a JSON array",
+                b'"' => "a JSON string",
+                b't' | b'f' => "a JSON boolean",
+                b'n' => "JSON null",
+                _ => "a JSON number",
+            }
+        ),
+        // Syntax errors say what was expected where, not what was found.
         Some(_) => format!("not a JSON object of models: {err}"),
     }
 }
@@ -213,10 +268,11 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         while let Some(key) = access.next_key::<String>()? {
             let value = access.next_value_seed(self)?;
             if fields.contains_key(&key) {
-                return Err(serde::de::Error::custom(format_args!(
-                    "the key {:?} appears twice in one object",
-                    truncated(&key)
-                )));
+                // Not naming the key: the body may be no map at all (see `is_map_shaped`);
+                // the position finds it.
+                return Err(serde::de::Error::custom(
+                    "a JSON object in it has a key twice",
+                ));
             }
             fields.insert(key, value);
         }
@@ -244,6 +300,39 @@ mod tests {
             assert!(matches!(err, ValidationError::InvalidMap(_)), "{body}");
             assert!(err.to_string().contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_map_is_described_by_its_shape_alone() {
+        for (body, expected) in [
+            (r#""s3cret-value""#, "the body is a JSON string"),
+            ("1234567", "the body is a JSON number"),
+            ("true", "the body is a JSON boolean"),
+            ("null", "the body is JSON null"),
+            (r#"["s3cret-value"]"#, "the body is a JSON array"),
+            (
+                r#"{"s3cret-key": "s3cret-value", "n": 42, "m": {"s3cret-nested": 1}}"#,
+                "not a map of model entries: 1 of its 3 top-level values are objects",
+            ),
+            (
+                r#"{"s3cret-key": "s3cret-value", "s3cret-key": "s3cret-value"}"#,
+                "not a map of model entries: 0 of its 1 top-level values are objects",
+            ),
+            (
+                r#"{"m": {"s3cret-key": "s3cret-value", "s3cret-key": 1}}"#,
+                "a key twice",
+            ),
+        ] {
+            let err = ModelMap::parse(body.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{body}: {err}");
+            assert!(
+                !err.contains("s3cret") && !err.contains("42"),
+                "{body}: {err}"
+            );
+        }
+        // A map with a few broken entries is still a map: its messages name them.
+        let map = br#"{"a": {}, "b": {}, "c": "x"}"#;
+        assert!(ModelMap::parse(map).is_ok());
     }
 
     #[test]
@@ -292,9 +381,10 @@ mod tests {
         let body = br#"{"m": {"input_cost_per_token": 1e-6, "input_cost_per_token": 0}}"#;
         let err = ModelMap::parse(body).unwrap_err().to_string();
         assert!(
-            err.contains("the key \"input_cost_per_token\" appears twice in one object"),
+            err.contains("a JSON object in it has a key twice at line 1 column"),
             "{err}"
         );
+        assert!(!err.contains("input_cost_per_token"), "{err}");
         let nested = br#"{"m": {"tiers": [{"a": 1, "a": 2}]}}"#;
         assert!(ModelMap::parse(nested).is_err());
         // The same key in different objects is fine.
