@@ -463,6 +463,7 @@ fn metadata_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
 
@@ -523,6 +524,33 @@ mod tests {
         assert!(!owned.unchanged(&written(&[("litellm-model-cost-map-2", "13")])));
         assert!(!owned.seen("team-a", "litellm-model-cost-map-2"));
         assert!(!owned.unchanged(&written(&[])));
+    }
+
+    #[test]
+    fn only_a_controller_reference_with_the_object_s_uid_is_control() {
+        let owner = |uid: &str, controller: Option<bool>| OwnerReference {
+            api_version: "costmap.dev/v1alpha1".into(),
+            kind: "ModelCostMapSync".into(),
+            name: "litellm".into(),
+            uid: uid.into(),
+            controller,
+            ..OwnerReference::default()
+        };
+        let meta = |owners: Vec<OwnerReference>| ObjectMeta {
+            owner_references: Some(owners),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(control(&meta(vec![owner("u1", Some(true))]), "u1"), Ok(()));
+        // The same name and kind, another object (a predecessor, or a forged reference).
+        let other = control(&meta(vec![owner("u0", Some(true))]), "u1").unwrap_err();
+        assert_eq!(other, "controlled by ModelCostMapSync litellm");
+        // An owner that is no controller does not make it ours.
+        let not_controller = control(&meta(vec![owner("u1", None)]), "u1").unwrap_err();
+        assert!(
+            not_controller.starts_with("no controller"),
+            "{not_controller}"
+        );
+        assert!(control(&ObjectMeta::default(), "u1").is_err());
     }
 
     #[test]
