@@ -186,6 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         maps,
         concurrent_syncs: args.concurrent_syncs,
         retry_backoff: args.retry_backoff,
+        min_sync_gap: args.min_sync_gap,
     };
     if args.leader_election {
         let mut candidate =

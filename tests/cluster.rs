@@ -104,12 +104,20 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
         "{}",
         failing.message
     );
+    // Only a person can fix that (issue 21): the reason says so, and names the ConfigMap.
     let (ready, reason, message) = ready_of(&sync).expect("a Ready condition");
     assert_eq!(
         (ready.as_str(), reason.as_str()),
-        ("False", "NamespacesFailing")
+        ("False", "OwnedByAnother")
     );
-    assert!(message.contains(&taken), "{message}");
+    assert!(message.contains(&format!("{taken}/{NAME}")), "{message}");
+    let conditions = &sync.status.as_ref().unwrap().sync.conditions;
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True"),
+        "{conditions:?}"
+    );
     let theirs = config_maps(&client, &taken).get(NAME).await.unwrap();
     assert_eq!(
         sha256_digest(&stored_bytes(&theirs, DEFAULT_KEY)),
@@ -213,6 +221,11 @@ async fn a_cluster_sync_fills_every_selected_namespace_and_follows_label_changes
     .await;
     let (ready, reason, _) = ready_of(&sync).expect("a Ready condition");
     assert_eq!((ready.as_str(), reason.as_str()), ("True", "Synced"));
+    let conditions = &sync.status.as_ref().unwrap().sync.conditions;
+    assert!(
+        conditions.iter().all(|c| c.type_ != "Stalled"),
+        "no longer stalled: {conditions:?}"
+    );
     assert_eq!(source.received(), 2);
 
     // A namespaced object on the same source: when it fetches a new map, the cluster

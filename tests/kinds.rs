@@ -28,7 +28,7 @@
 //! |----------------------------------------|--------------------------------------|--------------------------------------------------|
 //! | history ring (`spec.history`)          | kept in `<target>-history-N`         | none: not in its schema                          |
 //! | `costmap.dev/reject-digest`            | restores from history, Rejected      | no effect (scenario 6)                           |
-//! | a ConfigMap of the name someone else owns | one target, no per-namespace split (not pinned here) | that namespace fails alone, the others get the map: Ready=False NamespacesFailing (tests/cluster.rs) |
+//! | a ConfigMap of the name someone else owns | Ready=False OwnedByAnother, nothing written (tests/tenancy/ownership.rs) | that namespace fails alone, the others get the map: Ready=False OwnedByAnother (tests/cluster.rs, tests/tenancy/ownership.rs) |
 //! | consumers, headersSecretRef, overrides.configMapRefs | supported              | none: things of one namespace, not in its schema |
 //! | Events                                 | in its namespace                     | in namespace `default`                           |
 //! | status                                 | the sync status                      | the same, flattened, plus `namespaces`           |

@@ -9,3 +9,6 @@ mod memory;
 
 #[path = "tenancy/egress.rs"]
 mod egress;
+
+#[path = "tenancy/ownership.rs"]
+mod ownership;

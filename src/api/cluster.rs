@@ -127,7 +127,8 @@ fn without_namespaced_fields(schema: &mut schemars::Schema) {
 pub struct ClusterModelCostMapSyncStatus {
     /// The sync's status. Ready=True (reason Synced) only when the map is synced and every
     /// selected namespace holds it; Ready=False reason NamespacesFailing names the
-    /// namespaces that do not.
+    /// namespaces that do not, or reason OwnedByAnother (and Stalled=True) when in some of
+    /// them a ConfigMap of someone else's is in the way (the others still get the map).
     #[serde(flatten)]
     pub sync: ModelCostMapSyncStatus,
 
@@ -185,8 +186,9 @@ fn is_zero(value: &i32) -> bool {
 pub struct NamespaceFailure {
     /// Namespace is the namespace's name.
     pub namespace: String,
-    /// Reason: OwnedByAnother (a ConfigMap of that name belongs to someone else and is
-    /// left alone), WriteFailed, or NotSynced (no map to write yet).
+    /// Reason: OwnedByAnother (a ConfigMap of the copy, or one of its chunks, is not
+    /// controlled by this object and is left untouched), WriteFailed, or NotSynced (no map
+    /// to write yet).
     pub reason: String,
     /// Message says more.
     pub message: String,

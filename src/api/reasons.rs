@@ -15,6 +15,9 @@ pub enum ConditionType {
     /// Whether every deployment of the listed proxies is priced by the map it has loaded
     /// (or by its own model_info). Present only while proxies are listed.
     ModelsPriced,
+    /// kstatus: True when only a person can fix what is wrong (an invalid spec, a guard
+    /// refusal, a rejected digest, a ConfigMap owned by another); absent otherwise.
+    Stalled,
 }
 
 /// Why `Ready` is what it is.
@@ -50,6 +53,11 @@ pub enum Reason {
     /// False, on a ClusterModelCostMapSync: the map is synced, but some selected namespace
     /// does not hold it (the message names them; `status.namespaces.failing` says why).
     NamespacesFailing,
+    /// False: a ConfigMap the map would be written to (the target, a chunk, a history slot,
+    /// a cluster copy or its chunk) exists and is not controlled by this object; it is left
+    /// untouched until a person renames the target or deletes that ConfigMap. On a
+    /// ClusterModelCostMapSync the other namespaces still get the map.
+    OwnedByAnother,
 }
 
 /// Why a selected namespace of a ClusterModelCostMapSync does not hold its map.
@@ -130,6 +138,21 @@ pub enum EventReason {
     SyncFailed(Reason),
 }
 
+impl Reason {
+    /// Whether only a person can fix a Ready=False of this reason (kstatus `Stalled`):
+    /// retrying alone will not help.
+    pub fn stalls(self) -> bool {
+        matches!(
+            self,
+            Reason::InvalidSpec
+                | Reason::ShrinkGuard
+                | Reason::PriceGuard
+                | Reason::Rejected
+                | Reason::OwnedByAnother
+        )
+    }
+}
+
 impl ConditionType {
     /// The name, as status spells it.
     pub fn as_str(self) -> &'static str {
@@ -137,6 +160,7 @@ impl ConditionType {
             ConditionType::Ready => "Ready",
             ConditionType::ConsumersCurrent => "ConsumersCurrent",
             ConditionType::ModelsPriced => "ModelsPriced",
+            ConditionType::Stalled => "Stalled",
         }
     }
 }
@@ -157,6 +181,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::Suspended => "Suspended",
             Reason::NamespacesFailing => "NamespacesFailing",
+            Reason::OwnedByAnother => "OwnedByAnother",
         }
     }
 }

@@ -16,8 +16,11 @@ pub struct ModelCostMapSyncStatus {
     /// Conditions: Ready is always present. Ready=True (reason Synced) means the target
     /// ConfigMap holds a validated map from the source. Ready=False says why the last
     /// attempt failed (FetchFailed, InvalidMap, ShrinkGuard, PriceGuard, TooLarge,
-    /// WriteFailed, InvalidSpec); the
-    /// ConfigMap then still holds the last good map. Reason Suspended while suspend is true.
+    /// WriteFailed, InvalidSpec, OwnedByAnother: a ConfigMap it would write exists and is not
+    /// this object's, and is left untouched); the ConfigMap then still holds the last good
+    /// map. Reason Suspended while suspend is true. Stalled=True (kstatus) beside it while
+    /// only a person can fix the failure (InvalidSpec, ShrinkGuard, PriceGuard, Rejected,
+    /// OwnedByAnother); absent otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

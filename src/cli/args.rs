@@ -78,6 +78,12 @@ pub struct RunArgs {
     /// source wins.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub retry_backoff: Duration,
+    /// Least time between the start of an object's last sync and a requested sync
+    /// (costmap.dev/sync-requested-at) or a republish for changed overrides: a request
+    /// within it is handled when it has passed, never dropped. Scheduled syncs are not
+    /// held back. 0 turns it off.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub min_sync_gap: Duration,
     /// How long the leader's Lease holds without renewal: the longest a dead leader blocks
     /// the other replicas.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]

@@ -12,6 +12,7 @@ use std::sync::RwLock;
 
 use http::HeaderValue;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -31,23 +32,95 @@ use crate::sync::fetch::{sanitize_url, validate_source_url};
 /// What a write asks for in answer: the object's metadata, not the object.
 const METADATA_ANSWER: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
-/// A ConfigMap write that failed: which one, and the API server's error.
+/// A ConfigMap in the way of a write: it exists and the object does not control it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Foreign {
+    /// `namespace/name`.
+    pub(super) config_map: String,
+    /// Who controls it instead, as its controller owner reference says.
+    pub(super) controller: String,
+}
+
+impl From<Foreign> for SyncError {
+    fn from(foreign: Foreign) -> SyncError {
+        SyncError::OwnedByAnother {
+            config_map: foreign.config_map,
+            controller: foreign.controller,
+        }
+    }
+}
+
+/// Why a ConfigMap write failed.
+#[derive(Debug)]
+pub(super) enum WriteError {
+    /// The API server refused it.
+    Api(kube::Error),
+    /// It is someone else's: not written.
+    Foreign(Foreign),
+}
+
+impl From<kube::Error> for WriteError {
+    fn from(error: kube::Error) -> WriteError {
+        WriteError::Api(error)
+    }
+}
+
+/// A ConfigMap write that failed: which one, and why.
 #[derive(Debug)]
 pub(super) struct WriteFailed {
     /// The ConfigMap.
     pub(super) name: String,
     /// Why.
-    pub(super) error: kube::Error,
+    pub(super) error: WriteError,
 }
 
 impl WriteFailed {
-    /// As a sync failure: the ConfigMap and the API server's message.
+    /// As a sync failure: the ConfigMap and the API server's message, or whose it is.
     pub(super) fn into_sync_error(self) -> SyncError {
-        SyncError::Write {
-            what: format!("ConfigMap {}", self.name),
-            message: crate::apiserver::api_error_message(&self.error),
+        match self.error {
+            WriteError::Api(error) => SyncError::Write {
+                what: format!("ConfigMap {}", self.name),
+                message: crate::apiserver::api_error_message(&error),
+            },
+            WriteError::Foreign(foreign) => foreign.into(),
         }
     }
+
+    /// Why, for a log line.
+    pub(super) fn message(&self) -> String {
+        match &self.error {
+            WriteError::Api(error) => crate::apiserver::api_error_message(error),
+            WriteError::Foreign(foreign) => {
+                format!("controlled by {}", foreign.controller)
+            }
+        }
+    }
+}
+
+/// Whether the object of `uid` controls the ConfigMap of `meta` (a controller owner
+/// reference with its uid); else who does, as [`Foreign::controller`] says it.
+fn control(meta: &ObjectMeta, uid: &str) -> Result<(), String> {
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true));
+    match controller {
+        Some(owner) if owner.uid == uid => Ok(()),
+        Some(owner) => Err(format!("controlled by {} {}", owner.kind, owner.name)),
+        None => Err("no controller: not written by this operator".to_owned()),
+    }
+}
+
+/// The uid of the object whose controller reference `rendered` carries.
+fn owner_uid(rendered: &ConfigMap) -> &str {
+    rendered
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true))
+        .map_or("", |owner| owner.uid.as_str())
 }
 
 /// A map's ConfigMaps as this operator last wrote them (or read and found them as it
@@ -124,6 +197,53 @@ impl OwnedConfigMaps {
             .iter()
             .find_map(|store| store.get(&key))
             .and_then(|meta| meta.resource_version())
+    }
+
+    /// The metadata of ConfigMap `name` in `namespace`: as the watches saw it when
+    /// `watched` and they did, else read (metadata only; none when it is not there). A
+    /// ConfigMap not labelled as ours is never in the watches.
+    async fn metadata(
+        &self,
+        namespace: &str,
+        name: &str,
+        watched: bool,
+    ) -> Result<Option<ObjectMeta>, kube::Error> {
+        let key = ObjectRef::new(name).within(namespace);
+        let seen = watched
+            .then(|| {
+                crate::locks::read(&self.watched)
+                    .iter()
+                    .find_map(|store| store.get(&key))
+            })
+            .flatten();
+        if let Some(seen) = seen {
+            return Ok(Some(seen.metadata.clone()));
+        }
+        let read = self.api(namespace).get_metadata_opt(name).await?;
+        Ok(read.map(|meta| meta.metadata))
+    }
+
+    /// The first of `names` in `namespace` that exists and is not controlled by the object
+    /// of `uid`: checked before anything of a write is, so that a map is never half
+    /// written into someone else's ConfigMaps.
+    pub(super) async fn first_foreign(
+        &self,
+        namespace: &str,
+        names: &[String],
+        uid: &str,
+    ) -> Result<Option<Foreign>, kube::Error> {
+        for name in names {
+            let Some(meta) = self.metadata(namespace, name, true).await? else {
+                continue;
+            };
+            if let Err(controller) = control(&meta, uid) {
+                return Ok(Some(Foreign {
+                    config_map: format!("{namespace}/{name}"),
+                    controller,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether a watch has seen ConfigMap `name` in `namespace` (and not its deletion).
@@ -221,7 +341,8 @@ impl OwnedConfigMaps {
         for config_map in config_maps.iter().copied() {
             let name = config_map.metadata.name.clone().unwrap_or_default();
             let writer = ConfigMapWriter {
-                client: &self.client,
+                owned: self,
+                namespace,
                 request: kube::core::Request::new(api.resource_url()),
                 name: &name,
                 rendered: config_map,
@@ -240,7 +361,8 @@ impl OwnedConfigMaps {
 /// answers with the metadata of the object written: the whole of it would be a quarter of
 /// a MB more through the API server per write, decoded here only to be dropped.
 struct ConfigMapWriter<'a> {
-    client: &'a Client,
+    owned: &'a OwnedConfigMaps,
+    namespace: &'a str,
     request: kube::core::Request,
     name: &'a str,
     rendered: &'a ConfigMap,
@@ -249,23 +371,46 @@ struct ConfigMapWriter<'a> {
 
 impl ConfigMapWriter<'_> {
     /// Patches first when it `exists`, else creates first; then the other when the API
-    /// server says the guess was wrong (409, 404), and once more if it changed in between.
-    async fn write(&self, exists: bool) -> Result<PartialObjectMeta<ConfigMap>, kube::Error> {
-        if !exists {
-            match self.create().await {
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
-                written => return written,
+    /// server says the guess was wrong (409, 404). Only a ConfigMap the object controls is
+    /// ever patched: one that is there is checked first (from the watch, or read when the
+    /// watch has not seen it: a ConfigMap someone else made need not carry our label).
+    async fn write(&self, exists: bool) -> Result<PartialObjectMeta<ConfigMap>, WriteError> {
+        let mut exists = exists;
+        // After a 409 or a 404 the watch is behind: read.
+        let mut watched = true;
+        // Created and deleted by someone else again and again: the last try says so.
+        for last_try in [false, false, true] {
+            if !exists {
+                match self.create().await {
+                    Err(kube::Error::Api(status)) if status.code == 409 && !last_try => {
+                        watched = false;
+                    }
+                    written => return Ok(written?),
+                }
+            }
+            let meta = self
+                .owned
+                .metadata(self.namespace, self.name, watched)
+                .await?;
+            let Some(meta) = meta else {
+                // Gone in between: create it after all.
+                (exists, watched) = (false, false);
+                continue;
+            };
+            if let Err(controller) = control(&meta, owner_uid(self.rendered)) {
+                return Err(WriteError::Foreign(Foreign {
+                    config_map: format!("{}/{}", self.namespace, self.name),
+                    controller,
+                }));
+            }
+            match self.patch().await {
+                Err(kube::Error::Api(status)) if status.code == 404 && !last_try => {
+                    (exists, watched) = (false, false);
+                }
+                written => return Ok(written?),
             }
         }
-        match self.patch().await {
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            written => return written,
-        }
-        match self.create().await {
-            // Created by someone else in between: patch it after all.
-            Err(kube::Error::Api(status)) if status.code == 409 => self.patch().await,
-            written => written,
-        }
+        Ok(self.create().await?)
     }
 
     async fn patch(&self) -> Result<PartialObjectMeta<ConfigMap>, kube::Error> {
@@ -278,7 +423,10 @@ impl ConfigMapWriter<'_> {
             .request
             .patch(self.name, &params, &Patch::Strategic(&patch))
             .map_err(kube::Error::BuildRequest)?;
-        self.client.request(metadata_answer(patched, "patch")).await
+        self.owned
+            .client
+            .request(metadata_answer(patched, "patch"))
+            .await
     }
 
     async fn create(&self) -> Result<PartialObjectMeta<ConfigMap>, kube::Error> {
@@ -291,7 +439,8 @@ impl ConfigMapWriter<'_> {
             .request
             .create(&params, body)
             .map_err(kube::Error::BuildRequest)?;
-        self.client
+        self.owned
+            .client
             .request(metadata_answer(created, "create"))
             .await
     }
@@ -314,6 +463,7 @@ fn metadata_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
 
@@ -374,6 +524,33 @@ mod tests {
         assert!(!owned.unchanged(&written(&[("litellm-model-cost-map-2", "13")])));
         assert!(!owned.seen("team-a", "litellm-model-cost-map-2"));
         assert!(!owned.unchanged(&written(&[])));
+    }
+
+    #[test]
+    fn only_a_controller_reference_with_the_object_s_uid_is_control() {
+        let owner = |uid: &str, controller: Option<bool>| OwnerReference {
+            api_version: "costmap.dev/v1alpha1".into(),
+            kind: "ModelCostMapSync".into(),
+            name: "litellm".into(),
+            uid: uid.into(),
+            controller,
+            ..OwnerReference::default()
+        };
+        let meta = |owners: Vec<OwnerReference>| ObjectMeta {
+            owner_references: Some(owners),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(control(&meta(vec![owner("u1", Some(true))]), "u1"), Ok(()));
+        // The same name and kind, another object (a predecessor, or a forged reference).
+        let other = control(&meta(vec![owner("u0", Some(true))]), "u1").unwrap_err();
+        assert_eq!(other, "controlled by ModelCostMapSync litellm");
+        // An owner that is no controller does not make it ours.
+        let not_controller = control(&meta(vec![owner("u1", None)]), "u1").unwrap_err();
+        assert!(
+            not_controller.starts_with("no controller"),
+            "{not_controller}"
+        );
+        assert!(control(&ObjectMeta::default(), "u1").is_err());
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct Settings {
     /// First wait after a failed sync; it doubles with each further failure, up to the
     /// interval.
     pub retry_backoff: Duration,
+    /// Least time between the start of an object's last attempt and a requested sync or
+    /// an override republish of it.
+    pub min_sync_gap: Duration,
 }
 
 /// What the reconcilers of both kinds share.
@@ -84,6 +87,8 @@ pub struct Context {
     pub(super) maps: MapCache,
     /// First wait after a failed sync.
     pub(super) retry_backoff: Duration,
+    /// Least time between an object's attempt and a requested sync or republish.
+    pub(super) min_sync_gap: Duration,
     /// What is remembered of each object between reconciles.
     pub(super) memory: Memories,
     /// The ConfigMaps this operator writes, read and written for both kinds.
@@ -110,6 +115,7 @@ impl Context {
             proxies: settings.proxies,
             maps: settings.maps,
             retry_backoff: settings.retry_backoff,
+            min_sync_gap: settings.min_sync_gap,
             memory: Memories::default(),
         }
     }

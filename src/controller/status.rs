@@ -9,8 +9,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
 use crate::api::{
-    ACCEPT_DIGEST_ANNOTATION, Artifact, EventReason, HistoryEntry, ModelCostMapSyncStatus,
-    OverridesStatus, Reason, SourceMap,
+    ACCEPT_DIGEST_ANNOTATION, Artifact, ConditionType, EventReason, HistoryEntry,
+    ModelCostMapSyncStatus, OverridesStatus, Reason, SourceMap,
 };
 use crate::controller::conditions;
 use crate::sync::SyncError;
@@ -276,6 +276,7 @@ pub(super) fn adopted(
 ) -> (ModelCostMapSyncStatus, Notice) {
     let mut status = previous.clone();
     let message = synced_message(Some(&pending), "written before the operator restarted");
+    conditions::remove_condition(&mut status.conditions, ConditionType::Stalled);
     conditions::set_condition(
         &mut status.conditions,
         conditions::ready(true, Reason::Synced, message, generation, now),
@@ -315,6 +316,8 @@ pub(super) fn suspended(
     status
 }
 
+/// Sets Ready, and kstatus' Stalled beside it: present, True, while only a person can fix
+/// the failure ([`Reason::stalls`]), absent otherwise.
 fn set_ready(
     status: &mut ModelCostMapSyncStatus,
     ready: bool,
@@ -322,10 +325,25 @@ fn set_ready(
     message: String,
     attempt: &Attempt<'_>,
 ) {
+    let (generation, now) = (attempt.generation, attempt.started);
+    let stalled = (!ready && reason.stalls()).then(|| {
+        conditions::condition(
+            ConditionType::Stalled,
+            true,
+            reason.as_str(),
+            message.clone(),
+            generation,
+            now,
+        )
+    });
     conditions::set_condition(
         &mut status.conditions,
-        conditions::ready(ready, reason, message, attempt.generation, attempt.started),
+        conditions::ready(ready, reason, message, generation, now),
     );
+    match stalled {
+        Some(stalled) => conditions::set_condition(&mut status.conditions, stalled),
+        None => conditions::remove_condition(&mut status.conditions, ConditionType::Stalled),
+    }
 }
 
 fn later(at: Timestamp, wait: Duration) -> Timestamp {
@@ -336,8 +354,15 @@ fn later(at: Timestamp, wait: Duration) -> Timestamp {
 /// but a requested one or a new spec's waits for. A synced map that some namespaces of a
 /// cluster object lack is no failed attempt.
 pub(super) fn retrying(status: &ModelCostMapSyncStatus) -> bool {
-    conditions::ready_condition(&status.conditions)
-        .is_some_and(|c| c.status != "True" && c.reason != Reason::NamespacesFailing.as_str())
+    // A cluster object's copy that is someone else's fails a namespace, not the attempt,
+    // which then synced: the last sync is the last attempt.
+    let synced_last = status.last_sync_time.is_some()
+        && status.last_sync_time.as_ref() == status.last_attempt_time.as_ref();
+    conditions::ready_condition(&status.conditions).is_some_and(|c| {
+        c.status != "True"
+            && c.reason != Reason::NamespacesFailing.as_str()
+            && !(c.reason == Reason::OwnedByAnother.as_str() && synced_last)
+    })
 }
 
 /// Whether `status` already says that spec `generation` is invalid: a reconcile then has
@@ -481,6 +506,59 @@ mod tests {
             Outcome::Failed(error),
             &attempt(),
         )
+    }
+
+    #[test]
+    fn a_configmap_of_someone_else_stalls_until_a_sync_succeeds() {
+        let next = failure(SyncError::OwnedByAnother {
+            config_map: "team-a/precious".into(),
+            controller: "no controller: not written by this operator".into(),
+        });
+        let ready = ready(&next.status);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "OwnedByAnother")
+        );
+        assert!(
+            ready.message.contains("team-a/precious"),
+            "{}",
+            ready.message
+        );
+        let stalled = next.status.conditions.iter().find(|c| c.type_ == "Stalled");
+        let stalled = stalled.expect("Stalled beside Ready");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "OwnedByAnother")
+        );
+        assert!(
+            retrying(&next.status),
+            "a failed attempt, retried with backoff"
+        );
+
+        let fetch_failed = next_status(
+            Some(&next.status),
+            Outcome::Failed(SyncError::Write {
+                what: "ConfigMap litellm".into(),
+                message: "the server is down".into(),
+            }),
+            &attempt(),
+        );
+        assert!(
+            fetch_failed
+                .status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != "Stalled"),
+            "waiting may fix a write that failed"
+        );
+        let unchanged = next_status(Some(&next.status), Outcome::NotModified, &attempt());
+        assert!(
+            unchanged
+                .status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != "Stalled")
+        );
     }
 
     #[test]

@@ -59,6 +59,18 @@ pub enum SyncError {
         /// The API server's answer, without the request.
         message: String,
     },
+    /// A ConfigMap the map would be written to exists and is not controlled by this object:
+    /// it is left untouched (nothing of the sync was written).
+    #[error(
+        "ConfigMap {config_map} exists and is not controlled by this object ({controller}); \
+         it is left untouched: delete it, or rename the target (spec.target.configMapName)"
+    )]
+    OwnedByAnother {
+        /// `namespace/name`.
+        config_map: String,
+        /// Who controls it, as its controller owner reference says ("no controller" when none).
+        controller: String,
+    },
     /// Work on a blocking thread did not finish (it panicked).
     #[error("{what} did not finish: {detail}")]
     Interrupted {
@@ -87,6 +99,7 @@ impl SyncError {
             SyncError::Render(RenderError::TooLarge { .. }) => Reason::TooLarge,
             SyncError::Write { .. } => Reason::WriteFailed,
             SyncError::Interrupted { .. } => Reason::WriteFailed,
+            SyncError::OwnedByAnother { .. } => Reason::OwnedByAnother,
         }
     }
 

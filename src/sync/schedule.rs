@@ -35,6 +35,10 @@ pub struct Inputs<'a> {
     /// Whether another object on the same source fetched a new map from it since this
     /// object last asked: taking it costs the source nothing.
     pub source_news: bool,
+    /// The least time between the start of the last attempt and a requested sync or an
+    /// override republish: whoever may annotate the object or edit its overrides cannot
+    /// make the operator fetch and write as fast as they can write to the API server.
+    pub min_gap: Duration,
 }
 
 /// Why a sync runs now.
@@ -79,10 +83,17 @@ pub fn decide(inputs: &Inputs) -> Decision {
     if status.observed_generation != inputs.generation {
         return Decision::Sync(SyncCause::SpecChanged);
     }
+    // A request or an override change within the gap waits for it, never dropped: the
+    // reconcile after the wait sees it still pending.
+    let gap_left = gap_left(inputs, status);
+    let mut held = None;
     if inputs.sync_request.is_some()
         && inputs.sync_request != status.last_handled_sync_request.as_deref()
     {
-        return Decision::Sync(SyncCause::Requested);
+        match gap_left {
+            None => return Decision::Sync(SyncCause::Requested),
+            Some(left) => held = Some(left),
+        }
     }
     let remaining = status
         .next_sync_time
@@ -100,17 +111,36 @@ pub fn decide(inputs: &Inputs) -> Decision {
     if inputs.overrides_changed
         && (!inputs.retrying || remaining.is_none() || inputs.overrides_edited)
     {
-        return Decision::Sync(SyncCause::OverridesChanged);
+        match gap_left {
+            None => return Decision::Sync(SyncCause::OverridesChanged),
+            Some(left) => held = Some(left),
+        }
     }
     // Even while a failed sync waits for its retry: the source has just answered.
     if inputs.source_news {
         return Decision::Sync(SyncCause::SourceChanged);
     }
     match remaining {
-        Some(remaining) => Decision::Wait(remaining.unsigned_abs()),
+        Some(remaining) => {
+            let remaining = remaining.unsigned_abs();
+            Decision::Wait(held.map_or(remaining, |held| held.min(remaining)))
+        }
         None => Decision::Sync(SyncCause::Due),
     }
 }
+
+/// How much of [`Inputs::min_gap`] is left since the last attempt started; none once it
+/// has passed. A start in the future (another replica's clock) waits one gap at most.
+fn gap_left(inputs: &Inputs, status: &ModelCostMapSyncStatus) -> Option<Duration> {
+    let started = status.last_attempt_time.as_ref()?.0;
+    let since = started.duration_until(inputs.now);
+    let gap = SignedDuration::try_from(inputs.min_gap).unwrap_or(SignedDuration::MAX);
+    let left = gap.checked_sub(since.max(SignedDuration::ZERO))?;
+    (left > SignedDuration::ZERO).then(|| left.unsigned_abs())
+}
+
+/// The default [`Inputs::min_gap`].
+pub const DEFAULT_MIN_SYNC_GAP: Duration = Duration::from_secs(5);
 
 /// The shortest `spec.interval` the CRD allows.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
@@ -171,6 +201,7 @@ mod tests {
             overrides_changed: false,
             overrides_edited: false,
             source_news: false,
+            min_gap: Duration::from_secs(5),
         }
     }
 
@@ -274,6 +305,84 @@ mod tests {
             ..failing
         };
         assert_eq!(decide(&fixed), Decision::Sync(SyncCause::OverridesChanged));
+    }
+
+    #[test]
+    fn a_request_within_the_gap_waits_for_it_and_then_syncs() {
+        // The last attempt started at 1000.
+        let status = synced_status();
+        let early = Inputs {
+            now: at(1002),
+            sync_request: Some("r2"),
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&early), Decision::Wait(Duration::from_secs(3)));
+        let later = Inputs {
+            now: at(1005),
+            ..early
+        };
+        assert_eq!(decide(&later), Decision::Sync(SyncCause::Requested));
+        let no_gap = Inputs {
+            min_gap: Duration::ZERO,
+            ..early
+        };
+        assert_eq!(decide(&no_gap), Decision::Sync(SyncCause::Requested));
+    }
+
+    #[test]
+    fn an_override_change_within_the_gap_waits_for_it_too() {
+        let status = synced_status();
+        let early = Inputs {
+            now: at(1001),
+            overrides_changed: true,
+            overrides_edited: true,
+            ..inputs(&status)
+        };
+        assert_eq!(decide(&early), Decision::Wait(Duration::from_secs(4)));
+        let later = Inputs {
+            now: at(1006),
+            ..early
+        };
+        assert_eq!(decide(&later), Decision::Sync(SyncCause::OverridesChanged));
+    }
+
+    #[test]
+    fn the_gap_holds_back_nothing_else() {
+        let status = synced_status();
+        let early = Inputs {
+            now: at(1001),
+            sync_request: Some("r2"),
+            ..inputs(&status)
+        };
+        let lost = Inputs {
+            has_last_good: false,
+            ..early
+        };
+        assert_eq!(decide(&lost), Decision::Sync(SyncCause::TargetLost));
+        let news = Inputs {
+            source_news: true,
+            ..early
+        };
+        assert_eq!(decide(&news), Decision::Sync(SyncCause::SourceChanged));
+        let changed = Inputs {
+            generation: Some(3),
+            ..early
+        };
+        assert_eq!(decide(&changed), Decision::Sync(SyncCause::SpecChanged));
+        // A scheduled sync that comes first answers the request.
+        let mut due_soon = synced_status();
+        due_soon.next_sync_time = Some(Time(at(1002)));
+        let waiting = Inputs {
+            status: Some(&due_soon),
+            ..early
+        };
+        assert_eq!(decide(&waiting), Decision::Wait(Duration::from_secs(1)));
+        // A clock behind the last attempt's start waits one gap at most.
+        let behind = Inputs {
+            now: at(900),
+            ..early
+        };
+        assert_eq!(decide(&behind), Decision::Wait(Duration::from_secs(5)));
     }
 
     #[test]

@@ -183,6 +183,7 @@ impl Operator {
             maps: maps.clone(),
             concurrent_syncs: 2,
             retry_backoff: costmap_operator::sync::schedule::DEFAULT_RETRY_BACKOFF,
+            min_sync_gap: costmap_operator::sync::schedule::DEFAULT_MIN_SYNC_GAP,
         };
         let max_bytes = fetcher.policy().max_body_bytes;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

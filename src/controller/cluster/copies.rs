@@ -19,13 +19,14 @@ use crate::api::{
     ClusterModelCostMapSync, ClusterModelCostMapSyncStatus, HistoryEntry, MapSync,
     ModelCostMapSyncStatus, NamespaceFailure, NamespaceReason, NamespacesStatus, SpecError,
 };
-use crate::apiserver::apply_status;
+use crate::apiserver::{api_error_message, apply_status};
 use crate::controller::config_maps::WrittenTarget;
 use crate::controller::context::{Context, Error};
 use crate::controller::core::Destination;
 use crate::controller::core::destination::{AppliedStatus, PutBack};
 use crate::controller::memory::ObjectKey;
 use crate::controller::status::Notice;
+use crate::layout::chunks::{chunk_name, split_gz};
 use crate::layout::gzip::StoredMap;
 use crate::layout::render::TargetRef;
 use crate::layout::{DIGEST_ANNOTATION, MapIdentity};
@@ -140,11 +141,17 @@ impl<'a> NamespaceCopies<'a> {
                     written.push((namespace.clone(), copy));
                     plan.holding.push(namespace);
                 }
-                Err(err) => plan.failing.push(NamespaceFailure {
-                    namespace,
-                    reason: NamespaceReason::WriteFailed.as_str().to_owned(),
-                    message: err.to_string(),
-                }),
+                Err(err) => {
+                    let reason = match err {
+                        SyncError::OwnedByAnother { .. } => NamespaceReason::OwnedByAnother,
+                        _ => NamespaceReason::WriteFailed,
+                    };
+                    plan.failing.push(NamespaceFailure {
+                        namespace,
+                        reason: reason.as_str().to_owned(),
+                        message: err.to_string(),
+                    });
+                }
             }
         }
         let selected = &self.selected;
@@ -159,7 +166,8 @@ impl<'a> NamespaceCopies<'a> {
         self.plan = Some(plan);
     }
 
-    /// Writes one copy (in chunks when it needs them).
+    /// Writes one copy (in chunks when it needs them), unless one of its ConfigMaps is
+    /// someone else's: then nothing of it is written.
     async fn write_copy(
         &self,
         namespace: &str,
@@ -168,6 +176,19 @@ impl<'a> NamespaceCopies<'a> {
     ) -> Result<WrittenTarget, SyncError> {
         let key = self.sync.spec.sync.key();
         let config_maps = &self.context.config_maps;
+        let names: Vec<String> = (0..split_gz(&map.gz).len())
+            .map(|index| chunk_name(self.sync.config_map_name(), index))
+            .collect();
+        let foreign = config_maps
+            .first_foreign(namespace, &names, &self.owner.uid)
+            .await
+            .map_err(|err| SyncError::Write {
+                what: format!("the owners of the ConfigMaps in {namespace}"),
+                message: api_error_message(&err),
+            })?;
+        if let Some(foreign) = foreign {
+            return Err(foreign.into());
+        }
         config_maps
             .write_map(&self.target(namespace), map, identity, &[key], |name| {
                 config_maps.seen(namespace, name)
@@ -209,19 +230,20 @@ impl<'a> NamespaceCopies<'a> {
             .iter()
             .find(|owner| owner.controller == Some(true));
         match controller {
-            Some(owner) if super::is_cluster_owner(owner) && owner.name == self.sync.name_any() => {
-                Copy::Ours {
-                    digest: cm.annotations().get(DIGEST_ANNOTATION).cloned(),
-                }
-            }
+            Some(owner) if owner.uid == self.owner.uid => Copy::Ours {
+                digest: cm.annotations().get(DIGEST_ANNOTATION).cloned(),
+            },
             Some(owner) => {
                 let namespace = match owner.kind.as_str() {
                     "ClusterModelCostMapSync" => String::new(),
                     _ => format!("{}/", cm.namespace().unwrap_or_default()),
                 };
-                Copy::Others(format!("{} {namespace}{}", owner.kind, owner.name))
+                Copy::Others(format!(
+                    "controlled by {} {namespace}{}",
+                    owner.kind, owner.name
+                ))
             }
-            None => Copy::Others("no controller (not written by this operator)".to_owned()),
+            None => Copy::Others("no controller: not written by this operator".to_owned()),
         }
     }
 

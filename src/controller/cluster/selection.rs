@@ -7,17 +7,17 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{
-    MAX_LISTED_NAMESPACES, ModelCostMapSyncStatus, NamespaceFailure, NamespaceReason,
-    NamespacesStatus, Reason,
+    ConditionType, MAX_LISTED_NAMESPACES, ModelCostMapSyncStatus, NamespaceFailure,
+    NamespaceReason, NamespacesStatus, Reason,
 };
 use crate::controller::conditions;
-use crate::controller::status::synced_message;
+use crate::controller::status::{self, synced_message};
 
 /// A ConfigMap of the target's name found in a namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Copy {
-    /// Controlled by this ClusterModelCostMapSync (by name: a deleted and recreated object
-    /// takes its predecessor's copies over).
+    /// Controlled by this ClusterModelCostMapSync (its uid: a copy of a predecessor of the
+    /// same name, orphaned, is someone else's).
     Ours {
         /// Its `costmap.dev/digest` annotation.
         digest: Option<String>,
@@ -59,8 +59,9 @@ pub(super) fn plan(
                 namespace: namespace.clone(),
                 reason: NamespaceReason::OwnedByAnother.as_str().to_owned(),
                 message: format!(
-                    "ConfigMap {config_map} exists and is controlled by {owner}; it is left \
-                     alone (rename one of them with target.configMapName)"
+                    "ConfigMap {namespace}/{config_map} exists and is not controlled by this \
+                     object ({owner}); it is left untouched: delete it, or rename the target \
+                     (target.configMapName)"
                 ),
             });
             continue;
@@ -113,7 +114,9 @@ pub(super) fn summary(plan: &Plan) -> NamespacesStatus {
 
 /// Ready as a cluster object has it: True only when the map is synced and every selected
 /// namespace holds it. A synced map that some namespace lacks is Ready=False, reason
-/// NamespacesFailing, naming them; once none fails, Synced again.
+/// NamespacesFailing naming them, or OwnedByAnother (and Stalled) when a ConfigMap of
+/// someone else's stands in the way in any of them: only a person can fix that. Once none
+/// fails, Synced again.
 pub(super) fn set_ready(
     status: &mut ModelCostMapSyncStatus,
     namespaces: &NamespacesStatus,
@@ -123,14 +126,21 @@ pub(super) fn set_ready(
     let Some(ready) = conditions::ready_condition(&status.conditions) else {
         return;
     };
-    let synced = ready.status == "True" || ready.reason == Reason::NamespacesFailing.as_str();
-    if !synced {
+    if status::retrying(status) {
         // The sync itself failed: its reason says more than the namespaces.
         return;
     }
+    let was_synced = ready.status == "True";
     let synced_message = synced_message(status.artifact.as_ref(), "synced");
+    let blocked = namespaces
+        .failing
+        .iter()
+        .any(|f| f.reason == NamespaceReason::OwnedByAnother.as_str());
+    if !blocked {
+        conditions::remove_condition(&mut status.conditions, ConditionType::Stalled);
+    }
     let condition = if namespaces.failing_count == 0 {
-        if ready.reason != Reason::NamespacesFailing.as_str() {
+        if was_synced {
             return;
         }
         conditions::ready(true, Reason::Synced, synced_message, generation, now)
@@ -148,15 +158,41 @@ pub(super) fn set_ready(
         } else {
             String::new()
         };
-        let message = format!(
+        let mut message = format!(
             "{synced_message}; {} of {} selected namespaces do not hold it: {}{more}",
             namespaces.failing_count,
             namespaces.selected,
             names.join(", ")
         );
-        conditions::ready(false, Reason::NamespacesFailing, message, generation, now)
+        let reason = match blocked {
+            true => Reason::OwnedByAnother,
+            false => Reason::NamespacesFailing,
+        };
+        if blocked {
+            let theirs: Vec<&str> = namespaces
+                .failing
+                .iter()
+                .filter(|f| f.reason == NamespaceReason::OwnedByAnother.as_str())
+                .map(|f| f.message.as_str())
+                .collect();
+            message = format!("{message}. {}", theirs.join(". "));
+        }
+        conditions::ready(false, reason, message, generation, now)
     };
+    let stalled = (condition.reason == Reason::OwnedByAnother.as_str()).then(|| {
+        conditions::condition(
+            ConditionType::Stalled,
+            true,
+            &condition.reason,
+            condition.message.clone(),
+            generation,
+            now,
+        )
+    });
     conditions::set_condition(&mut status.conditions, condition);
+    if let Some(stalled) = stalled {
+        conditions::set_condition(&mut status.conditions, stalled);
+    }
 }
 
 /// How soon to look again after writing, for the namespaces' sake: a write that failed (a
@@ -175,6 +211,7 @@ pub(super) const WRITE_RETRY: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|n| n.to_string()).collect()
@@ -210,7 +247,7 @@ mod tests {
     fn a_copy_of_someone_else_fails_its_namespace_and_is_not_written() {
         let copies = BTreeMap::from([(
             "team-b".to_owned(),
-            Copy::Others("ModelCostMapSync team-b/litellm".into()),
+            Copy::Others("controlled by ModelCostMapSync team-b/litellm".into()),
         )]);
         let plan = plan(
             &set(&["team-b", "team-a"]),
@@ -223,12 +260,14 @@ mod tests {
         assert_eq!(plan.failing.len(), 1);
         assert_eq!(plan.failing[0].namespace, "team-b");
         assert_eq!(plan.failing[0].reason, "OwnedByAnother");
+        let message = &plan.failing[0].message;
         assert!(
-            plan.failing[0]
-                .message
-                .contains("controlled by ModelCostMapSync team-b/litellm"),
-            "{}",
-            plan.failing[0].message
+            message.contains("ConfigMap team-b/litellm exists"),
+            "{message}"
+        );
+        assert!(
+            message.contains("(controlled by ModelCostMapSync team-b/litellm)"),
+            "{message}"
         );
     }
 
@@ -292,34 +331,62 @@ mod tests {
     #[test]
     fn ready_is_true_only_when_every_namespace_holds_the_map() {
         let at = Timestamp::from_second(100).unwrap();
-        let mut status = ModelCostMapSyncStatus::default();
+        let mut status = ModelCostMapSyncStatus {
+            last_attempt_time: Some(Time(at)),
+            last_sync_time: Some(Time(at)),
+            ..ModelCostMapSyncStatus::default()
+        };
         conditions::set_condition(
             &mut status.conditions,
             conditions::ready(true, Reason::Synced, "ok".into(), Some(1), at),
         );
-        let failing = NamespacesStatus {
+        let failing = |reason: &str| NamespacesStatus {
             selected: 2,
             ready: 1,
             failing_count: 1,
             failing: vec![NamespaceFailure {
                 namespace: "team-b".into(),
-                reason: "OwnedByAnother".into(),
-                message: String::new(),
+                reason: reason.into(),
+                message: "ConfigMap team-b/litellm exists".into(),
             }],
             ..NamespacesStatus::default()
         };
-        set_ready(&mut status, &failing, Some(1), at);
+        set_ready(&mut status, &failing("WriteFailed"), Some(1), at);
         let ready = &status.conditions[0];
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "NamespacesFailing");
         assert!(ready.message.contains("1 of 2 selected namespaces"));
-        assert!(ready.message.contains("team-b (OwnedByAnother)"));
+        assert!(ready.message.contains("team-b (WriteFailed)"));
+        assert_eq!(status.conditions.len(), 1, "a failed write is no stall");
         assert!(
             !crate::controller::status::retrying(&status),
             "a namespace failing is not a failed sync"
         );
 
+        // Someone else's ConfigMap in the way: only a person can fix that.
+        set_ready(&mut status, &failing("OwnedByAnother"), Some(1), at);
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "OwnedByAnother")
+        );
+        assert!(
+            ready.message.contains("team-b/litellm"),
+            "{}",
+            ready.message
+        );
+        let stalled = &status.conditions[1];
+        assert_eq!(
+            (stalled.type_.as_str(), stalled.status.as_str()),
+            ("Stalled", "True")
+        );
+        assert!(
+            !crate::controller::status::retrying(&status),
+            "the map is synced in the other namespaces"
+        );
+
         set_ready(&mut status, &NamespacesStatus::default(), Some(1), at);
+        assert_eq!(status.conditions.len(), 1, "no longer stalled");
         assert_eq!(status.conditions[0].status, "True");
         assert_eq!(status.conditions[0].reason, "Synced");
 
@@ -328,7 +395,7 @@ mod tests {
             &mut status.conditions,
             conditions::ready(false, Reason::FetchFailed, "down".into(), Some(1), at),
         );
-        set_ready(&mut status, &failing, Some(1), at);
+        set_ready(&mut status, &failing("OwnedByAnother"), Some(1), at);
         assert_eq!(status.conditions[0].reason, "FetchFailed");
         assert!(crate::controller::status::retrying(&status));
     }

@@ -292,10 +292,6 @@ impl<D: Destination> Reconciler<'_, D> {
                 overridden.push(refusal);
             }
         }
-        self.record_pending(&artifact).await?;
-        let identity = self.identity(&artifact);
-        self.destination.write_new(map, &identity).await?;
-        self.remember_held(Arc::clone(&prepared.map));
         let entry = HistoryEntry {
             digest: artifact.digest.clone(),
             git_blob_id: artifact.git_blob_id.clone(),
@@ -308,6 +304,13 @@ impl<D: Destination> Reconciler<'_, D> {
             .as_ref()
             .map(|status| status.history.clone())
             .unwrap_or_default();
+        self.destination
+            .check_places(map, &entry, &previous)
+            .await?;
+        self.record_pending(&artifact).await?;
+        let identity = self.identity(&artifact);
+        self.destination.write_new(map, &identity).await?;
+        self.remember_held(Arc::clone(&prepared.map));
         let history = self
             .destination
             .keep_in_history(map, &identity, entry, &previous)

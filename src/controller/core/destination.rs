@@ -70,6 +70,19 @@ pub(crate) trait Destination: Send + Sync {
         identity: &MapIdentity,
     ) -> impl Future<Output = Result<Option<PutBack>, SyncError>> + Send;
 
+    /// Checks, before anything of a new map is written (its pending record in status
+    /// included), that no ConfigMap it would go to is someone else's: `entry` is the map as
+    /// history would keep it, `previous` the ring status names. A place that belongs to
+    /// another fails the sync with `OwnedByAnother`, unless the kind says so per place.
+    fn check_places(
+        &self,
+        _map: &StoredMap,
+        _entry: &HistoryEntry,
+        _previous: &[HistoryEntry],
+    ) -> impl Future<Output = Result<(), SyncError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Writes a map just accepted into every place.
     fn write_new(
         &mut self,

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use tracing::info;
+use tracing::{info, warn};
 
 pub(crate) use destination::Destination;
 
@@ -113,6 +113,7 @@ impl<'a, D: Destination> Reconciler<'a, D> {
             overrides_changed,
             overrides_edited: self.overrides_edited(&overrides),
             source_news: self.context.sources.has_news(self.object.uid()),
+            min_gap: self.context.min_sync_gap,
         });
         match decision {
             Decision::Suspended => {
@@ -175,13 +176,20 @@ impl<'a, D: Destination> Reconciler<'a, D> {
     }
 
     /// [`Self::put_back`] between syncs: a failed write is retried with backoff.
+    /// A ConfigMap of someone else's in the way is left alone and not retried here: only a
+    /// person can fix it, and the next sync says so in status.
     async fn restore(&mut self, last_good: Option<&Arc<HeldMap>>) -> Result<(), Error> {
-        self.put_back(last_good, true)
-            .await
-            .map_err(|err| Error::Restore {
+        match self.put_back(last_good, true).await {
+            Ok(()) => Ok(()),
+            Err(err @ SyncError::OwnedByAnother { .. }) => {
+                warn!(error = %err, "the last good map was not put back");
+                Ok(())
+            }
+            Err(err) => Err(Error::Restore {
                 what: "the last good map".to_owned(),
                 message: err.to_string(),
-            })
+            }),
+        }
     }
 
     /// The Event that says a ConfigMap was put back. Distinct reasons, because Events with

@@ -221,6 +221,7 @@ fn context() -> Context {
         maps: crate::http::map_cache::MapCache::default(),
         concurrent_syncs: 1,
         retry_backoff: Duration::from_secs(30),
+        min_sync_gap: Duration::ZERO,
     };
     Context::new(client, fetcher, settings)
 }

@@ -18,6 +18,7 @@ use crate::controller::core::Destination;
 use crate::controller::core::destination::{AppliedStatus, PutBack};
 use crate::controller::memory::ObjectKey;
 use crate::controller::status::Notice;
+use crate::layout::chunks::{chunk_name, split_gz};
 use crate::layout::gzip::StoredMap;
 use crate::layout::read::{HeldConfigMaps, read_stored, stale};
 use crate::layout::render::{TargetRef, render_config_maps, write_order};
@@ -58,6 +59,11 @@ impl<'a> TargetConfigMap<'a> {
 
     fn namespace(&self) -> &str {
         &self.target.namespace
+    }
+
+    /// How many maps the history ring keeps.
+    fn history_kept(&self) -> usize {
+        usize::try_from(self.sync.spec.history).unwrap_or(0).min(10)
     }
 
     /// What this operator last wrote into the target (or found there as it would write it).
@@ -244,6 +250,39 @@ impl Destination for TargetConfigMap<'_> {
         true
     }
 
+    async fn check_places(
+        &self,
+        map: &StoredMap,
+        entry: &HistoryEntry,
+        previous: &[HistoryEntry],
+    ) -> Result<(), SyncError> {
+        let chunks = split_gz(&map.gz).len();
+        let mut names: Vec<String> = (0..chunks)
+            .map(|index| chunk_name(&self.target.name, index))
+            .collect();
+        if let (Some(slot), _) = next_ring(
+            previous,
+            self.history_kept(),
+            &self.target.name,
+            entry.clone(),
+        ) {
+            names.extend((0..chunks).map(|index| chunk_name(&slot, index)));
+        }
+        let foreign = self
+            .context
+            .config_maps
+            .first_foreign(self.namespace(), &names, &self.target.owner.uid)
+            .await
+            .map_err(|err| SyncError::Write {
+                what: "the ConfigMaps' owners".to_owned(),
+                message: api_error_message(&err),
+            })?;
+        match foreign {
+            Some(foreign) => Err(foreign.into()),
+            None => Ok(()),
+        }
+    }
+
     async fn keep_in_history(
         &self,
         map: &StoredMap,
@@ -251,8 +290,7 @@ impl Destination for TargetConfigMap<'_> {
         entry: HistoryEntry,
         previous: &[HistoryEntry],
     ) -> Option<Vec<HistoryEntry>> {
-        let keep = usize::try_from(self.sync.spec.history).unwrap_or(0).min(10);
-        let (slot, ring) = next_ring(previous, keep, &self.target.name, entry);
+        let (slot, ring) = next_ring(previous, self.history_kept(), &self.target.name, entry);
         let Some(slot) = slot else {
             return Some(ring);
         };
@@ -281,7 +319,7 @@ impl Destination for TargetConfigMap<'_> {
         match self.write(&in_order, |_| existed).await {
             Ok(_) => Some(ring),
             Err(failed) => {
-                warn!(config_map = %failed.name, error = %api_error_message(&failed.error), "cannot keep the map in history");
+                warn!(config_map = %failed.name, error = %failed.message(), "cannot keep the map in history");
                 None
             }
         }
