@@ -219,6 +219,7 @@ fn context() -> Context {
         maps: crate::http::map_cache::MapCache::default(),
         concurrent_syncs: 1,
         retry_backoff: Duration::from_secs(30),
+        map_keys: Default::default(),
     };
     Context::new(client, fetcher, settings)
 }
