@@ -8,6 +8,20 @@ use testenv::TiedChild;
 
 const BIN: &str = env!("CARGO_BIN_EXE_costmap-operator");
 
+/// `--map-access open` and `--metrics-access open`, each unless `args` choose: these tests
+/// read maps and metrics as a single-team set-up does; `tests/tenancy` runs token mode.
+fn open_unless_given(args: &[&str]) -> Vec<&'static str> {
+    let given = |flag: &str| args.iter().any(|arg| arg.starts_with(flag));
+    let mut open = Vec::new();
+    if !given("--map-access") {
+        open.extend(["--map-access", "open"]);
+    }
+    if !given("--metrics-access") {
+        open.extend(["--metrics-access", "open"]);
+    }
+    open
+}
+
 /// One operator process.
 pub struct OperatorProcess {
     /// `http://127.0.0.1:PORT` of its HTTP server.
@@ -58,6 +72,7 @@ impl OperatorProcess {
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(open_unless_given(args))
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", pod_namespace)
