@@ -54,11 +54,14 @@ pub enum Verdict {
     Unavailable,
 }
 
+/// Answers by the hash of token and question, with when they were given.
+type Answers = HashMap<[u8; 32], (Instant, Verdict)>;
+
 /// Reviews tokens through the API server, with a short cache.
 #[derive(Clone)]
 pub struct Reviewer {
     client: Client,
-    cache: Arc<Mutex<HashMap<[u8; 32], (Instant, Verdict)>>>,
+    cache: Arc<Mutex<Answers>>,
 }
 
 impl Reviewer {
