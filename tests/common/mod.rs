@@ -168,6 +168,12 @@ impl Operator {
         keys.load(client, key_namespace, "costmap-map-key")
             .await
             .expect("the map key");
+        // Rotations are followed until the test process ends.
+        tokio::spawn(keys.follow(
+            client.clone(),
+            key_namespace.to_owned(),
+            "costmap-map-key".to_owned(),
+        ));
         operator
     }
 

@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use costmap_operator::api::{DEFAULT_KEY, Reason};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -14,14 +16,16 @@ use serde_json::json;
 
 use crate::common::tenants::{Tenant, account_token};
 use crate::common::{
-    Answer, Operator, Source, client, config_maps, create_sync, eventually, namespace, small_map,
-    wait_ready,
+    Answer, Operator, Source, client, config_maps, create_sync, eventually, namespace,
+    request_sync, small_map, wait_ready,
 };
 
 /// Two tenants, each with the ModelCostMapSync `litellm` synced from its own source, and
 /// an operator in token mode watching both.
 struct Teams {
     admin: Client,
+    /// Where the operator's map key Secret lives.
+    ops: String,
     a: Tenant,
     b: Tenant,
     operator: Operator,
@@ -58,6 +62,7 @@ impl Teams {
         }
         Teams {
             admin,
+            ops,
             a,
             b,
             operator,
@@ -267,6 +272,72 @@ async fn metrics_need_a_token_allowed_to_read_them() {
     let (status, body) = get(&url, Some(&prometheus)).await;
     assert_eq!(status, 200);
     assert!(holds(&body, "costmap_"), "the metrics");
+    teams.operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_rewrites_map_url_and_the_previous_key_opens_until_dropped() {
+    let teams = Teams::start("rotate").await;
+    let b_ns = teams.b.namespace.clone();
+    let old_url = teams.map_url(&b_ns).await;
+    let secrets = Api::<Secret>::namespaced(teams.admin.clone(), &teams.ops);
+    let old_key = secrets.get("costmap-map-key").await.unwrap().data.unwrap()["key"].clone();
+    // Rotation: a new key signs, the old one moves to `previous`.
+    let patch =
+        json!({"data": {"key": BASE64.encode([42u8; 32]), "previous": BASE64.encode(&old_key.0)}});
+    secrets
+        .patch(
+            "costmap-map-key",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let api = config_maps(&teams.admin, &b_ns);
+    let mut round = 0;
+    let new_url = eventually("map-url rewritten with the new key", || {
+        round += 1;
+        let (api, admin, ns, old) = (
+            api.clone(),
+            teams.admin.clone(),
+            b_ns.clone(),
+            old_url.clone(),
+        );
+        async move {
+            request_sync(&admin, &ns, "litellm", &format!("rotate-{round}")).await;
+            let url = api
+                .get("litellm")
+                .await
+                .ok()?
+                .data?
+                .get("map-url")
+                .cloned()?;
+            (url != old).then_some(url)
+        }
+    })
+    .await;
+    assert_eq!(get(&new_url, None).await.0, 200, "the new map-url");
+    assert_eq!(
+        get(&old_url, None).await.0,
+        200,
+        "the old one, during the rotation"
+    );
+    // Rotation done: `previous` dropped, and the old URL opens nothing.
+    let patch = json!({"data": {"previous": null}});
+    secrets
+        .patch(
+            "costmap-map-key",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    eventually("the old map-url refused", || {
+        let old = old_url.clone();
+        async move { (get(&old, None).await.0 == 403).then_some(()) }
+    })
+    .await;
+    assert_eq!(get(&new_url, None).await.0, 200);
     teams.operator.stop().await;
 }
 
