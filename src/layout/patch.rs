@@ -104,6 +104,9 @@ mod tests {
         let patch = write_patch(&rendered[0], &["map.json"]);
         assert_eq!(patch["data"]["map.json"], json!(r#"{"gpt-4": {}}"#));
         assert_eq!(patch["data"]["map.json.gz.chunks"], Value::Null);
+        // No map-url rendered (no base URL now): one written before goes.
+        let data = patch["data"].as_object().unwrap();
+        assert_eq!(data.get(crate::layout::MAP_URL_KEY), Some(&Value::Null));
         assert!(patch["binaryData"]["map.json.gz"].is_string());
         assert_eq!(patch["binaryData"]["map.json.gz.000"], Value::Null);
         let annotations = &patch["metadata"]["annotations"];

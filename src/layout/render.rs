@@ -361,6 +361,34 @@ mod tests {
     }
 
     #[test]
+    fn the_map_url_goes_into_the_first_configmap_only() {
+        let target = TargetRef {
+            map_url: Some("http://op.ops.svc:8080/maps/llm/litellm/map.json?token=ab".into()),
+            ..target()
+        };
+        let small = StoredMap::from_bytes(br#"{"a": {}}"#.to_vec());
+        let one = render_config_maps(&target, &small, &identity(&small)).unwrap();
+        let data = one[0].data.as_ref().unwrap();
+        assert_eq!(data[MAP_URL_KEY], target.map_url.clone().unwrap());
+        assert!(data.contains_key("map.json"), "beside the plain copy");
+        let big = map_of_chunks(2);
+        let chunked = render_config_maps(&target, &big, &identity(&big)).unwrap();
+        assert_eq!(
+            chunked[0].data.as_ref().unwrap()[MAP_URL_KEY],
+            target.map_url.clone().unwrap()
+        );
+        assert!(chunked[1..].iter().all(|cm| cm.data.is_none()));
+        let without = render_config_maps(&super::fixtures::target(), &small, &identity(&small));
+        assert!(
+            !without.unwrap()[0]
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key(MAP_URL_KEY)
+        );
+    }
+
+    #[test]
     fn large_map_is_stored_gzipped_only() {
         // ~1 MB of JSON: too large to keep a plain copy beside the gzip.
         let body: String = (0..100_000).map(|i| format!("\"m{i}\":{{}},")).collect();
