@@ -8,10 +8,13 @@ use clap::Parser;
 use costmap_operator::agent;
 use costmap_operator::api::ModelCostMapSync;
 use costmap_operator::cli;
+use costmap_operator::cli::args::AccessArgs;
 use costmap_operator::cli::args::{AgentArgs, Cli, Command, LogFormat, RunArgs};
 use costmap_operator::controller::{self, Settings};
+use costmap_operator::http::access::{AccessMode, Reviewer};
+use costmap_operator::http::capability::MapKeys;
 use costmap_operator::http::map_cache::MapCache;
-use costmap_operator::http::server::{self, ServerState};
+use costmap_operator::http::server::{self, Access, ServerState};
 use costmap_operator::leader::{self, Candidate};
 use costmap_operator::litellm::{ProxyClient, ProxyClientConfig};
 use costmap_operator::metrics::Metrics;
@@ -22,7 +25,7 @@ use costmap_operator::sync::validate::Rules;
 use kube::Client;
 use kube::api::ListParams;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     // Installed as kubectl-costmap, the binary is a kubectl plugin.
@@ -161,7 +164,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.namespaces.clone(),
         args.fetch.max_map_bytes,
     ));
-    let state = ServerState::new(metrics.clone(), maps.clone());
+    let map_keys = map_keys(&client, &args.access, args.lease_namespace.as_deref()).await?;
+    let access = Access {
+        maps: args.access.map_access.into(),
+        metrics: args.access.metrics_access.into(),
+        reviewer: Some(Reviewer::new(client.clone())),
+        keys: map_keys.clone(),
+    };
+    if access.maps == AccessMode::Open {
+        warn!(
+            "--map-access open: every map is served to anyone who reaches the port; run so only where one team uses the cluster"
+        );
+    }
+    if access.metrics == AccessMode::Open {
+        warn!("--metrics-access open: /metrics is served to anyone who reaches the port");
+    }
+    let state = ServerState::new(metrics.clone(), maps.clone()).with_access(access);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -187,6 +205,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrent_syncs: args.concurrent_syncs,
         retry_backoff: args.retry_backoff,
         min_sync_gap: args.min_sync_gap,
+        map_keys,
     };
     if args.leader_election {
         let mut candidate =
@@ -218,6 +237,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("HTTP server")?;
     info!("stopped");
     Ok(())
+}
+
+/// The map key from `--map-key-secret` (created when missing), followed for rotations; in
+/// the operator's namespace (env POD_NAMESPACE, else the Lease's, else the client's).
+async fn map_keys(
+    client: &Client,
+    args: &AccessArgs,
+    lease_namespace: Option<&str>,
+) -> anyhow::Result<MapKeys> {
+    let keys = MapKeys::new(args.map_base_url.as_ref().map(url::Url::as_str));
+    let Some(secret) = &args.map_key_secret else {
+        return Ok(keys);
+    };
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| lease_namespace.map(str::to_owned))
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    keys.load(client, &namespace, secret).await?;
+    tokio::spawn(
+        keys.clone()
+            .follow(client.clone(), namespace, secret.clone()),
+    );
+    Ok(keys)
 }
 
 /// Fails start-up with a useful message when the CRD is missing, instead of a watch that

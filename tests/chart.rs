@@ -78,7 +78,8 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
 }
 
-/// Every (apiGroup, resource, verb) the rendered Roles and ClusterRoles grant.
+/// Every (apiGroup, resource, verb) the rendered Roles and ClusterRoles grant (rules on
+/// non-resource URLs, the metrics reader's, are not resources).
 fn grants(docs: &[Value]) -> Vec<(String, String, String)> {
     let mut grants = Vec::new();
     for role in of_kind(docs, "ClusterRole")
@@ -86,7 +87,7 @@ fn grants(docs: &[Value]) -> Vec<(String, String, String)> {
         .chain(of_kind(docs, "Role"))
     {
         for rule in role["rules"].as_sequence().unwrap() {
-            for group in rule["apiGroups"].as_sequence().unwrap() {
+            for group in rule["apiGroups"].as_sequence().into_iter().flatten() {
                 for resource in rule["resources"].as_sequence().unwrap() {
                     for verb in rule["verbs"].as_sequence().unwrap() {
                         grants.push((
@@ -328,12 +329,40 @@ fn the_defaults_pass_a_security_review() {
         .collect();
     assert_eq!(args[0], "run");
     assert!(args.contains(&"--lease-duration=15s"), "{args:?}");
+    // Maps and metrics need a credential; map-url names the Service.
+    for arg in [
+        "--map-access=token",
+        "--metrics-access=token",
+        "--map-base-url=http://costmap-operator.costmap-system.svc:8080",
+        "--map-key-secret=costmap-operator-map-key",
+    ] {
+        assert!(args.contains(&arg), "{arg} in {args:?}");
+    }
+    // The map key: one Secret by name, in the release namespace; create cannot be named.
+    let map_key = of_kind(&docs, "Role")
+        .into_iter()
+        .find(|role| role["metadata"]["name"] == "costmap-operator-map-key")
+        .expect("the map key's Role");
+    assert_eq!(map_key["metadata"]["namespace"], RELEASE_NAMESPACE);
+    for rule in map_key["rules"].as_sequence().unwrap() {
+        let verbs = rule["verbs"].as_sequence().unwrap();
+        if verbs.iter().any(|v| v != "create") {
+            assert_eq!(rule["resourceNames"][0], "costmap-operator-map-key");
+            assert_eq!(rule["resourceNames"].as_sequence().unwrap().len(), 1);
+        }
+    }
+    let without_map_key: Vec<Value> = docs
+        .iter()
+        .filter(|doc| doc["metadata"]["name"] != "costmap-operator-map-key")
+        .cloned()
+        .collect();
     let service_account = of_kind(&docs, "ServiceAccount")[0];
     assert_eq!(service_account["automountServiceAccountToken"], false);
     assert_eq!(of_kind(&docs, "PodDisruptionBudget").len(), 1);
 
-    // Workload rights only when restartWorkloads is on; Secrets only ever `get`.
-    let default_grants = grants(&docs);
+    // Workload rights only when restartWorkloads is on; Secrets only ever `get` (but the
+    // map key's).
+    let default_grants = grants(&without_map_key);
     assert!(!default_grants.iter().any(|(group, _, _)| group == "apps"));
     let secret_verbs: Vec<&str> = default_grants
         .iter()
@@ -374,9 +403,39 @@ fn the_defaults_pass_a_security_review() {
     let with_restarts = grants(&template(&["restartWorkloads.enabled=true"]));
     assert!(with_restarts.contains(&("apps".into(), "deployments".into(), "patch".into())));
 
-    // A list of namespaces: a Role in each (plus the Lease's), no ClusterRole.
+    // Token and access reviews, and the metrics reader's role: cluster-wide by nature.
+    for review in ["tokenreviews", "subjectaccessreviews"] {
+        let verbs: Vec<&str> = default_grants
+            .iter()
+            .filter(|(_, resource, _)| resource == review)
+            .map(|(_, _, verb)| verb.as_str())
+            .collect();
+        assert_eq!(verbs, ["create"], "{review}");
+    }
+    let reader = of_kind(&docs, "ClusterRole")
+        .into_iter()
+        .find(|role| role["metadata"]["name"] == "costmap-operator-metrics-reader")
+        .expect("metrics-reader");
+    assert_eq!(reader["rules"][0]["nonResourceURLs"][0], "/metrics");
+    let monitor = template(&["serviceMonitor.enabled=true"]);
+    let endpoint = &of_kind(&monitor, "ServiceMonitor")[0]["spec"]["endpoints"][0];
+    assert!(
+        endpoint["bearerTokenFile"].is_string(),
+        "Prometheus sends its token"
+    );
+
+    // A list of namespaces: a Role in each (plus the Lease's and the map key's), and no
+    // ClusterRole but the reviews' and the metrics reader's.
     let scoped = template(&["watchNamespaces={llm,team-b}"]);
-    assert!(of_kind(&scoped, "ClusterRole").is_empty());
+    let mut cluster_roles: Vec<&str> = of_kind(&scoped, "ClusterRole")
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap())
+        .collect();
+    cluster_roles.sort();
+    assert_eq!(
+        cluster_roles,
+        ["costmap-operator-auth", "costmap-operator-metrics-reader"]
+    );
     assert!(
         !grants(&scoped).iter().any(|(_, resource, _)| resource
             .starts_with("clustermodelcostmapsyncs")
@@ -388,7 +447,10 @@ fn the_defaults_pass_a_security_review() {
         .map(|r| r["metadata"]["namespace"].as_str().unwrap())
         .collect();
     role_namespaces.sort();
-    assert_eq!(role_namespaces, ["costmap-system", "llm", "team-b"]);
+    assert_eq!(
+        role_namespaces,
+        ["costmap-system", "costmap-system", "llm", "team-b"]
+    );
 }
 
 /// `kubectl auth can-i VERB RESOURCE [-n NS | -A] --as <the chart's ServiceAccount>`.
@@ -439,8 +501,13 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     control_plane()
         .write_token_kubeconfig(&kubeconfig, token.trim())
         .unwrap();
-    let operator =
-        OperatorProcess::start(&kubeconfig, RELEASE_NAMESPACE, "costmap-operator-0", &[]);
+    // The map key as the chart names it: created, read and watched with the chart's RBAC.
+    let operator = OperatorProcess::start(
+        &kubeconfig,
+        RELEASE_NAMESPACE,
+        "costmap-operator-0",
+        &["--map-key-secret", "costmap-operator-map-key"],
+    );
 
     // Every feature, in a namespace of its own: a source with a header from a Secret, proxies
     // behind a Service (their admin key from a Secret), a workload to restart.
@@ -624,6 +691,14 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     let allowed: &[&[&str]] = &[
         &["get", "secrets", "-n", &ns],
         &["patch", "configmaps", "-n", &ns],
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
+        &[
+            "watch",
+            "secrets/costmap-operator-map-key",
+            "-n",
+            RELEASE_NAMESPACE,
+        ],
         &["list", "namespaces"],
         &["watch", "clustermodelcostmapsyncs.costmap.dev"],
         &[

@@ -12,3 +12,6 @@ mod egress;
 
 #[path = "tenancy/ownership.rs"]
 mod ownership;
+
+#[path = "tenancy/maps.rs"]
+mod maps;

@@ -103,9 +103,51 @@ pub struct RunArgs {
     /// `<svc>.<namespace>.svc.<cluster domain>`.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "COSTMAP_LOG_FORMAT")]
     pub log_format: LogFormat,
+}
+
+/// Who may read maps and metrics from `run`'s HTTP server.
+#[derive(clap::Args)]
+pub struct AccessArgs {
+    /// Who may read /maps: `token` needs the object's map-url token, or a Kubernetes bearer
+    /// token of an identity that may get the target ConfigMap (TokenReview and
+    /// SubjectAccessReview, answers cached 30 s); `open` serves anyone who reaches the
+    /// port (one team per cluster only).
+    #[arg(long, value_enum, default_value_t = Access::Token)]
+    pub map_access: Access,
+    /// Who may read /metrics: `token` needs a bearer token allowed to get the non-resource
+    /// URL /metrics (the chart's metrics-reader ClusterRole); `open` serves anyone.
+    #[arg(long, value_enum, default_value_t = Access::Token)]
+    pub metrics_access: Access,
+    /// Base URL proxies reach this operator at, e.g. http://costmap-operator.ops.svc:8080:
+    /// each target ConfigMap then gets the key `map-url`, this URL with the map's path and
+    /// token. Without it, no map-url is written.
+    #[arg(long, value_name = "URL")]
+    pub map_base_url: Option<url::Url>,
+    /// Secret in the operator's namespace whose `key` signs map-url tokens (`previous`
+    /// still opens maps during a rotation); created with a random key when missing.
+    /// Without it, no map-url is written or accepted.
+    #[arg(long, value_name = "NAME")]
+    pub map_key_secret: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Access {
+    Token,
+    Open,
+}
+
+impl From<Access> for crate::http::access::AccessMode {
+    fn from(access: Access) -> Self {
+        match access {
+            Access::Token => crate::http::access::AccessMode::Token,
+            Access::Open => crate::http::access::AccessMode::Open,
+        }
+    }
 }
 
 #[derive(clap::Args)]

@@ -482,6 +482,7 @@ mod tests {
                 namespace: "team-a".to_owned(),
                 key: "model_prices_and_context_window.json".to_owned(),
                 owner: Default::default(),
+                map_url: None,
             },
             identity: MapIdentity {
                 digest: "sha256:aa".to_owned(),

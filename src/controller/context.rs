@@ -15,6 +15,7 @@ use super::memory::Memories;
 use super::prepared::Preparer;
 use super::status::Notice;
 use crate::apiserver::{FIELD_MANAGER, api_error_message, truncate};
+use crate::http::capability::MapKeys;
 use crate::http::map_cache::MapCache;
 use crate::litellm::ProxyClient;
 use crate::metrics::Metrics;
@@ -70,6 +71,8 @@ pub struct Settings {
     /// Least time between the start of an object's last attempt and a requested sync or
     /// an override republish of it.
     pub min_sync_gap: Duration,
+    /// Signs the `map-url` written into each target (none written without a base URL).
+    pub map_keys: MapKeys,
 }
 
 /// What the reconcilers of both kinds share.
@@ -93,6 +96,7 @@ pub struct Context {
     pub(super) memory: Memories,
     /// The ConfigMaps this operator writes, read and written for both kinds.
     pub(super) config_maps: OwnedConfigMaps,
+    map_keys: MapKeys,
 }
 
 impl Context {
@@ -117,7 +121,14 @@ impl Context {
             retry_backoff: settings.retry_backoff,
             min_sync_gap: settings.min_sync_gap,
             memory: Memories::default(),
+            map_keys: settings.map_keys,
         }
+    }
+
+    /// The `map-url` of key `key` of object `name` in `namespace`: what the target (or the
+    /// copy there) holds.
+    pub(super) fn map_url(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        self.map_keys.map_url(namespace, name, key)
     }
 
     /// The largest map the operator takes, after decompression: from a source, or read

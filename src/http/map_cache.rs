@@ -11,7 +11,7 @@
 //! so a ConfigMap deleted or edited by hand changes nothing for proxies until the operator
 //! puts it back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::api::{ClusterModelCostMapSync, ModelCostMapSync, ModelCostMapSyncStatus};
+use crate::api::{ClusterModelCostMapSync, MapSync, ModelCostMapSync, ModelCostMapSyncStatus};
 use crate::http::maps::ServedMap;
 use crate::layout::HISTORY_OF_LABEL;
 use crate::layout::gzip::GunzipError;
@@ -72,27 +72,46 @@ struct Inner {
     /// The maps served now.
     served: HashMap<MapKey, Arc<ServedMap>>,
     /// Every map held, once however many ConfigMaps hold it.
-    gzips: ServedByGzip,
+    gzips: Arc<ServedByGzip>,
     /// The maps put together from chunks.
     chunked: chunked::Assemblies,
+    /// The ConfigMaps holding gzips not decompressed yet.
+    pending: HashSet<ObjectId>,
+    /// The ConfigMaps (uid) whose gzip failed to decompress, at which resourceVersion.
+    failed: HashMap<String, String>,
+    /// The bound on decompression, as the ConfigMap watch was started with.
+    max_bytes: u64,
 }
 
 /// The maps held, by the sha256 of their gzip: a thousand ConfigMaps with the same map are
 /// decompressed (to check the digest) and held once.
 #[derive(Default)]
-struct ServedByGzip(std::sync::Mutex<HashMap<[u8; 32], std::sync::Weak<ServedMap>>>);
+struct ServedByGzip {
+    held: std::sync::Mutex<HashMap<[u8; 32], std::sync::Weak<ServedMap>>>,
+    /// How many gzips were decompressed, ever.
+    decompressed: std::sync::atomic::AtomicU64,
+}
 
 impl ServedByGzip {
     /// The map this gzip holds: the one held already, or decompressed (at most
     /// `max_bytes`) and held.
-    fn served(&self, gz: &[u8], max_bytes: u64) -> Result<Arc<ServedMap>, GunzipError> {
+    fn served(&self, gz: &Bytes, max_bytes: u64) -> Result<Arc<ServedMap>, GunzipError> {
         let key: [u8; 32] = Sha256::digest(gz).into();
-        let mut held = crate::locks::lock(&self.0);
-        if let Some(map) = held.get(&key).and_then(std::sync::Weak::upgrade) {
+        if let Some(map) = crate::locks::lock(&self.held)
+            .get(&key)
+            .and_then(std::sync::Weak::upgrade)
+        {
             return Ok(map);
         }
+        // Not under the lock: other ConfigMaps' maps are looked up meanwhile.
+        self.decompressed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let map = Arc::new(ServedMap::from_gzip(gz.clone(), max_bytes)?);
+        let mut held = crate::locks::lock(&self.held);
         held.retain(|_, map| map.strong_count() > 0);
-        let map = Arc::new(ServedMap::from_gzip(Bytes::copy_from_slice(gz), max_bytes)?);
+        if let Some(first) = held.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(first);
+        }
         held.insert(key, Arc::downgrade(&map));
         Ok(map)
     }
@@ -108,6 +127,14 @@ struct StoredMaps {
     owner_uid: String,
     /// By key (file name without `.gz`).
     maps: Vec<(String, Arc<ServedMap>)>,
+    /// The gzips not decompressed (yet): no known object owns the ConfigMap, so it costs
+    /// nothing until one does.
+    pending: Vec<(String, Bytes)>,
+    /// The ConfigMap's uid and resourceVersion: a gzip that failed is not tried again
+    /// until the ConfigMap changes.
+    version: (String, String),
+    /// A gzip of it failed to decompress.
+    failed: bool,
     /// The chunks it holds of a map stored in chunks.
     chunks: Vec<chunked::ChunkPart>,
     /// On a first ConfigMap: the maps its chunk set puts together, by key.
@@ -119,6 +146,8 @@ struct StoredMaps {
 struct Vouched {
     uid: String,
     digests: Vec<String>,
+    /// Its target ConfigMap's name: who may get that ConfigMap may read the map.
+    target: String,
 }
 
 impl Vouched {
@@ -131,6 +160,25 @@ impl MapCache {
     /// The map for a request, if synced.
     pub fn get(&self, key: &MapKey) -> Option<Arc<ServedMap>> {
         self.read().served.get(key).cloned()
+    }
+
+    /// How many gzips of ConfigMaps this cache has decompressed since it started: those of
+    /// ConfigMaps no known object owns are never.
+    pub fn decompressions(&self) -> u64 {
+        self.read()
+            .gzips
+            .decompressed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The target ConfigMap of the object `name` in `namespace` (a namespaced one, else a
+    /// cluster object's copy there), if known.
+    pub fn target_of(&self, namespace: &str, name: &str) -> Option<String> {
+        let inner = self.read();
+        [false, true]
+            .into_iter()
+            .find_map(|cluster| inner.vouched(namespace, name, cluster))
+            .map(|vouched| vouched.target.clone())
     }
 
     /// Waits until the map for `key` has `digest`, at most `timeout`; whether it has.
@@ -223,8 +271,17 @@ impl MapCache {
         event: Result<Event<ConfigMap>, watcher::Error>,
         max_bytes: u64,
     ) {
+        // Decompressed before the cache's lock is taken: a large gzip holds up no reader.
+        let prepared = match &event {
+            Ok(Event::Apply(cm) | Event::InitApply(cm)) => self.prepare(cm, max_bytes),
+            _ => None,
+        };
         self.update(|inner| match event {
             Ok(event) => {
+                inner.max_bytes = max_bytes;
+                if let Event::Delete(cm) = &event {
+                    inner.failed.remove(&cm.uid().unwrap_or_default());
+                }
                 // One object changed: only its namespace's chunk sets can have, and only
                 // its owner's maps (none: served maps stay while status vouches).
                 let (namespace, refresh) = match &event {
@@ -237,11 +294,12 @@ impl MapCache {
                     }
                     event => (None, Refresh::after_listing(event)),
                 };
+                inner.note_failures(prepared.as_ref());
                 inner
                     .config_maps
-                    .apply(scope, event, |cm| stored_maps(cm, max_bytes, &inner.gzips));
-                let items = &mut inner.config_maps.items;
-                inner.chunked.refresh(items, namespace.as_deref(), max_bytes);
+                    .apply(scope, event, |_| prepared.clone());
+                inner.track_pending();
+                inner.refresh_chunks(namespace.as_deref());
                 refresh
             }
             Err(error) => {
@@ -262,9 +320,9 @@ impl MapCache {
                     },
                     event => Refresh::after_listing(event),
                 };
-                inner
-                    .syncs
-                    .apply(scope, event, |sync| vouched(sync.status.as_ref(), sync.uid()));
+                inner.syncs.apply(scope, event, |sync| {
+                    vouched(sync.status.as_ref(), sync.uid(), sync.config_map_name())
+                });
                 refresh
             }
             Err(error) => {
@@ -287,7 +345,8 @@ impl MapCache {
                     event => Refresh::after_listing(event),
                 };
                 inner.cluster_syncs.apply("", event, |sync| {
-                    vouched(sync.status.as_ref().map(|s| &s.sync), sync.uid())
+                    let target = sync.config_map_name();
+                    vouched(sync.status.as_ref().map(|s| &s.sync), sync.uid(), target)
                 });
                 refresh
             }
@@ -307,8 +366,62 @@ impl MapCache {
         if !was_watching && inner.is_watching() {
             info!("the map cache is watching");
         }
+        let pending = inner.owned_pending();
         drop(inner);
+        if !pending.is_empty() {
+            self.resolve(pending);
+        }
         self.changed.notify_waiters();
+    }
+
+    /// The ConfigMap's maps, and whether a known object owns it; the gzips are decompressed
+    /// only then, and not again at a resourceVersion where they failed before.
+    fn prepare(&self, cm: &ConfigMap, max_bytes: u64) -> Option<StoredMaps> {
+        let mut stored = stored_maps(cm)?;
+        let (known, failed) = {
+            let inner = self.read();
+            let known = inner.owns(&cm.namespace().unwrap_or_default(), &stored);
+            let failed = inner.failed.get(&stored.version.0) == Some(&stored.version.1);
+            (known, failed)
+        };
+        if failed {
+            stored.pending.clear();
+        } else if known {
+            let gzips = self.read().gzips_handle();
+            decompress(&mut stored, max_bytes, &gzips);
+        }
+        Some(stored)
+    }
+
+    /// Decompresses the gzips of `pending` ConfigMaps whose owner is now known, outside
+    /// the lock, and serves what they hold.
+    fn resolve(&self, pending: Vec<(ObjectId, StoredMaps)>) {
+        let (gzips, max_bytes) = {
+            let inner = self.read();
+            (inner.gzips_handle(), inner.max_bytes)
+        };
+        let mut resolved = Vec::new();
+        for (id, mut stored) in pending {
+            decompress(&mut stored, max_bytes, &gzips);
+            resolved.push((id, stored));
+        }
+        let mut inner = self.write();
+        for (id, stored) in resolved {
+            inner.pending.remove(&id);
+            // Unless the ConfigMap changed meanwhile (its own event prepared it again).
+            let current = inner.config_maps.items.get(&id).map(|s| s.version.clone());
+            if current.as_ref() != Some(&stored.version) {
+                continue;
+            }
+            inner.note_failures(Some(&stored));
+            let refresh = Refresh::Of {
+                namespace: Some(id.0.clone()),
+                name: stored.owner.clone(),
+            };
+            inner.config_maps.items.insert(id.clone(), stored);
+            inner.refresh_chunks(Some(&id.0));
+            inner.refresh_served(&refresh);
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -321,6 +434,55 @@ impl MapCache {
 }
 
 impl Inner {
+    /// Whether a known object (its uid) owns `stored`, a ConfigMap in `namespace`.
+    fn owns(&self, namespace: &str, stored: &StoredMaps) -> bool {
+        owned(&self.syncs, &self.cluster_syncs, namespace, stored)
+    }
+
+    fn gzips_handle(&self) -> Arc<ServedByGzip> {
+        Arc::clone(&self.gzips)
+    }
+
+    /// Records a ConfigMap whose gzip failed, so its next event at the same version is free.
+    fn note_failures(&mut self, stored: Option<&StoredMaps>) {
+        if let Some(stored) = stored.filter(|stored| stored.failed) {
+            self.failed
+                .insert(stored.version.0.clone(), stored.version.1.clone());
+        }
+    }
+
+    /// Keeps [`Inner::pending`] to the ConfigMaps that hold gzips not decompressed.
+    fn track_pending(&mut self) {
+        let items = &self.config_maps.items;
+        self.pending.retain(|id| items.contains_key(id));
+        for (id, stored) in items {
+            if !stored.pending.is_empty() {
+                self.pending.insert(id.clone());
+            }
+        }
+    }
+
+    /// The pending ConfigMaps a known object now owns.
+    fn owned_pending(&self) -> Vec<(ObjectId, StoredMaps)> {
+        self.pending
+            .iter()
+            .filter_map(|id| {
+                let stored = self.config_maps.items.get(id)?;
+                (!stored.pending.is_empty() && self.owns(&id.0, stored))
+                    .then(|| (id.clone(), stored.clone()))
+            })
+            .collect()
+    }
+
+    /// Puts chunk sets together in `namespace` (all when None), for known owners only.
+    fn refresh_chunks(&mut self, namespace: Option<&str>) {
+        let (syncs, cluster_syncs) = (&self.syncs, &self.cluster_syncs);
+        let known = |ns: &str, stored: &StoredMaps| owned(syncs, cluster_syncs, ns, stored);
+        let items = &mut self.config_maps.items;
+        self.chunked
+            .refresh(items, namespace, self.max_bytes, known);
+    }
+
     fn is_watching(&self) -> bool {
         // Without cluster objects to watch, none is expected.
         let cluster = self.cluster_syncs.scopes.is_empty() || self.cluster_syncs.is_watching();
@@ -443,48 +605,88 @@ fn owner_of(cm: &ConfigMap) -> Option<&OwnerReference> {
     })
 }
 
-/// The maps a managed ConfigMap holds: each `<key>.gz` that decompresses within
-/// `max_bytes`, with the digest of its bytes as they are (the annotations are not trusted).
-fn stored_maps(cm: &ConfigMap, max_bytes: u64, gzips: &ServedByGzip) -> Option<StoredMaps> {
+/// Whether an object known to the cache, by uid, owns `stored`, a ConfigMap in `namespace`.
+fn owned(
+    syncs: &Mirror<Vouched>,
+    cluster_syncs: &Mirror<Vouched>,
+    namespace: &str,
+    stored: &StoredMaps,
+) -> bool {
+    let id = match stored.cluster {
+        true => (String::new(), stored.owner.clone()),
+        false => (namespace.to_owned(), stored.owner.clone()),
+    };
+    let mirror = if stored.cluster { cluster_syncs } else { syncs };
+    mirror
+        .items
+        .get(&id)
+        .is_some_and(|vouched| vouched.uid == stored.owner_uid)
+}
+
+/// What a managed ConfigMap holds, its gzips not decompressed yet (see [`decompress`]):
+/// anyone who may write a ConfigMap may label it as ours.
+fn stored_maps(cm: &ConfigMap) -> Option<StoredMaps> {
     // The history ring holds earlier maps for rollback; the endpoint serves the target's.
     if cm.labels().contains_key(HISTORY_OF_LABEL) {
         return None;
     }
     let owner = owner_of(cm)?;
-    let maps = cm
+    let pending = cm
         .binary_data
         .iter()
         .flatten()
         .filter_map(|(gz_key, gz)| {
             let key = gz_key.strip_suffix(".gz")?;
-            match gzips.served(&gz.0, max_bytes) {
-                Ok(map) => Some((key.to_owned(), map)),
-                Err(err) => {
-                    debug!(config_map = %cm.name_any(), %err, "not serving this ConfigMap's map");
-                    None
-                }
-            }
+            Some((key.to_owned(), Bytes::copy_from_slice(&gz.0)))
         })
         .collect();
     Some(StoredMaps {
         owner: owner.name.clone(),
         cluster: owner.kind == ClusterModelCostMapSync::kind(&()),
         owner_uid: owner.uid.clone(),
-        maps,
+        maps: Vec::new(),
+        pending,
+        version: (
+            cm.uid().unwrap_or_default(),
+            cm.resource_version().unwrap_or_default(),
+        ),
+        failed: false,
         chunks: chunked::chunk_parts(cm),
         assembled: Vec::new(),
     })
 }
 
+/// Decompresses the pending gzips of `stored` (each at most `max_bytes`), with the digest
+/// of their bytes as they are (the annotations are not trusted).
+fn decompress(stored: &mut StoredMaps, max_bytes: u64, gzips: &ServedByGzip) {
+    for (key, gz) in std::mem::take(&mut stored.pending) {
+        match gzips.served(&gz, max_bytes) {
+            Ok(map) => stored.maps.push((key, map)),
+            Err(err) => {
+                debug!(owner = %stored.owner, %err, "not serving this ConfigMap's map");
+                stored.failed = true;
+            }
+        }
+    }
+}
+
 /// The digests a status names: its artifact, and the map being written.
-fn vouched(status: Option<&ModelCostMapSyncStatus>, uid: Option<String>) -> Option<Vouched> {
+fn vouched(
+    status: Option<&ModelCostMapSyncStatus>,
+    uid: Option<String>,
+    target: &str,
+) -> Option<Vouched> {
     let status = status?;
     let digests: Vec<String> = [&status.artifact, &status.pending_artifact]
         .into_iter()
         .flatten()
         .map(|artifact| artifact.digest.clone())
         .collect();
-    Some(Vouched { uid: uid?, digests })
+    Some(Vouched {
+        uid: uid?,
+        digests,
+        target: target.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -793,6 +995,87 @@ pub(super) mod tests {
         cluster.status.as_mut().unwrap().sync.artifact = Some(artifact(b"{}"));
         cache.on_cluster_sync_event(Ok(Event::Apply(cluster)));
         assert!(cache.get(&key("shared")).is_none(), "no longer vouched");
+    }
+
+    /// `cm` owned by the ModelCostMapSync `owner` with uid `uid`, at `version`.
+    fn owned_by(mut cm: ConfigMap, uid: &str, version: &str) -> ConfigMap {
+        cm.metadata.owner_references.as_mut().unwrap()[0].uid = uid.into();
+        cm.metadata.uid = Some(format!("cm-{}", cm.metadata.name.as_deref().unwrap()));
+        cm.metadata.resource_version = Some(version.into());
+        cm
+    }
+
+    /// A ConfigMap whose `map.json.gz` decompresses to more than `MAX`... of `bound`.
+    fn bomb(name: &str, owner: &str, bound: u64) -> ConfigMap {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&vec![0; bound as usize * 4]).unwrap();
+        let mut cm = managed(name, owner, b"{}");
+        cm.binary_data.as_mut().unwrap().insert(
+            "map.json.gz".into(),
+            k8s_openapi::ByteString(gz.finish().unwrap()),
+        );
+        cm
+    }
+
+    #[test]
+    fn a_configmap_no_known_object_owns_is_never_decompressed() {
+        let bytes = b"{\"a\": {}}";
+        let cache = listed(vec![sync("litellm", bytes, None)], vec![]);
+        // Labelled as ours, owned by no object the cache knows: the name of a real one
+        // with another uid, and a name no object has.
+        let forged = owned_by(bomb("forged", "litellm", 1 << 16), "uid-forged", "1");
+        let orphan = bomb("orphan", "nobody", 1 << 16);
+        for version in ["1", "2", "3"] {
+            for cm in [&forged, &orphan] {
+                let cm = owned_by(cm.clone(), &cm.owner_references()[0].uid, version);
+                cache.on_config_map_event("", Ok(Event::Apply(cm)), 1 << 16);
+            }
+        }
+        assert_eq!(cache.decompressions(), 0);
+        assert!(cache.get(&key("litellm")).is_none());
+        // Its own ConfigMap is decompressed once, and served.
+        let own = managed("litellm", "litellm", bytes);
+        cache.on_config_map_event("", Ok(Event::Apply(own)), 1 << 16);
+        assert_eq!(cache.decompressions(), 1);
+        assert!(cache.get(&key("litellm")).is_some());
+    }
+
+    #[test]
+    fn a_gzip_that_failed_is_not_tried_again_until_its_configmap_changes() {
+        let cache = listed(vec![sync("litellm", b"{}", None)], vec![]);
+        let at =
+            |version: &str| owned_by(bomb("litellm", "litellm", 1 << 16), "uid-litellm", version);
+        cache.on_config_map_event("", Ok(Event::Apply(at("1"))), 1 << 16);
+        assert_eq!(cache.decompressions(), 1);
+        // The same version again (a relist): free.
+        cache.on_config_map_event("", Ok(Event::Init), 1 << 16);
+        cache.on_config_map_event("", Ok(Event::InitApply(at("1"))), 1 << 16);
+        cache.on_config_map_event("", Ok(Event::InitDone), 1 << 16);
+        assert_eq!(cache.decompressions(), 1);
+        // Changed: tried again.
+        cache.on_config_map_event("", Ok(Event::Apply(at("2"))), 1 << 16);
+        assert_eq!(cache.decompressions(), 2);
+    }
+
+    #[test]
+    fn a_configmap_listed_before_its_owner_is_decompressed_once_the_owner_is_known() {
+        let bytes = b"{\"a\": {}}";
+        let cache = MapCache::default();
+        cache.write().config_maps.expect(&[None]);
+        cache.write().syncs.expect(&[None]);
+        let own = managed("litellm", "litellm", bytes);
+        cache.on_config_map_event("", Ok(Event::Apply(own)), MAX);
+        assert_eq!(cache.decompressions(), 0, "no owner known yet");
+        cache.on_sync_event("", Ok(Event::Apply(sync("litellm", bytes, None))));
+        assert_eq!(cache.decompressions(), 1);
+        assert!(cache.get(&key("litellm")).is_some());
+        assert_eq!(
+            cache.target_of("llm", "litellm").as_deref(),
+            Some("litellm")
+        );
+        assert_eq!(cache.target_of("llm", "other"), None);
+        assert_eq!(cache.target_of("elsewhere", "litellm"), None);
     }
 
     #[tokio::test]

@@ -34,6 +34,9 @@ pub const SOURCE_URL_ANNOTATION: &str = "costmap.dev/source-url";
 /// When the content last changed (RFC 3339).
 pub const UPDATED_AT_ANNOTATION: &str = "costmap.dev/updated-at";
 /// On the first ConfigMap of a map stored in chunks: how many ConfigMaps hold them.
+/// The data key of the target's `map-url`: the URL, token included, a proxy in the
+/// target's namespace reads the map from (see `crate::http::capability`).
+pub const MAP_URL_KEY: &str = "map-url";
 pub const CHUNKS_ANNOTATION: &str = "costmap.dev/chunks";
 
 /// Annotation values describing the stored map.

@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde::Serialize;
 
-use super::CHUNKS_ANNOTATION;
 use super::chunks::{chunk_key, gz_key, manifest_key};
+use super::{CHUNKS_ANNOTATION, MAP_URL_KEY};
 
 /// The patch that makes a ConfigMap hold `rendered`, and none of the keys our layout gives
 /// `keys` (the target's key, and one it had before) that `rendered` does not hold. It
@@ -29,6 +29,8 @@ pub fn write_patch<'a>(rendered: &'a ConfigMap, keys: &[&str]) -> WritePatch<'a>
         .entry(CHUNKS_ANNOTATION.to_owned())
         .or_insert(None);
     let mut data = borrowed(rendered.data.as_ref(), |v| v.as_str());
+    // A map-url no longer rendered (no base URL now) goes, or it would open nothing.
+    data.entry(MAP_URL_KEY.to_owned()).or_insert(None);
     let mut binary_data = borrowed(rendered.binary_data.as_ref(), |v| v);
     for key in keys {
         for absent in [key.to_string(), manifest_key(key)] {
@@ -102,6 +104,9 @@ mod tests {
         let patch = write_patch(&rendered[0], &["map.json"]);
         assert_eq!(patch["data"]["map.json"], json!(r#"{"gpt-4": {}}"#));
         assert_eq!(patch["data"]["map.json.gz.chunks"], Value::Null);
+        // No map-url rendered (no base URL now): one written before goes.
+        let data = patch["data"].as_object().unwrap();
+        assert_eq!(data.get(crate::layout::MAP_URL_KEY), Some(&Value::Null));
         assert!(patch["binaryData"]["map.json.gz"].is_string());
         assert_eq!(patch["binaryData"]["map.json.gz.000"], Value::Null);
         let annotations = &patch["metadata"]["annotations"];

@@ -15,7 +15,7 @@ use super::chunks::{
 use super::gzip::StoredMap;
 use super::{
     CHUNKS_ANNOTATION, DIGEST_ANNOTATION, GIT_BLOB_ID_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL,
-    MODELS_ANNOTATION, MapIdentity, SOURCE_URL_ANNOTATION, UPDATED_AT_ANNOTATION,
+    MAP_URL_KEY, MODELS_ANNOTATION, MapIdentity, SOURCE_URL_ANNOTATION, UPDATED_AT_ANNOTATION,
 };
 
 /// The plain copy is stored beside the gzip only below this total, leaving room to spare.
@@ -32,6 +32,23 @@ pub struct TargetRef {
     pub key: String,
     /// Controller reference to the object that publishes the map.
     pub owner: OwnerReference,
+    /// The `map-url` the first ConfigMap holds (a capability: never logged), if any.
+    pub map_url: Option<String>,
+}
+
+impl TargetRef {
+    /// `data` with the `map-url` added.
+    fn with_map_url(
+        &self,
+        data: Option<BTreeMap<String, String>>,
+    ) -> Option<BTreeMap<String, String>> {
+        let Some(url) = &self.map_url else {
+            return data;
+        };
+        let mut data = data.unwrap_or_default();
+        data.insert(MAP_URL_KEY.to_owned(), url.clone());
+        Some(data)
+    }
 }
 
 /// Why a map cannot be rendered.
@@ -69,6 +86,7 @@ pub fn render_config_maps(
             .then(|| std::str::from_utf8(&map.bytes).ok().map(str::to_owned))
             .flatten()
             .map(|text| BTreeMap::from([(target.key.clone(), text)]));
+        let data = target.with_map_url(data);
         let binary_data = BTreeMap::from([(gz_key(&target.key), ByteString(gz.to_vec()))]);
         return Ok(vec![config_map(
             target,
@@ -93,7 +111,10 @@ pub fn render_config_maps(
             let (annotations, data) = match first.take() {
                 Some((annotations, manifest)) => (
                     annotations,
-                    Some(BTreeMap::from([(manifest_key(&target.key), manifest)])),
+                    target.with_map_url(Some(BTreeMap::from([(
+                        manifest_key(&target.key),
+                        manifest,
+                    )]))),
                 ),
                 None => (
                     BTreeMap::from([(DIGEST_ANNOTATION.to_owned(), identity.digest.clone())]),
@@ -192,6 +213,7 @@ pub(crate) mod fixtures {
             namespace: "llm".into(),
             key: "map.json".into(),
             owner: owner(owner_name, &format!("uid-{owner_name}")),
+            map_url: None,
         };
         let identity = MapIdentity {
             digest: map.digest(),
@@ -209,6 +231,7 @@ pub(crate) mod fixtures {
             namespace: "llm".into(),
             key: "map.json".into(),
             owner: owner("litellm", "uid-1"),
+            map_url: None,
         }
     }
 
@@ -334,6 +357,34 @@ mod tests {
         assert_eq!(
             cm.metadata.owner_references.as_ref().unwrap()[0].uid,
             "uid-1"
+        );
+    }
+
+    #[test]
+    fn the_map_url_goes_into_the_first_configmap_only() {
+        let target = TargetRef {
+            map_url: Some("http://op.ops.svc:8080/maps/llm/litellm/map.json?token=ab".into()),
+            ..target()
+        };
+        let small = StoredMap::from_bytes(br#"{"a": {}}"#.to_vec());
+        let one = render_config_maps(&target, &small, &identity(&small)).unwrap();
+        let data = one[0].data.as_ref().unwrap();
+        assert_eq!(data[MAP_URL_KEY], target.map_url.clone().unwrap());
+        assert!(data.contains_key("map.json"), "beside the plain copy");
+        let big = map_of_chunks(2);
+        let chunked = render_config_maps(&target, &big, &identity(&big)).unwrap();
+        assert_eq!(
+            chunked[0].data.as_ref().unwrap()[MAP_URL_KEY],
+            target.map_url.clone().unwrap()
+        );
+        assert!(chunked[1..].iter().all(|cm| cm.data.is_none()));
+        let without = render_config_maps(&super::fixtures::target(), &small, &identity(&small));
+        assert!(
+            !without.unwrap()[0]
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key(MAP_URL_KEY)
         );
     }
 

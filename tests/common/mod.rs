@@ -13,6 +13,7 @@ pub mod kubelet;
 pub mod process;
 pub mod proxy;
 pub mod real_proxy;
+pub mod tenants;
 
 use costmap_operator::api::{ConditionType, Reason};
 use std::collections::BTreeMap;
@@ -32,8 +33,10 @@ use costmap_operator::api::{
 };
 use costmap_operator::controller::{self, Settings};
 use costmap_operator::digest::sha256_digest;
+use costmap_operator::http::access::{AccessMode, Reviewer};
+use costmap_operator::http::capability::MapKeys;
 use costmap_operator::http::map_cache::MapCache;
-use costmap_operator::http::server::{self, ServerState};
+use costmap_operator::http::server::{self, Access, ServerState};
 use costmap_operator::litellm::{ProxyClient, ProxyClientConfig};
 use costmap_operator::metrics::Metrics;
 use costmap_operator::sync::fetch::address::{AddressPolicy, OwnAddresses};
@@ -114,6 +117,8 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
 /// An operator running in this process, watching one namespace.
 pub struct Operator {
     pub metrics: Arc<Metrics>,
+    /// The maps it serves (what its cache has decompressed, say).
+    pub maps: MapCache,
     /// `http://127.0.0.1:PORT` of its HTTP server (maps, metrics, health).
     pub base_url: String,
     stop: CancellationToken,
@@ -165,11 +170,59 @@ impl Operator {
         policy: FetchPolicy,
         consumers: AddressPolicy,
     ) -> Operator {
+        Self::start_with_access(client, namespaces, policy, consumers, |_| Access::default())
+    }
+
+    /// Starts the controller for `namespaces` as the chart runs it: maps and metrics need
+    /// a credential (`token`), and each target gets a `map-url` on this operator, signed
+    /// with the key of Secret `costmap-map-key` in `key_namespace` (created when missing).
+    pub async fn start_secured(
+        client: &Client,
+        namespaces: Vec<String>,
+        key_namespace: &str,
+    ) -> Operator {
+        let loaded = std::sync::Mutex::new(None::<MapKeys>);
+        let operator = Self::start_with_access(
+            client,
+            namespaces,
+            test_policy(),
+            loopback_consumers(),
+            |base_url| {
+                let keys = MapKeys::new(Some(base_url));
+                *loaded.lock().unwrap() = Some(keys.clone());
+                Access {
+                    maps: AccessMode::Token,
+                    metrics: AccessMode::Token,
+                    reviewer: Some(Reviewer::new(client.clone())),
+                    keys,
+                }
+            },
+        );
+        let keys = loaded.lock().unwrap().take().expect("keys");
+        keys.load(client, key_namespace, "costmap-map-key")
+            .await
+            .expect("the map key");
+        // Rotations are followed until the test process ends.
+        tokio::spawn(keys.follow(
+            client.clone(),
+            key_namespace.to_owned(),
+            "costmap-map-key".to_owned(),
+        ));
+        operator
+    }
+
+    fn start_with_access(
+        client: &Client,
+        namespaces: Vec<String>,
+        policy: FetchPolicy,
+        consumers: AddressPolicy,
+        access: impl FnOnce(&str) -> Access,
+    ) -> Operator {
         let stop = CancellationToken::new();
         let fetcher = Fetcher::new(policy).expect("fetcher");
         let maps = MapCache::default();
         let metrics = Arc::new(Metrics::default());
-        let settings = Settings {
+        let mut settings = Settings {
             namespaces: namespaces.clone(),
             instance: Some("test".into()),
             metrics: metrics.clone(),
@@ -184,25 +237,30 @@ impl Operator {
             concurrent_syncs: 2,
             retry_backoff: costmap_operator::sync::schedule::DEFAULT_RETRY_BACKOFF,
             min_sync_gap: costmap_operator::sync::schedule::DEFAULT_MIN_SYNC_GAP,
+            map_keys: MapKeys::default(),
         };
         let max_bytes = fetcher.policy().max_body_bytes;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let base_url = format!("http://{}", listener.local_addr().expect("addr"));
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-        let state = ServerState::new(metrics.clone(), maps.clone());
+        let access = access(&base_url);
+        settings.map_keys = access.keys.clone();
+        let state = ServerState::new(metrics.clone(), maps.clone()).with_access(access);
         state.set_ready(true);
         let controller = controller::run(client.clone(), fetcher, settings, stop.clone());
         let serve = server::serve(listener, state, stop.clone().cancelled_owned());
         let client = client.clone();
+        let cache_maps = maps.clone();
         let task = tokio::spawn(async move {
-            let cache = tokio::spawn(maps.run(client, namespaces, max_bytes));
+            let cache = tokio::spawn(cache_maps.run(client, namespaces, max_bytes));
             let (_, served) = tokio::join!(controller, serve);
             served.expect("server");
             cache.abort();
         });
         Operator {
             metrics,
+            maps,
             base_url,
             stop,
             task,

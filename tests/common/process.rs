@@ -8,6 +8,20 @@ use testenv::TiedChild;
 
 const BIN: &str = env!("CARGO_BIN_EXE_costmap-operator");
 
+/// `--map-access open` and `--metrics-access open`, each unless `args` choose: these tests
+/// read maps and metrics as a single-team set-up does; `tests/tenancy` runs token mode.
+fn open_unless_given(args: &[&str]) -> Vec<&'static str> {
+    let given = |flag: &str| args.iter().any(|arg| arg.starts_with(flag));
+    let mut open = Vec::new();
+    if !given("--map-access") {
+        open.extend(["--map-access", "open"]);
+    }
+    if !given("--metrics-access") {
+        open.extend(["--metrics-access", "open"]);
+    }
+    open
+}
+
 /// One operator process.
 pub struct OperatorProcess {
     /// `http://127.0.0.1:PORT` of its HTTP server.
@@ -63,7 +77,8 @@ impl OperatorProcess {
         if !args.iter().any(|arg| arg.starts_with("--allow-")) {
             cmd.args(super::ALLOW_LOOPBACK_ARGS);
         }
-        cmd.args(args)
+        cmd.args(open_unless_given(args))
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", pod_namespace)
             .env("POD_NAME", pod)

@@ -54,10 +54,20 @@ pub fn demo(once: bool) -> Result<()> {
 
     eprintln!("==> waiting for mcms/{} to be Ready", sync.name);
     wait_for_ready(&cp, &sync, &mut operator, &operator_log)?;
-    show_result(&cp, &sync)?;
+    let configmap = show_result(&cp, &sync)?;
+    // Maps need a credential: the ConfigMap's map-url carries the object's read token.
+    let map_url = cp.kubectl(&[
+        "get",
+        "configmap",
+        &configmap,
+        "-n",
+        &sync.namespace,
+        "-o",
+        "jsonpath={.data.map-url}",
+    ])?;
     println!(
-        "\nLiteLLM proxies load it with\n  LITELLM_MODEL_COST_MAP_URL=http://{listen}/maps/{}/{}/model_prices_and_context_window.json",
-        sync.namespace, sync.name
+        "\nLiteLLM proxies load it from the ConfigMap's map-url (valueFrom.configMapKeyRef {{name: {configmap}, key: map-url}}):\n  LITELLM_MODEL_COST_MAP_URL={}",
+        map_url.trim()
     );
 
     if !once {
@@ -132,11 +142,14 @@ fn start_operator(bin: &Path, cp: &ControlPlane, log: &Path) -> Result<(TiedChil
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(bin);
     // The demo's source and proxy listen on loopback, which the address policy refuses.
+    // map-url names this address, signed with a key the operator creates in `default`.
     cmd.args(["run", "--listen", &listen])
         .args([
             "--allow-source-cidr=127.0.0.0/8",
             "--allow-consumer-cidr=127.0.0.0/8",
         ])
+        .args(["--map-base-url", &format!("http://{listen}")])
+        .args(["--map-key-secret", "costmap-map-key"])
         .env("KUBECONFIG", &cp.kubeconfig)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -244,7 +257,8 @@ fn wait_for_ready(
 }
 
 /// Shows the synced object and the annotations the operator wrote on its ConfigMap.
-fn show_result(cp: &ControlPlane, sync: &Sync) -> Result<()> {
+/// Shows the object and its target's annotations; the target's name.
+fn show_result(cp: &ControlPlane, sync: &Sync) -> Result<String> {
     let ns = sync.namespace.as_str();
     println!("$ kubectl get mcms -n {ns} -o wide");
     print!("{}", cp.kubectl(&["get", "mcms", "-n", ns, "-o", "wide"])?);
@@ -273,7 +287,7 @@ fn show_result(cp: &ControlPlane, sync: &Sync) -> Result<()> {
         "jsonpath={.metadata.annotations}",
     ])?;
     println!("{}", pretty_json(&annotations));
-    Ok(())
+    Ok(configmap.to_owned())
 }
 
 /// Pretty-printed JSON, or the text unchanged if it is not JSON.

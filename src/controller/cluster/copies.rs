@@ -84,6 +84,11 @@ impl<'a> NamespaceCopies<'a> {
             namespace: namespace.to_owned(),
             key: self.sync.spec.sync.key().to_owned(),
             owner: self.owner.clone(),
+            map_url: self.context.map_url(
+                namespace,
+                &self.sync.name_any(),
+                self.sync.spec.sync.key(),
+            ),
         }
     }
 

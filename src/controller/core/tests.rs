@@ -222,6 +222,7 @@ fn context() -> Context {
         concurrent_syncs: 1,
         retry_backoff: Duration::from_secs(30),
         min_sync_gap: Duration::ZERO,
+        map_keys: Default::default(),
     };
     Context::new(client, fetcher, settings)
 }

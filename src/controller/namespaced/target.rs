@@ -43,11 +43,14 @@ impl<'a> TargetConfigMap<'a> {
         key: ObjectKey,
         context: &'a Context,
     ) -> Result<Self, Error> {
+        let namespace = sync.namespace().unwrap_or_default();
+        let map_key = sync.spec.key();
         Ok(TargetConfigMap {
             target: TargetRef {
                 name: sync.config_map_name().to_owned(),
-                namespace: sync.namespace().unwrap_or_default(),
-                key: sync.spec.key().to_owned(),
+                map_url: context.map_url(&namespace, &sync.name_any(), map_key),
+                namespace,
+                key: map_key.to_owned(),
                 owner: sync.controller_owner_ref(&()).ok_or(Error::Unnamed)?,
             },
             sync,
@@ -294,8 +297,10 @@ impl Destination for TargetConfigMap<'_> {
         let Some(slot) = slot else {
             return Some(ring);
         };
+        // History slots are not read through the endpoint: no map-url.
         let target = TargetRef {
             name: slot.clone(),
+            map_url: None,
             ..self.target.clone()
         };
         // A map in chunks is kept in chunks: `<slot>`, `<slot>-1`, ...

@@ -89,6 +89,7 @@ impl Assemblies {
         items: &mut HashMap<ObjectId, StoredMaps>,
         namespace: Option<&str>,
         max_bytes: u64,
+        known: impl Fn(&str, &StoredMaps) -> bool,
     ) {
         let in_scope = |ns: &str| namespace.is_none_or(|namespace| namespace == ns);
         for ((ns, _), stored) in items.iter_mut() {
@@ -97,7 +98,10 @@ impl Assemblies {
             }
         }
         let mut found = Vec::new();
-        for ((namespace, name), stored) in items.iter().filter(|((ns, _), _)| in_scope(ns)) {
+        let chunk_sets = items
+            .iter()
+            .filter(|((ns, _), stored)| in_scope(ns) && known(ns, stored));
+        for ((namespace, name), stored) in chunk_sets {
             for first in stored.chunks.iter().filter(|part| part.index == 0) {
                 let Some(count) = first.count else { continue };
                 let Some(digest) = first.digest.clone() else {
