@@ -53,7 +53,7 @@ pub enum KeyError {
     },
     /// No randomness for a new key.
     #[error("reading random bytes for a new map key: {0}")]
-    Random(#[from] std::io::Error),
+    Random(#[from] getrandom::Error),
 }
 
 #[derive(Clone, PartialEq)]
@@ -215,10 +215,9 @@ fn sign(key: &[u8], namespace: &str, name: &str) -> Option<Vec<u8>> {
     Some(mac(key, namespace, name)?.finalize().into_bytes().to_vec())
 }
 
-fn random_key() -> Result<Vec<u8>, std::io::Error> {
-    use std::io::Read;
+fn random_key() -> Result<Vec<u8>, getrandom::Error> {
     let mut key = vec![0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    getrandom::fill(&mut key)?;
     Ok(key)
 }
 
