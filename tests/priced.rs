@@ -19,6 +19,7 @@ use common::real_proxy::{
 };
 use common::*;
 use costmap_operator::api::{ConditionType, ConsumerState, DEFAULT_KEY, ModelCostMapSync, Reason};
+use costmap_operator::layout::MAP_URL_KEY;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
@@ -140,7 +141,7 @@ async fn a_failing_map_url_is_logged_once_and_the_loaded_map_kept() {
 }
 
 #[test]
-fn a_password_in_the_map_url_never_reaches_the_log() {
+fn a_password_or_token_in_the_map_url_never_reaches_the_log() {
     // Polls a URL with credentials that nothing answers, until the failure is logged.
     let script = r#"
 import asyncio, logging, sys
@@ -164,7 +165,7 @@ asyncio.run(main())
             ("LITELLM_LOCAL_MODEL_COST_MAP", "false"),
             (
                 "LITELLM_MODEL_COST_MAP_URL",
-                "http://mirror-user:s3cret-pw@127.0.0.1:9/map.json",
+                "http://mirror-user:s3cret-pw@127.0.0.1:9/map.json?token=0123abcd",
             ),
             ("COSTMAP_POLL_SECONDS", "1"),
         ],
@@ -176,14 +177,14 @@ asyncio.run(main())
         .collect();
     assert!(
         ours.iter()
-            .any(|l| l.contains("polling http://127.0.0.1:9/map.json every 1s")),
+            .any(|l| l.contains("polling http://127.0.0.1:9/map.json?redacted every 1s")),
         "{stderr}"
     );
     assert!(ours.iter().any(|l| l.contains("poll failed")), "{stderr}");
     assert!(
-        !ours
-            .iter()
-            .any(|l| l.contains("s3cret-pw") || l.contains("mirror-user")),
+        !ours.iter().any(|l| l.contains("s3cret-pw")
+            || l.contains("mirror-user")
+            || l.contains("0123abcd")),
         "{stderr}"
     );
 }
@@ -281,11 +282,25 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
     create_master_key_secret(&client, &ns, &master_key).await;
     let real = real_map("1.110.2");
     let source = Source::start(Answer::Map(real.clone())).await;
-    let mut operator = OperatorProcess::start(
+    // As the chart runs it: maps need a credential, the proxy uses the target's map-url.
+    let port = testenv::free_port().unwrap();
+    let base_url = format!("http://127.0.0.1:{port}");
+    let mut operator = OperatorProcess::start_on(
         &control_plane().kubeconfig,
         &ns,
         "operator-0",
-        &["--namespace", &ns],
+        &[
+            "--namespace",
+            &ns,
+            "--map-access",
+            "token",
+            "--map-base-url",
+            &base_url,
+            "--map-key-secret",
+            "costmap-map-key",
+        ],
+        "debug",
+        port,
     );
     create_litellm_sync(&client, &ns, &source.url).await;
     let sync = wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
@@ -296,10 +311,17 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
     std::fs::create_dir_all(&volume_dir).unwrap();
     let mut volume = ConfigMapVolume::new(&volume_dir);
     let (map_url, _agent) = match via {
-        MapVia::Operator => (
-            format!("{}/maps/{ns}/litellm/{DEFAULT_KEY}", operator.url),
-            None,
-        ),
+        MapVia::Operator => {
+            let target = config_maps(&client, &ns).get("litellm").await.unwrap();
+            let map_url = target.data.unwrap()[MAP_URL_KEY].clone();
+            assert!(
+                map_url.starts_with(&format!(
+                    "{base_url}/maps/{ns}/litellm/{DEFAULT_KEY}?token="
+                )),
+                "{map_url}"
+            );
+            (map_url, None)
+        }
         MapVia::Agent => {
             volume.mount(&config_maps(&client, &ns).get("litellm").await.unwrap());
             let agent = Agent::start(&volume_dir, "", "http://127.0.0.1:9/reload/model_cost_map");
@@ -328,7 +350,7 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
     assert!(
         proxy
             .log_text()
-            .contains(&format!("polling {map_url} every 2s")),
+            .contains(&format!("polling {} every 2s", shown(&map_url))),
         "the module says it polls: {}",
         proxy.log_text()
     );
@@ -459,4 +481,12 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
     assert_eq!(loaded.len(), 1, "one line per new map: {loaded:?}");
     assert!(loaded[0].contains(&second.git_blob_id), "{loaded:?}");
     operator.kill();
+}
+
+/// `url` as the module logs it: the query, which may carry map-url's token, redacted.
+fn shown(url: &str) -> String {
+    match url.split_once('?') {
+        Some((path, _)) => format!("{path}?redacted"),
+        None => url.to_owned(),
+    }
 }

@@ -159,13 +159,15 @@ class CostmapReload(CustomLogger):
 
 
 def _redacted(url: str) -> str:
-    """The URL without a user or password in it: those never reach a log line."""
+    """The URL without user, password or query: those never reach a log line (the query of
+    the operator's map-url carries the token that opens the map)."""
     parts: Final = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    if parts.username is None and parts.password is None and not parts.query:
         return url
     host: Final = parts.hostname or ""
     netloc: Final = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    query: Final = "redacted" if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
 
 
 def _litellm_version() -> str:
