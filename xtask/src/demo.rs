@@ -42,7 +42,7 @@ pub fn demo(once: bool) -> Result<()> {
     eprintln!("==> building and starting the operator");
     let operator_bin = build_operator(&root)?;
     let operator_log = logs.join("operator.log");
-    let (mut operator, listen) = start_operator(&operator_bin, &cp, &operator_log)?;
+    let mut operator = start_operator(&operator_bin, &cp, &operator_log)?;
 
     eprintln!("==> applying examples/basic.yaml with spec.source.url = {url}");
     let example = std::fs::read_to_string(root.join("examples/basic.yaml"))
@@ -137,7 +137,7 @@ fn build_operator(root: &Path) -> Result<PathBuf> {
 
 /// `costmap-operator run --listen 127.0.0.1:<free port>` against the control plane, logging
 /// to `log`.
-fn start_operator(bin: &Path, cp: &ControlPlane, log: &Path) -> Result<(TiedChild, String)> {
+fn start_operator(bin: &Path, cp: &ControlPlane, log: &Path) -> Result<TiedChild> {
     let listen = format!("127.0.0.1:{}", testenv::free_port()?);
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(bin);
@@ -156,7 +156,7 @@ fn start_operator(bin: &Path, cp: &ControlPlane, log: &Path) -> Result<(TiedChil
         .stderr(file);
     let operator = testenv::spawn_tied(cmd)?;
     eprintln!("operator pid {} listening on {listen}", operator.id());
-    Ok((operator, listen))
+    Ok(operator)
 }
 
 /// Points the example at `url`: the one line holding `url:` keeps its indentation and key.
