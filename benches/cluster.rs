@@ -89,7 +89,7 @@ async fn main() {
         &control_plane().kubeconfig,
         &operator_ns,
         "operator-0",
-        &[],
+        &[NO_SYNC_GAP],
         "warn",
     );
     let started = Instant::now();

@@ -30,8 +30,18 @@ async fn main() {
     for run in 0..RUNS {
         let ns = namespace(&client, "bench-failover").await;
         let mut replicas = [
-            OperatorProcess::start(kubeconfig, &ns, "replica-a", &["--namespace", &ns]),
-            OperatorProcess::start(kubeconfig, &ns, "replica-b", &["--namespace", &ns]),
+            OperatorProcess::start(
+                kubeconfig,
+                &ns,
+                "replica-a",
+                &["--namespace", &ns, NO_SYNC_GAP],
+            ),
+            OperatorProcess::start(
+                kubeconfig,
+                &ns,
+                "replica-b",
+                &["--namespace", &ns, NO_SYNC_GAP],
+            ),
         ];
         create_litellm_sync(&client, &ns, &source.url).await;
         wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;

@@ -68,7 +68,7 @@ async fn main() {
         &control_plane().kubeconfig,
         &ns,
         "operator-0",
-        &["--namespace", &ns],
+        &["--namespace", &ns, NO_SYNC_GAP],
         "warn",
     );
     let pid = operator.pid();

@@ -38,7 +38,7 @@ async fn main() {
         &control_plane().kubeconfig,
         &ns,
         "operator-0",
-        &["--namespace", &ns],
+        &["--namespace", &ns, NO_SYNC_GAP],
         "warn",
     );
     create_litellm_sync(&client, &ns, &source.url).await;

@@ -301,6 +301,11 @@ pub fn loopback_consumers() -> AddressPolicy {
     )
 }
 
+/// The `run` flag of the benches: they time the pipeline request after request, and the
+/// least gap between an object's requested syncs (a tenant guard, 5 s by default) would be
+/// timed instead.
+pub const NO_SYNC_GAP: &str = "--min-sync-gap=0s";
+
 /// The `run` flags that allow loopback sources and consumers, for operator processes.
 pub const ALLOW_LOOPBACK_ARGS: [&str; 4] = [
     "--allow-source-cidr=127.0.0.0/8",
