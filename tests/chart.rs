@@ -13,10 +13,13 @@ use common::process::OperatorProcess;
 use common::proxy::StandIn;
 use common::*;
 use costmap_operator::api::{ConsumerState, DEFAULT_KEY};
+use costmap_operator::http::capability::{KEY_FIELD, MapKeys};
+use costmap_operator::layout::MAP_URL_KEY;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Api;
 use kube::api::DeleteParams;
 use serde::Deserialize;
@@ -27,6 +30,8 @@ use testenv::TestHost;
 const RELEASE: &str = "costmap-operator";
 const RELEASE_NAMESPACE: &str = "costmap-system";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:costmap-system:costmap-operator";
+/// The map key Secret the chart names (`<fullname>-map-key`).
+const MAP_KEY_SECRET: &str = "costmap-operator-map-key";
 
 fn chart() -> PathBuf {
     testenv::workspace_root().join("charts/costmap-operator")
@@ -501,12 +506,26 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     control_plane()
         .write_token_kubeconfig(&kubeconfig, token.trim())
         .unwrap();
-    // The map key as the chart names it: created, read and watched with the chart's RBAC.
-    let operator = OperatorProcess::start(
+    // As the chart runs it: maps and metrics need a credential, reviewed with the chart's
+    // RBAC; the map key as the chart names it, created, read and watched with that RBAC.
+    let port = testenv::free_port().unwrap();
+    let base_url = format!("http://127.0.0.1:{port}");
+    let operator = OperatorProcess::start_on(
         &kubeconfig,
         RELEASE_NAMESPACE,
         "costmap-operator-0",
-        &["--map-key-secret", "costmap-operator-map-key"],
+        &[
+            "--map-key-secret",
+            MAP_KEY_SECRET,
+            "--map-base-url",
+            &base_url,
+            "--map-access",
+            "token",
+            "--metrics-access",
+            "token",
+        ],
+        "debug",
+        port,
     );
 
     // Every feature, in a namespace of its own: a source with a header from a Secret, proxies
@@ -527,7 +546,10 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
     )
     .await;
     let host = TestHost::create().expect("a test host (needs root and iproute2)");
-    let map_url = format!("{}/maps/{ns}/litellm/{DEFAULT_KEY}", operator.url);
+    // The proxy reads the map-url the target will hold: signed with the key the operator
+    // created.
+    let keys = map_keys(&client, &base_url).await;
+    let map_url = keys.map_url(&ns, "litellm", DEFAULT_KEY).unwrap();
     let pod = StandIn::start(host.bind(4000).unwrap(), &map_url, master_key, true).await;
     create::<Service>(
         &client,
@@ -580,6 +602,8 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
         .unwrap()
         .digest
         .clone();
+    let target = config_maps(&client, &ns).get("litellm").await.unwrap();
+    assert_eq!(target.data.unwrap()[MAP_URL_KEY], map_url);
     assert!(
         source.served().iter().any(|s| s
             .headers
@@ -653,12 +677,25 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
         "rbac-shared",
     )
     .await;
-    let cluster_url = format!("{}/maps/{ns}/rbac-shared/{DEFAULT_KEY}", operator.url);
-    eventually("the copy is served", || async {
-        let response = reqwest::get(&cluster_url).await.ok()?;
+    let copy_url = copy.data.unwrap()[MAP_URL_KEY].clone();
+    eventually("the copy is served on its map-url", || async {
+        let response = reqwest::get(&copy_url).await.ok()?;
         (response.status() == 200).then_some(())
     })
     .await;
+    let (unsigned, _) = copy_url.split_once('?').unwrap();
+    assert_eq!(reqwest::get(unsigned).await.unwrap().status(), 401);
+    // Prometheus, bound to the chart's metrics-reader ClusterRole.
+    let metrics_url = format!("{}/metrics", operator.url);
+    assert_eq!(reqwest::get(&metrics_url).await.unwrap().status(), 401);
+    let prometheus = metrics_reader(&client, &ns).await;
+    let metrics = reqwest::Client::new()
+        .get(&metrics_url)
+        .bearer_auth(&prometheus)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
     let log = operator.log_text();
     assert!(
         !log.to_lowercase().contains("forbidden"),
@@ -719,6 +756,35 @@ async fn helm_install_grants_exactly_what_every_feature_needs() {
         assert!(can_i(args), "the chart's ServiceAccount cannot {args:?}");
     }
     helm(&["uninstall", RELEASE, "-n", RELEASE_NAMESPACE]).unwrap();
+}
+
+/// The chart's map key Secret's keys, as the operator created them.
+async fn map_keys(client: &kube::Client, base_url: &str) -> MapKeys {
+    let secrets = Api::<Secret>::namespaced(client.clone(), RELEASE_NAMESPACE);
+    let key = eventually("the operator creates the map key", || async {
+        let secret = secrets.get_opt(MAP_KEY_SECRET).await.ok()??;
+        Some(secret.data?.get(KEY_FIELD)?.0.clone())
+    })
+    .await;
+    MapKeys::fixed(Some(base_url), &key, None)
+}
+
+/// A token of ServiceAccount `prometheus` in `ns`, bound to the chart's metrics-reader
+/// ClusterRole.
+async fn metrics_reader(client: &kube::Client, ns: &str) -> String {
+    create::<ServiceAccount>(client, ns, json!({"metadata": {"name": "prometheus"}})).await;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("{ns}-metrics-reader")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": format!("{RELEASE}-metrics-reader")},
+        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &binding)
+        .await
+        .unwrap();
+    common::tenants::account_token(client, ns, "prometheus").await
 }
 
 #[test]
