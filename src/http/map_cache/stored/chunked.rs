@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use tracing::debug;
 
-use super::{ObjectId, StoredMaps};
+use super::StoredMaps;
+use crate::http::map_cache::ObjectId;
 use crate::http::maps::ServedMap;
 use crate::layout::DIGEST_ANNOTATION;
 use crate::layout::chunks::{chunk_count, chunk_key, chunk_name, gz_key};
@@ -23,7 +24,7 @@ use crate::layout::read::assemble;
 
 /// One chunk as a ConfigMap holds it.
 #[derive(Debug, Clone)]
-pub(super) struct ChunkPart {
+pub(in crate::http::map_cache) struct ChunkPart {
     /// The map's key (file name without `.gz.NNN`).
     key: String,
     /// Its index, from 0.
@@ -36,7 +37,7 @@ pub(super) struct ChunkPart {
 }
 
 /// The chunks a ConfigMap holds: each `<key>.gz.NNN`.
-pub(super) fn chunk_parts(cm: &ConfigMap) -> Vec<ChunkPart> {
+pub(in crate::http::map_cache) fn chunk_parts(cm: &ConfigMap) -> Vec<ChunkPart> {
     let digest = cm.annotations().get(DIGEST_ANNOTATION).cloned();
     let count = chunk_count(cm).ok().flatten();
     cm.binary_data
@@ -68,7 +69,7 @@ fn has_gz(cm: &ConfigMap, key: &str) -> bool {
 /// The maps put together from chunks, remembered with what they were put together from, so
 /// that an event about another ConfigMap costs no decompression.
 #[derive(Default)]
-pub(super) struct Assemblies {
+pub(in crate::http::map_cache) struct Assemblies {
     by_first: HashMap<(ObjectId, String), Assembly>,
 }
 
@@ -84,7 +85,7 @@ impl Assemblies {
     /// Puts together the map of every first ConfigMap in `items` (in `namespace`, or in
     /// all) whose chunks are all there, decompressing at most `max_bytes`, and records it in
     /// the first's [`StoredMaps::assembled`].
-    pub(super) fn refresh(
+    pub(in crate::http::map_cache) fn refresh(
         &mut self,
         items: &mut HashMap<ObjectId, StoredMaps>,
         namespace: Option<&str>,
@@ -181,9 +182,9 @@ impl Assemblies {
 
 #[cfg(test)]
 mod tests {
-    use super::super::MapCache;
-    use super::super::tests::{key, listed, sync};
     use crate::digest::sha256_digest;
+    use crate::http::map_cache::MapCache;
+    use crate::http::map_cache::tests::{key, listed, sync};
     use crate::layout::chunks::{CHUNK_BYTES, MAX_CONFIG_MAP_PAYLOAD};
     use crate::layout::gzip::StoredMap;
     use crate::layout::render::fixtures::rendered_for;
