@@ -75,6 +75,8 @@ enum NodeCommand {
     /// Stop the node and leave the host as it was (processes, mounts, iptables rules,
     /// interfaces, sysctls).
     Down,
+    /// Make the images `up` imports (operator, LiteLLM proxy) and print each archive's size.
+    Images,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Node { command } => match command {
             NodeCommand::Up => node::up(),
             NodeCommand::Down => node::down(),
+            NodeCommand::Images => node::images(),
         },
         Command::Test => checks::run_all(),
         Command::Demo { once } => demo::demo(once),

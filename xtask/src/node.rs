@@ -17,8 +17,7 @@ pub fn up() -> Result<()> {
         println!("{}", node.kubeconfig.display());
         return Ok(());
     }
-    let operator = operator_image()?;
-    let node = Node::up(&[operator])?;
+    let node = Node::up(&user_images()?)?;
     eprintln!(
         "the node is up at {} in {:.1} s (logs in {}); images: {}, {}; stop it with \
          `cargo xtask node down`",
@@ -46,6 +45,26 @@ pub fn down() -> Result<()> {
     Ok(())
 }
 
+/// Makes the images users see (the operator's, LiteLLM's) and prints each archive's size.
+pub fn images() -> Result<()> {
+    for archive in user_images()? {
+        let size = std::fs::metadata(&archive)
+            .with_context(|| format!("reading {}", archive.display()))?
+            .len();
+        println!("{:7.1} MB {}", size as f64 / 1e6, archive.display());
+    }
+    Ok(())
+}
+
+/// The docker archives of the images under the names users see: the operator from the working
+/// tree, and the LiteLLM proxy with the pin the proxy tests use.
+fn user_images() -> Result<Vec<PathBuf>> {
+    let (_, requirement) = testenv::LITELLM_PROXY_VENV;
+    let litellm = testenv::node::litellm_image_archive(requirement)?;
+    let operator = operator_image()?;
+    Ok(vec![operator, litellm])
+}
+
 /// Builds the release binary (as the Dockerfile does, but for this machine's glibc target:
 /// there is no musl target here) and makes the operator image from it.
 pub fn operator_image() -> Result<PathBuf> {
@@ -68,4 +87,116 @@ pub fn operator_image() -> Result<PathBuf> {
         .join("release")
         .join("costmap-operator");
     testenv::node::operator_image_archive(&binary)
+}
+
+/// `cargo xtask test`'s node step: from a clean host, `node up` gives a Ready node on which a
+/// busybox pod resolves `kubernetes.default.svc.cluster.local` through CoreDNS, and `node down`
+/// leaves no process, mount, iptables rule, interface or changed sysctl behind.
+pub fn check() -> Result<()> {
+    // Start from a clean host, so "after down" is compared with a host the node never touched.
+    Node::down()?;
+    let before = snapshot();
+    let images = user_images()?;
+    let started = Instant::now();
+    let node = Node::up(&images)?;
+    eprintln!("node up: {:.1} s", started.elapsed().as_secs_f64());
+    let checked = pod_resolves_cluster_names(&node);
+    let started = Instant::now();
+    Node::down()?;
+    eprintln!("node down: {:.1} s", started.elapsed().as_secs_f64());
+    checked?;
+    let after = snapshot();
+    let mut left = Vec::new();
+    diff(&mut left, "iptables", &before.iptables, &after.iptables);
+    diff(
+        &mut left,
+        "interfaces",
+        &before.interfaces,
+        &after.interfaces,
+    );
+    diff(&mut left, "mounts", &before.mounts, &after.mounts);
+    if before.pod_netns != after.pod_netns {
+        left.push(format!(
+            "pod netns: {:?} -> {:?}",
+            before.pod_netns, after.pod_netns
+        ));
+    }
+    if before.sysctls != after.sysctls {
+        left.push(format!(
+            "sysctls: {:?} -> {:?}",
+            before.sysctls, after.sysctls
+        ));
+    }
+    left.extend(
+        testenv::node::leftover_processes()
+            .into_iter()
+            .map(|p| format!("process: {p}")),
+    );
+    if !left.is_empty() {
+        bail!("node down left the host changed:\n  {}", left.join("\n  "));
+    }
+    eprintln!("node down left no process, mount, iptables rule or interface behind");
+    Ok(())
+}
+
+/// What other tests running meanwhile may add or remove (their network namespaces and
+/// veths), left out of the comparison.
+fn snapshot() -> testenv::node::HostSnapshot {
+    testenv::node::HostSnapshot::take(|name| {
+        name.starts_with("cm") || name.starts_with("/run/netns/costmap-test-")
+    })
+}
+
+fn diff<T: Ord + std::fmt::Debug>(
+    out: &mut Vec<String>,
+    what: &str,
+    before: &std::collections::BTreeSet<T>,
+    after: &std::collections::BTreeSet<T>,
+) {
+    for added in after.difference(before) {
+        out.push(format!("{what}: {added:?} added"));
+    }
+    for removed in before.difference(after) {
+        out.push(format!("{what}: {removed:?} removed"));
+    }
+}
+
+/// A busybox pod resolves the API's Service name through CoreDNS (kube-dns, 10.96.0.10).
+fn pod_resolves_cluster_names(node: &Node) -> Result<()> {
+    const NAME: &str = "kubernetes.default.svc.cluster.local";
+    let pod = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod",
+  "metadata": {{"name": "dns-check", "namespace": "default"}},
+  "spec": {{"terminationGracePeriodSeconds": 0, "containers": [{{
+    "name": "busybox", "image": "{}", "imagePullPolicy": "Never",
+    "command": ["sleep", "3600"]}}]}}}}"#,
+        testenv::node::BUSYBOX_IMAGE
+    );
+    node.apply(&pod).context("creating the dns-check pod")?;
+    node.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/dns-check",
+        "--timeout=60s",
+    ])?;
+    let started = Instant::now();
+    let deadline = started + std::time::Duration::from_secs(60);
+    loop {
+        // CoreDNS is Ready before up returns, but kube-proxy may program the Service a moment
+        // later: poll until the answer comes, with a deadline.
+        match node.kubectl(&["exec", "dns-check", "--", "nslookup", NAME]) {
+            Ok(out) if out.contains("10.96.0.1") => {
+                eprintln!(
+                    "a pod resolved {NAME} through {} in {:.1} s",
+                    testenv::node::CLUSTER_DNS,
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            result if Instant::now() >= deadline => {
+                bail!("a pod could not resolve {NAME} within 60 s: {result:?}")
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(250)),
+        }
+    }
 }

@@ -145,6 +145,20 @@ fn processes() -> Vec<Process> {
         .collect()
 }
 
+/// Processes with `dir` in their command line or in a kubepods cgroup, as `pid argv0`.
+pub(crate) fn processes_matching(dir: &Path) -> Vec<String> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    processes()
+        .into_iter()
+        .filter(|p| {
+            let in_pod = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid))
+                .is_ok_and(|c| c.contains("/kubepods"));
+            in_pod || p.cmdline.windows(needle.len()).any(|w| w == needle)
+        })
+        .map(|p| format!("{} {}", p.pid, String::from_utf8_lossy(&p.argv0)))
+        .collect()
+}
+
 /// Mount points at or under `dir`, deepest first (from /proc/self/mountinfo).
 pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -337,13 +351,14 @@ pub struct HostSnapshot {
     pub iptables: BTreeSet<String>,
     pub interfaces: BTreeSet<String>,
     pub pod_netns: Vec<String>,
-    pub mounts: Vec<PathBuf>,
+    pub mounts: BTreeSet<PathBuf>,
     pub sysctls: Vec<(String, String)>,
 }
 
 impl HostSnapshot {
-    /// Takes the snapshot; `ignore_interface` drops interfaces other tests make meanwhile.
-    pub fn take(state_dir: &Path, ignore_interface: impl Fn(&str) -> bool) -> HostSnapshot {
+    /// Takes the snapshot; `ignore` drops interfaces and mount points (by name) that other
+    /// tests make meanwhile.
+    pub fn take(ignore: impl Fn(&str) -> bool) -> HostSnapshot {
         let mut rules = BTreeSet::new();
         for tool in IPTABLES {
             let Ok(saved) = run_capture(&mut Command::new(format!("{tool}-save")), tool) else {
@@ -362,12 +377,12 @@ impl HostSnapshot {
         }
         HostSnapshot {
             iptables: rules,
-            interfaces: interfaces()
-                .into_iter()
-                .filter(|i| !ignore_interface(i))
-                .collect(),
+            interfaces: interfaces().into_iter().filter(|i| !ignore(i)).collect(),
             pod_netns: pod_netns(),
-            mounts: mounts_under(state_dir),
+            mounts: mounts_under(Path::new("/"))
+                .into_iter()
+                .filter(|m| !ignore(&m.to_string_lossy()))
+                .collect(),
             sysctls: SYSCTLS
                 .iter()
                 .map(|k| {

@@ -15,6 +15,7 @@ mod config;
 mod host;
 mod image;
 mod images;
+mod litellm_image;
 mod processes;
 
 use std::net::{Ipv4Addr, UdpSocket};
@@ -29,6 +30,7 @@ pub use image::{ImageSpec, write_docker_archive};
 pub use images::{
     OPERATOR_REPOSITORY, chart_app_version, operator_image_archive, operator_image_spec,
 };
+pub use litellm_image::{LITELLM_IMAGE, litellm_image_archive, litellm_image_spec};
 
 use crate::controlplane::{kubectl_command, random_token};
 use crate::kubeconfig;
@@ -243,6 +245,15 @@ impl Node {
         )
     }
 
+    /// `kubectl apply -f -` of `manifests` (YAML or JSON).
+    pub fn apply(&self, manifests: &str) -> Result<String> {
+        crate::process::run_with_input(
+            self.kubectl_command().args(["apply", "-f", "-"]),
+            "kubectl apply",
+            Some(manifests),
+        )
+    }
+
     /// A kubectl [`Command`] with `--kubeconfig` set.
     pub fn kubectl_command(&self) -> Command {
         kubectl_command(&self.bin_dir, &self.kubeconfig, &self.dir)
@@ -272,13 +283,8 @@ impl Node {
     }
 
     fn start_dns(&self, procs: &Processes) -> Result<()> {
-        let mut apply = self.kubectl_command();
-        apply.args(["apply", "-f", "-"]);
-        crate::process::run_with_input(
-            &mut apply,
-            "kubectl apply (CoreDNS)",
-            Some(&config::coredns_manifests(COREDNS_IMAGE)),
-        )?;
+        self.apply(&config::coredns_manifests(COREDNS_IMAGE))
+            .context("applying CoreDNS")?;
         poll(
             procs,
             Duration::from_secs(120),
@@ -300,6 +306,13 @@ impl Node {
             },
         )
     }
+}
+
+/// Processes of a node: any with the node's state directory in its command line (every
+/// component and containerd's shims name a file in it) or in a pod's cgroup. Empty after
+/// [`Node::down`].
+pub fn leftover_processes() -> Vec<String> {
+    host::processes_matching(&state_dir())
 }
 
 fn require_root() -> Result<()> {
