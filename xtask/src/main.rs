@@ -75,6 +75,9 @@ enum NodeCommand {
     /// Stop the node and leave the host as it was (processes, mounts, iptables rules,
     /// interfaces, sysctls).
     Down,
+    /// What `cargo xtask test` checks of the node: from a clean host, up, a pod resolves
+    /// cluster names through CoreDNS, down leaves the host as it was.
+    Check,
     /// Make the images `up` imports (operator, LiteLLM proxy) and print each archive's size.
     Images,
 }
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
             NodeCommand::Up => node::up(),
             NodeCommand::Down => node::down(),
             NodeCommand::Images => node::images(),
+            NodeCommand::Check => node::check(),
         },
         Command::Test => checks::run_all(),
         Command::Demo { once } => demo::demo(once),

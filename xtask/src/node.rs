@@ -121,6 +121,12 @@ pub fn check() -> Result<()> {
             before.pod_netns, after.pod_netns
         ));
     }
+    if before.outside_paths != after.outside_paths {
+        left.push(format!(
+            "directories: {:?} -> {:?}",
+            before.outside_paths, after.outside_paths
+        ));
+    }
     if before.sysctls != after.sysctls {
         left.push(format!(
             "sysctls: {:?} -> {:?}",

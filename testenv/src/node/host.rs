@@ -22,6 +22,18 @@ const SYSCTLS: [&str; 5] = [
     "kernel/panic_on_oops",
 ];
 
+/// Directories the components make outside the state directory whatever their flags say:
+/// containerd 1.6's shim sockets and runc state, libcni's result cache, the kubelet's
+/// device-plugins dir and the pods' logs. Removed by the teardown only if `up` found them
+/// missing (a host's own containerd or kubelet keeps its files).
+const OUTSIDE_PATHS: [&str; 5] = [
+    "/run/containerd",
+    "/var/lib/cni",
+    "/var/lib/kubelet",
+    "/var/log/pods",
+    "/var/log/containers",
+];
+
 /// iptables front ends: the kubelet writes KUBE-FIREWALL into the legacy backend and its
 /// canaries into nf_tables, so both are cleaned, for IPv4 and IPv6.
 const IPTABLES: [&str; 4] = [
@@ -34,6 +46,36 @@ const IPTABLES: [&str; 4] = [
 /// Chains the node's components and the CNI plugins make.
 fn is_node_chain(chain: &str) -> bool {
     chain.starts_with("KUBE-") || chain.starts_with("CNI-")
+}
+
+/// Records in `file` which of [`OUTSIDE_PATHS`] do not exist yet, unless it exists (then it
+/// is from before an earlier run that was killed).
+pub(crate) fn record_missing_paths(file: &Path) -> Result<()> {
+    if file.is_file() {
+        return Ok(());
+    }
+    let missing: String = OUTSIDE_PATHS
+        .iter()
+        .filter(|p| !Path::new(p).exists())
+        .map(|p| format!("{p}\n"))
+        .collect();
+    std::fs::write(file, missing).with_context(|| format!("writing {}", file.display()))
+}
+
+/// Removes the paths [`record_missing_paths`] found missing, and the record.
+pub(crate) fn remove_recorded_paths(file: &Path) -> Result<()> {
+    let Ok(recorded) = std::fs::read_to_string(file) else {
+        return Ok(());
+    };
+    for path in recorded.lines().filter(|p| OUTSIDE_PATHS.contains(p)) {
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {path}"));
+            }
+            _ => {}
+        }
+    }
+    std::fs::remove_file(file).with_context(|| format!("removing {}", file.display()))
 }
 
 /// Saves the sysctls in `file` unless it exists (then it holds the values from before an
@@ -353,6 +395,8 @@ pub struct HostSnapshot {
     pub pod_netns: Vec<String>,
     pub mounts: BTreeSet<PathBuf>,
     pub sysctls: Vec<(String, String)>,
+    /// Which of the directories the components make outside the state directory exist.
+    pub outside_paths: Vec<String>,
 }
 
 impl HostSnapshot {
@@ -390,6 +434,11 @@ impl HostSnapshot {
                         std::fs::read_to_string(Path::new("/proc/sys").join(k)).unwrap_or_default();
                     ((*k).to_owned(), v.trim().to_owned())
                 })
+                .collect(),
+            outside_paths: OUTSIDE_PATHS
+                .iter()
+                .filter(|p| Path::new(p).exists())
+                .map(|p| (*p).to_owned())
                 .collect(),
         }
     }

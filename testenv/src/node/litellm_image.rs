@@ -89,7 +89,11 @@ pub fn litellm_image_archive(requirement: &str) -> Result<PathBuf> {
             "--break-system-packages",
         ])
         .arg(requirement)
+        // Every variable pip and requests read for their trust store, else a host path set
+        // in the environment wins and means the rootfs's own bundle inside the chroot.
         .env("PIP_CERT", "/tmp/pip-ca.crt")
+        .env("REQUESTS_CA_BUNDLE", "/tmp/pip-ca.crt")
+        .env("SSL_CERT_FILE", "/tmp/pip-ca.crt")
         // A host wheel directory means nothing inside the rootfs.
         .env_remove("PIP_FIND_LINKS");
     run_capture(

@@ -90,6 +90,10 @@ fn sysctls_file() -> PathBuf {
     node_dir().join("sysctls.saved")
 }
 
+fn missing_paths_file() -> PathBuf {
+    node_dir().join("paths.missing")
+}
+
 /// The files of the running node, all under `state/`.
 struct Layout {
     dir: PathBuf,
@@ -159,6 +163,7 @@ impl Node {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         host::save_sysctls(&sysctls_file())?;
+        host::record_missing_paths(&missing_paths_file())?;
         // Pods' traffic is routed through the host (the bridge, Service NAT).
         host::set_sysctl("net/ipv4/ip_forward", "1")?;
         let mut procs = Processes::new(&layout.dir)?;
@@ -228,6 +233,7 @@ impl Node {
         host::remove_iptables_chains()?;
         host::remove_kubepods_cgroups();
         host::restore_sysctls(&sysctls_file())?;
+        host::remove_recorded_paths(&missing_paths_file())?;
         match std::fs::remove_dir_all(&layout.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", layout.dir.display()));
@@ -557,6 +563,11 @@ fn start_node(
         .arg(format!(
             "--root-dir={}",
             layout.dir.join("kubelet").display()
+        ))
+        // Its serving certificate; the default is /var/lib/kubelet/pki.
+        .arg(format!(
+            "--cert-dir={}",
+            layout.dir.join("kubelet-pki").display()
         ))
         .arg(format!("--hostname-override={NODE_NAME}"))
         .arg(format!("--node-ip={host_ip}"));
