@@ -127,6 +127,12 @@ pub fn check() -> Result<()> {
             before.outside_paths, after.outside_paths
         ));
     }
+    if before.cgroups != after.cgroups {
+        left.push(format!(
+            "cgroups: {:?} -> {:?}",
+            before.cgroups, after.cgroups
+        ));
+    }
     if before.sysctls != after.sysctls {
         left.push(format!(
             "sysctls: {:?} -> {:?}",

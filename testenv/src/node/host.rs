@@ -11,15 +11,20 @@ use anyhow::{Context, Result};
 
 use crate::process::run_capture;
 
-/// The sysctls the node's components change (kube-proxy: route_localnet; the kubelet: the
-/// overcommit and panic settings; pod networking: ip_forward), saved before the first change
-/// and restored by the teardown.
-const SYSCTLS: [&str; 5] = [
+/// The sysctls the node's components change (the kubelet's kernel tunables, kube-proxy's
+/// route_localnet and conntrack timeouts, ip_forward for pod networking), saved before the
+/// first change and restored by the teardown.
+const SYSCTLS: [&str; 10] = [
     "net/ipv4/ip_forward",
     "net/ipv4/conf/all/route_localnet",
+    "net/netfilter/nf_conntrack_tcp_timeout_established",
+    "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
     "vm/overcommit_memory",
+    "vm/panic_on_oom",
     "kernel/panic",
     "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
 ];
 
 /// Directories the components make outside the state directory whatever their flags say:
@@ -397,6 +402,8 @@ pub struct HostSnapshot {
     pub sysctls: Vec<(String, String)>,
     /// Which of the directories the components make outside the state directory exist.
     pub outside_paths: Vec<String>,
+    /// The kubelet's `kubepods` cgroups.
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl HostSnapshot {
@@ -440,6 +447,7 @@ impl HostSnapshot {
                 .filter(|p| Path::new(p).exists())
                 .map(|p| (*p).to_owned())
                 .collect(),
+            cgroups: kubepods_cgroups(),
         }
     }
 }
@@ -451,21 +459,29 @@ fn is_builtin(chain: &str) -> bool {
     )
 }
 
+fn kubepods_cgroups() -> Vec<PathBuf> {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = hierarchies
+        .flatten()
+        .map(|h| h.path().join("kubepods"))
+        .filter(|p| p.is_dir())
+        .collect();
+    found.sort();
+    found
+}
+
 /// Removes the cgroups the kubelet made (`kubepods` in every v1 hierarchy, cgroupfs driver),
 /// deepest first. Only empty cgroups can go, so this runs after every container is gone.
 pub(crate) fn remove_kubepods_cgroups() {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for hierarchy in hierarchies.flatten() {
-        let root = hierarchy.path().join("kubepods");
-        if root.is_dir() {
-            let mut dirs = Vec::new();
-            collect_dirs(&root, &mut dirs);
-            dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-            for dir in dirs {
-                let _ = std::fs::remove_dir(dir);
-            }
+    for root in kubepods_cgroups() {
+        let mut dirs = Vec::new();
+        collect_dirs(&root, &mut dirs);
+        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for dir in dirs {
+            // A cgroup directory goes with rmdir only (its files are the kernel's).
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }

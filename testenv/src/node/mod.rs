@@ -180,7 +180,15 @@ impl Node {
             Ok(node)
         })();
         if result.is_err() {
-            eprintln!("node up failed; logs are in {}", procs.log_dir().display());
+            // Nothing half-started stays on the host; the logs are kept for whoever debugs it.
+            let kept = node_dir().join("failed-logs");
+            let _ = std::fs::remove_dir_all(&kept);
+            let _ = std::fs::rename(procs.log_dir(), &kept);
+            drop(procs);
+            if let Err(e) = Self::teardown() {
+                eprintln!("cleaning up after the failed start failed too: {e:#}");
+            }
+            eprintln!("node up failed; the logs are in {}", kept.display());
         }
         result
     }
@@ -212,6 +220,10 @@ impl Node {
     /// network namespaces, cni0, iptables chains, cgroups, sysctls, and kube-apiserver before
     /// etcd (the other way round it retries etcd for ~40 s).
     fn teardown() -> Result<bool> {
+        let started = Instant::now();
+        let step = |what: &str| {
+            eprintln!("[{:6.1} s] {what}", started.elapsed().as_secs_f64());
+        };
         let layout = Layout { dir: state_dir() };
         let mut anything = false;
         if layout.dir.exists() {
@@ -222,8 +234,11 @@ impl Node {
                 "kubelet",
                 "kube-proxy",
             ])?;
+            step("stopped the components that make pods");
             anything |= kill_pods(&layout.containerd_socket())?;
+            step("killed the pods' processes");
             anything |= procs.stop(&["containerd", "kube-apiserver", "etcd"])?;
+            step("stopped containerd, kube-apiserver, etcd");
             anything |= host::unmount_under(&layout.dir)? > 0;
         }
         anything |= !host::pod_netns().is_empty();
@@ -234,6 +249,7 @@ impl Node {
         host::remove_kubepods_cgroups();
         host::restore_sysctls(&sysctls_file())?;
         host::remove_recorded_paths(&missing_paths_file())?;
+        step("host cleaned");
         match std::fs::remove_dir_all(&layout.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", layout.dir.display()));
@@ -578,8 +594,10 @@ fn start_node(
         .arg(format!("--hostname-override={NODE_NAME}"))
         .arg("--proxy-mode=iptables")
         .arg(format!("--cluster-cidr={POD_CIDR}"))
-        // 0: leave the host's nf_conntrack_max alone.
+        // 0: leave the host's conntrack table size and timeouts alone.
         .arg("--conntrack-max-per-core=0")
+        .arg("--conntrack-tcp-timeout-established=0s")
+        .arg("--conntrack-tcp-timeout-close-wait=0s")
         .arg("--metrics-bind-address=127.0.0.1:10249")
         .arg("--healthz-bind-address=127.0.0.1:10256");
     procs.spawn("kube-proxy", proxy)?;
