@@ -69,7 +69,26 @@ fn user_images() -> Result<Vec<PathBuf>> {
 /// there is no musl target here) and makes the operator image from it.
 pub fn operator_image() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    // `cargo run` hands xtask the package's CARGO_PKG_* and friends; a build script that
+    // watches one of them would see it change and rebuild the TLS stack each time a release
+    // build alternates between a shell and xtask.
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            build.env_remove(&key);
+        }
+    }
+    let status = build
         .args([
             "build",
             "--release",
