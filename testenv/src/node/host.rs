@@ -114,12 +114,17 @@ pub(crate) fn restore_sysctls(file: &Path) -> Result<()> {
     std::fs::remove_file(file).with_context(|| format!("removing {}", file.display()))
 }
 
-/// Kills every container process of the containerd whose socket is `socket`: its shims
-/// (`containerd-shim-runc-v2 ... -address SOCKET`) and everything below them. For a run whose
-/// kubelet could not stop its pods (killed, or the API gone).
-pub(crate) fn kill_shims(socket: &Path) -> Result<usize> {
+/// Kills every container process of the node whose state directory is `state_dir`: the shims
+/// of its containerd (`containerd-shim-runc-v2 ... -address <state>/containerd.sock`),
+/// everything below them, and containers whose shim is already gone (a killed run orphans
+/// them), known by their root filesystem, which lives in the state directory.
+pub(crate) fn kill_containers(state_dir: &Path, socket: &Path) -> Result<usize> {
     let socket = socket.as_os_str().as_encoded_bytes();
     let processes = processes();
+    let orphans = processes.iter().filter(|p| {
+        std::fs::read_link(format!("/proc/{}/root", p.pid))
+            .is_ok_and(|root| root.starts_with(state_dir))
+    });
     let shims: Vec<u32> = processes
         .iter()
         .filter(|p| {
@@ -129,6 +134,7 @@ pub(crate) fn kill_shims(socket: &Path) -> Result<usize> {
         .map(|p| p.pid)
         .collect();
     let mut doomed: BTreeSet<u32> = shims.iter().copied().collect();
+    doomed.extend(orphans.map(|p| p.pid));
     // Descendants: repeat until no new child of a doomed process turns up.
     loop {
         let before = doomed.len();

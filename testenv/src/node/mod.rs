@@ -235,7 +235,7 @@ impl Node {
                 "kube-proxy",
             ])?;
             step("stopped the components that make pods");
-            anything |= kill_pods(&layout.containerd_socket())?;
+            anything |= kill_pods(&layout.dir, &layout.containerd_socket())?;
             step("killed the pods' processes");
             anything |= procs.stop(&["containerd", "kube-apiserver", "etcd"])?;
             step("stopped containerd, kube-apiserver, etcd");
@@ -606,11 +606,11 @@ fn start_node(
 
 /// Kills whatever containers the node's containerd still runs (its shims and everything under
 /// them), and waits until they are gone.
-fn kill_pods(socket: &Path) -> Result<bool> {
+fn kill_pods(state_dir: &Path, socket: &Path) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut any = false;
     loop {
-        let killed = host::kill_shims(socket)?;
+        let killed = host::kill_containers(state_dir, socket)?;
         if killed == 0 {
             return Ok(any);
         }
