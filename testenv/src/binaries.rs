@@ -90,7 +90,7 @@ fn stamp(source_dir: &Path) -> Result<String> {
 }
 
 /// go.mod, go.sum and every .go file: the inputs of the build that live in this repository.
-fn collect_inputs(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+pub(crate) fn collect_inputs(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
@@ -118,7 +118,7 @@ fn settings() -> String {
     )
 }
 
-fn kubernetes_ldflags() -> String {
+pub(crate) fn kubernetes_ldflags() -> String {
     // Without these, /version reports v0.0.0-master and version-checking clients such as helm
     // misbehave.
     let v = KUBERNETES_VERSION;
@@ -148,7 +148,7 @@ fn promtool_package() -> String {
     format!("github.com/prometheus/prometheus/cmd/promtool@{PROMTOOL_VERSION}")
 }
 
-fn go_command(source_dir: &Path) -> Command {
+pub(crate) fn go_command(source_dir: &Path) -> Command {
     let mut cmd = Command::new("go");
     cmd.current_dir(source_dir)
         // Never download a toolchain; a static build needs no C toolchain; a go.work further up
@@ -217,7 +217,7 @@ fn build(source_dir: &Path, bin_dir: &Path) -> Result<()> {
 }
 
 /// The local Go's version, or an error that says Go is missing and what is needed.
-fn go_version(source_dir: &Path) -> Result<String> {
+pub(crate) fn go_version(source_dir: &Path) -> Result<String> {
     let mut cmd = go_command(source_dir);
     cmd.args(["env", "GOVERSION"]);
     match run_capture(&mut cmd, "go env GOVERSION") {
@@ -241,7 +241,7 @@ fn is_not_found(error: &anyhow::Error) -> bool {
 /// Runs a Go command with its output appended to `log`, printing a heartbeat every minute so a
 /// long cold build is visibly alive. The child is tied to this process: if a test run is killed,
 /// the build stops too instead of racing the next one.
-fn run_logged(mut cmd: Command, log: &Path, label: &str) -> Result<()> {
+pub(crate) fn run_logged(mut cmd: Command, log: &Path, label: &str) -> Result<()> {
     let file = OpenOptions::new()
         .append(true)
         .open(log)

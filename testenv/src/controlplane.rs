@@ -597,7 +597,7 @@ fn readyz(bin_dir: &Path, layout: &Layout) -> Result<()> {
 
 /// kubectl for the control plane in `dir`. Its discovery cache lives in `dir` too: the
 /// default, ~/.kube/cache, would gain a directory per test run.
-fn kubectl_command(bin_dir: &Path, kubeconfig: &Path, dir: &Path) -> Command {
+pub(crate) fn kubectl_command(bin_dir: &Path, kubeconfig: &Path, dir: &Path) -> Command {
     let mut cmd = Command::new(bin_dir.join("kubectl"));
     cmd.arg("--kubeconfig")
         .arg(kubeconfig)
@@ -655,7 +655,7 @@ fn remove_stale_dirs(root: &Path) {
 }
 
 /// 128 random bits from the kernel, as hex: the admin bearer token.
-fn random_token() -> Result<String> {
+pub(crate) fn random_token() -> Result<String> {
     let mut bytes = [0u8; 16];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -664,12 +664,12 @@ fn random_token() -> Result<String> {
 }
 
 /// A pid file holds the pid and the program path (argv[0]) to check it against.
-fn write_pid_file(path: &Path, pid: u32, program: &Path) -> Result<()> {
+pub(crate) fn write_pid_file(path: &Path, pid: u32, program: &Path) -> Result<()> {
     std::fs::write(path, format!("{pid}\n{}\n", program.display()))
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_pid_file(path: &Path) -> Option<(u32, PathBuf)> {
+pub(crate) fn read_pid_file(path: &Path) -> Option<(u32, PathBuf)> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
     let pid = lines.next()?.trim().parse().ok()?;

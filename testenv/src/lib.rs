@@ -7,6 +7,8 @@
 //! - [`litellm_map`] returns the exact cost-map bytes shipped in a given LiteLLM release.
 //! - [`litellm_venv`] returns a Python venv with a pinned LiteLLM (library or proxy) installed.
 //! - [`TestHost`] is a network namespace with an address of its own (a stand-in pod IP).
+//! - [`node::Node`] is a real single-node cluster (containerd, kubelet, CoreDNS...) on this
+//!   machine, for `cargo xtask node up|down`.
 //! - [`spawn_tied`] starts any helper process (the operator, a file server) so that it cannot
 //!   outlive the process that started it.
 
@@ -17,6 +19,7 @@ mod litellm;
 mod lock;
 mod net;
 mod netns;
+pub mod node;
 mod process;
 
 use std::path::PathBuf;

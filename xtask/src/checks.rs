@@ -37,6 +37,11 @@ const STEPS: &[Step] = &[
         name: "cargo test",
         run: test,
     },
+    Step {
+        // One real node (containerd, kubelet, CoreDNS) from a clean host and back.
+        name: "node up, cluster DNS, node down",
+        run: crate::node::check,
+    },
 ];
 
 /// Runs every step; stops at the first failure and names it.

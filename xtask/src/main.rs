@@ -3,12 +3,14 @@
 //! - `cargo xtask cluster up|down|bin-dir`: a background local control plane.
 //! - `cargo xtask test`: every check and test, as CI runs them.
 //! - `cargo xtask demo [--once]`: the operator end to end on a private control plane.
+//! - `cargo xtask node up|down`: a real single-node cluster on this machine (root).
 //! - `cargo xtask modules`: the module tree of src/ with line counts, and its rules.
 
 mod checks;
 mod cluster;
 mod demo;
 mod modules;
+mod node;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,11 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// A real single-node cluster on this machine (containerd, kubelet, CoreDNS; needs root).
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
     },
     /// Run every check and test (fmt, clippy, the control-plane build, cargo test).
     Test,
@@ -60,12 +67,33 @@ enum ClusterCommand {
     BinDir,
 }
 
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Build (first time), clear what an earlier run left, start, wait until the node is Ready
+    /// and CoreDNS answers; print the admin kubeconfig path last.
+    Up,
+    /// Stop the node and leave the host as it was (processes, mounts, iptables rules,
+    /// interfaces, sysctls).
+    Down,
+    /// What `cargo xtask test` checks of the node: from a clean host, up, a pod resolves
+    /// cluster names through CoreDNS, down leaves the host as it was.
+    Check,
+    /// Make the images `up` imports (operator, LiteLLM proxy) and print each archive's size.
+    Images,
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Cluster { command } => match command {
             ClusterCommand::Up => cluster::up(),
             ClusterCommand::Down => cluster::down(),
             ClusterCommand::BinDir => cluster::bin_dir(),
+        },
+        Command::Node { command } => match command {
+            NodeCommand::Up => node::up(),
+            NodeCommand::Down => node::down(),
+            NodeCommand::Images => node::images(),
+            NodeCommand::Check => node::check(),
         },
         Command::Test => checks::run_all(),
         Command::Demo { once } => demo::demo(once),
