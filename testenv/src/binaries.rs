@@ -22,30 +22,58 @@ const PROMTOOL_VERSION: &str = "v0.316.0";
 /// The `main` packages under controlplane/cmd built with `go build`.
 const GO_COMMANDS: [&str; 4] = ["etcd", "kube-apiserver", "kubectl", "sakey"];
 
-/// Every file ensure_binaries puts in the bin dir.
-const BINARIES: [&str; 6] = [
-    "etcd",
-    "kube-apiserver",
-    "kubectl",
-    "helm",
-    "sakey",
-    "promtool",
-];
+/// Binaries built together, with a stamp of their own so that building one set never
+/// rebuilds (or waits for) another: the demo runs only the cluster set.
+struct BinarySet {
+    /// Shown while building and in errors.
+    label: &'static str,
+    binaries: &'static [&'static str],
+    stamp_file: &'static str,
+    settings: fn() -> String,
+    build: fn(&Path, &Path, &Path) -> Result<()>,
+}
 
-const STAMP_FILE: &str = ".stamp";
+/// What a control plane runs: etcd, kube-apiserver, kubectl (and `sakey`, a key generator used
+/// by [`crate::ControlPlane`]).
+const CLUSTER: BinarySet = BinarySet {
+    label: "etcd, kube-apiserver, kubectl",
+    binaries: &GO_COMMANDS,
+    stamp_file: ".stamp",
+    settings: cluster_settings,
+    build: build_cluster,
+};
 
-/// Builds etcd, kube-apiserver, kubectl, helm, promtool (and `sakey`, a key generator used by
-/// [`crate::ControlPlane`]) into `target/controlplane/bin` and returns that directory.
+/// What only the tests run: helm (the chart) and promtool (the alert rules).
+const TOOLS: BinarySet = BinarySet {
+    label: "helm, promtool",
+    binaries: &["helm", "promtool"],
+    stamp_file: ".tools-stamp",
+    settings: tools_settings,
+    build: build_tools,
+};
+
+/// Builds etcd, kube-apiserver, kubectl and `sakey` into `target/controlplane/bin` and returns
+/// that directory.
 ///
 /// Skips the build when the stamp there matches controlplane/'s go.mod, go.sum, Go sources and
 /// the build settings. Concurrent callers (test binaries, xtask) wait on a file lock instead of
 /// building twice. Uses the default GOCACHE and GOMODCACHE so later builds on the same machine
 /// are warm. Fails, never skips, when Go is missing or the build breaks.
 pub fn ensure_binaries() -> Result<PathBuf> {
+    ensure(&CLUSTER)
+}
+
+/// Builds helm and promtool (pinned by controlplane/go.mod) into the same directory as
+/// [`ensure_binaries`], the same way; only the tests and `cargo xtask test` need them.
+pub fn ensure_tools() -> Result<PathBuf> {
+    ensure(&TOOLS)
+}
+
+fn ensure(set: &BinarySet) -> Result<PathBuf> {
     let source_dir = crate::workspace_root().join("controlplane");
     let bin_dir = bin_dir();
-    let stamp = stamp(&source_dir)?;
-    if is_fresh(&bin_dir, &stamp) {
+    let stamp = stamp(&source_dir, &(set.settings)())?;
+    if is_fresh(&bin_dir, set, &stamp) {
         return Ok(bin_dir);
     }
     let _lock = FileLock::acquire(
@@ -53,12 +81,26 @@ pub fn ensure_binaries() -> Result<PathBuf> {
         "waiting for another process that is building the control plane...",
     )?;
     // Whoever held the lock may have just built it.
-    if is_fresh(&bin_dir, &stamp) {
+    if is_fresh(&bin_dir, set, &stamp) {
         return Ok(bin_dir);
     }
-    build(&source_dir, &bin_dir)?;
-    std::fs::write(bin_dir.join(STAMP_FILE), &stamp)
-        .with_context(|| format!("writing {}", bin_dir.join(STAMP_FILE).display()))?;
+    let go_version = go_version(&source_dir)?;
+    std::fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
+    // A half-finished build must never look fresh.
+    let _ = std::fs::remove_file(bin_dir.join(set.stamp_file));
+    let log = bin_dir.with_file_name("build.log");
+    std::fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
+    eprintln!(
+        "building {} with {go_version} into {} (the first time takes minutes on 2 cores, \
+         later ones well under a minute)...",
+        set.label,
+        bin_dir.display()
+    );
+    let started = Instant::now();
+    (set.build)(&source_dir, &bin_dir, &log)?;
+    eprintln!("built {} in {} s", set.label, started.elapsed().as_secs());
+    std::fs::write(bin_dir.join(set.stamp_file), &stamp)
+        .with_context(|| format!("writing {}", bin_dir.join(set.stamp_file).display()))?;
     Ok(bin_dir)
 }
 
@@ -67,16 +109,17 @@ pub(crate) fn bin_dir() -> PathBuf {
     crate::target_dir().join("controlplane").join("bin")
 }
 
-fn is_fresh(bin_dir: &Path, stamp: &str) -> bool {
-    let stamp_matches = std::fs::read_to_string(bin_dir.join(STAMP_FILE)).is_ok_and(|s| s == stamp);
-    stamp_matches && BINARIES.iter().all(|b| bin_dir.join(b).is_file())
+fn is_fresh(bin_dir: &Path, set: &BinarySet, stamp: &str) -> bool {
+    let stamp_matches =
+        std::fs::read_to_string(bin_dir.join(set.stamp_file)).is_ok_and(|s| s == stamp);
+    stamp_matches && set.binaries.iter().all(|b| bin_dir.join(b).is_file())
 }
 
 /// A hash of everything that determines the binaries. DefaultHasher's algorithm may change
 /// with the Rust release; the cost of that is one warm rebuild, so no crypto hash is needed.
-fn stamp(source_dir: &Path) -> Result<String> {
+fn stamp(source_dir: &Path, settings: &str) -> Result<String> {
     let mut hasher = DefaultHasher::new();
-    hasher.write(settings().as_bytes());
+    hasher.write(settings.as_bytes());
     let mut files = Vec::new();
     collect_inputs(source_dir, &mut files)
         .with_context(|| format!("reading the Go sources in {}", source_dir.display()))?;
@@ -107,11 +150,17 @@ pub(crate) fn collect_inputs(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::R
 }
 
 /// The build settings as text, hashed into the stamp so changing a flag rebuilds.
-fn settings() -> String {
+fn cluster_settings() -> String {
     format!(
-        "env GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off\nbuild {:?} {}\ninstall {} {}\ninstall {}\n",
+        "env GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off\nbuild {:?} {}\n",
         GO_COMMANDS,
         kubernetes_ldflags(),
+    )
+}
+
+fn tools_settings() -> String {
+    format!(
+        "env GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off\ninstall {} {}\ninstall {}\n",
         helm_package(),
         helm_ldflags(),
         promtool_package()
@@ -159,21 +208,7 @@ pub(crate) fn go_command(source_dir: &Path) -> Command {
     cmd
 }
 
-fn build(source_dir: &Path, bin_dir: &Path) -> Result<()> {
-    let go_version = go_version(source_dir)?;
-    std::fs::create_dir_all(bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
-    // A half-finished build must never look fresh.
-    let _ = std::fs::remove_file(bin_dir.join(STAMP_FILE));
-    let log = bin_dir.with_file_name("build.log");
-    std::fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
-    eprintln!(
-        "building the control plane (Kubernetes {KUBERNETES_VERSION}: etcd, kube-apiserver, \
-         kubectl; helm {HELM_VERSION}; promtool {PROMTOOL_VERSION}) with {go_version} into {} \
-         (first time takes ~15 min on 2 cores, later ones well under a minute)...",
-        bin_dir.display()
-    );
-    let started = Instant::now();
-
+fn build_cluster(source_dir: &Path, bin_dir: &Path, log: &Path) -> Result<()> {
     let mut out_dir = bin_dir.as_os_str().to_owned();
     out_dir.push("/");
     let mut kubernetes = go_command(source_dir);
@@ -187,8 +222,10 @@ fn build(source_dir: &Path, bin_dir: &Path) -> Result<()> {
         ])
         .arg(out_dir)
         .args(GO_COMMANDS.map(|c| format!("./cmd/{c}")));
-    run_logged(kubernetes, &log, "etcd, kube-apiserver, kubectl, sakey")?;
+    run_logged(kubernetes, log, "etcd, kube-apiserver, kubectl, sakey")
+}
 
+fn build_tools(source_dir: &Path, bin_dir: &Path, log: &Path) -> Result<()> {
     let mut helm = go_command(source_dir);
     helm.env("GOBIN", bin_dir).args([
         "install",
@@ -197,7 +234,7 @@ fn build(source_dir: &Path, bin_dir: &Path) -> Result<()> {
         &helm_ldflags(),
         &helm_package(),
     ]);
-    run_logged(helm, &log, "helm")?;
+    run_logged(helm, log, "helm")?;
 
     let mut promtool = go_command(source_dir);
     promtool.env("GOBIN", bin_dir).args([
@@ -207,13 +244,7 @@ fn build(source_dir: &Path, bin_dir: &Path) -> Result<()> {
         "-s -w",
         &promtool_package(),
     ]);
-    run_logged(promtool, &log, "promtool")?;
-
-    eprintln!(
-        "built the control plane in {} s",
-        started.elapsed().as_secs()
-    );
-    Ok(())
+    run_logged(promtool, log, "promtool")
 }
 
 /// The local Go's version, or an error that says Go is missing and what is needed.
@@ -286,19 +317,22 @@ mod tests {
         std::fs::write(dir.join("go.mod"), "module m\n").unwrap();
         std::fs::write(dir.join("cmd/x/main.go"), "package main\n").unwrap();
         std::fs::write(dir.join("README.md"), "ignored\n").unwrap();
-        let first = stamp(&dir).unwrap();
-        assert_eq!(first, stamp(&dir).unwrap());
+        let first = stamp(&dir, "s").unwrap();
+        assert_eq!(first, stamp(&dir, "s").unwrap());
+        assert_ne!(first, stamp(&dir, "other settings").unwrap());
         std::fs::write(dir.join("README.md"), "still ignored\n").unwrap();
-        assert_eq!(first, stamp(&dir).unwrap());
+        assert_eq!(first, stamp(&dir, "s").unwrap());
         std::fs::write(dir.join("cmd/x/main.go"), "package main // changed\n").unwrap();
-        assert_ne!(first, stamp(&dir).unwrap());
+        assert_ne!(first, stamp(&dir, "s").unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn settings_pin_the_versions() {
-        let s = settings();
+        let s = cluster_settings();
         assert!(s.contains("version.gitVersion=v1.35.4"), "{s}");
+        assert!(s.contains("GOTOOLCHAIN=local CGO_ENABLED=0"), "{s}");
+        let s = tools_settings();
         assert!(s.contains("helm.sh/helm/v3/cmd/helm@v3.21.4"), "{s}");
         assert!(s.contains("GOTOOLCHAIN=local CGO_ENABLED=0"), "{s}");
     }

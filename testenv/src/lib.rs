@@ -1,7 +1,8 @@
 //! The local control plane and real LiteLLM maps for tests and xtask.
 //!
-//! - [`ensure_binaries`] builds the pinned etcd, kube-apiserver, kubectl and helm from
-//!   `controlplane/` into `target/controlplane/bin` (once; later calls are a stamp check).
+//! - [`ensure_binaries`] builds the pinned etcd, kube-apiserver and kubectl from
+//!   `controlplane/` into `target/controlplane/bin` (once; later calls are a stamp check);
+//!   [`ensure_tools`] builds helm and promtool there the same way, for the tests only.
 //! - [`ControlPlane::start`] runs etcd and kube-apiserver on free loopback ports for one test;
 //!   [`ControlPlane::start_detached`] runs them in the background for `cargo xtask cluster up`.
 //! - [`litellm_map`] returns the exact cost-map bytes shipped in a given LiteLLM release.
@@ -24,7 +25,7 @@ mod process;
 
 use std::path::PathBuf;
 
-pub use binaries::ensure_binaries;
+pub use binaries::{ensure_binaries, ensure_tools};
 pub use controlplane::{ControlPlane, Server};
 pub use litellm::{
     LITELLM_LIB_VENV, LITELLM_OLDER_PROXY_VENV, LITELLM_PROXY_VENV, litellm_map, litellm_venv,

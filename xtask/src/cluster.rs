@@ -30,7 +30,7 @@ pub fn up() -> Result<()> {
     }
     eprintln!(
         "the control plane is up at {} (logs in {}); stop it with `cargo xtask cluster down`.\n\
-         kubectl and helm are in {}",
+         kubectl is in {} (`cargo xtask cluster bin-dir` adds helm and promtool)",
         cp.server,
         cp.dir().display(),
         cp.bin_dir.display()
@@ -49,9 +49,11 @@ pub fn down() -> Result<()> {
     Ok(())
 }
 
-/// Prints the directory with etcd, kube-apiserver, kubectl and helm.
+/// Prints the directory with etcd, kube-apiserver, kubectl, helm and promtool (building the
+/// ones missing).
 pub fn bin_dir() -> Result<()> {
-    println!("{}", testenv::ensure_binaries()?.display());
+    testenv::ensure_binaries()?;
+    println!("{}", testenv::ensure_tools()?.display());
     Ok(())
 }
 

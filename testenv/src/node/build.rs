@@ -107,7 +107,9 @@ fn stamp() -> Result<String> {
             .with_context(|| format!("reading the Go sources in {}", dir.display()))?;
         files.sort();
         for file in files {
-            hasher.write(file.as_os_str().as_encoded_bytes());
+            // Relative, so the stamp does not depend on where the checkout lives.
+            let relative = file.strip_prefix(&dir).unwrap_or(&file);
+            hasher.write(relative.as_os_str().as_encoded_bytes());
             hasher.write(
                 &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
             );
