@@ -125,12 +125,15 @@ pub async fn run(args: CheckArgs) -> ExitCode {
     };
     match result {
         Ok(summary) => {
-            println!("valid map: {}", args.source);
+            println!("valid map: {}", super::shown_source(&args.source));
             println!("{summary}");
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("invalid map: {}\n{err:#}", args.source);
+            eprintln!(
+                "invalid map: {}\n{err:#}",
+                super::shown_source(&args.source)
+            );
             ExitCode::from(1)
         }
     }

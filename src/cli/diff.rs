@@ -307,12 +307,16 @@ pub async fn run(args: DiffArgs) -> ExitCode {
         Err(err) => {
             return unusable(anyhow::anyhow!(
                 "the old map {} is not a valid map: {err}",
-                args.old
+                super::shown_source(&args.old)
             ));
         }
     };
     let rules = args.rules.rules();
-    let report = report((&args.old, &old, &parsed), (&args.new, &new), &rules);
+    let (old_source, new_source) = (
+        super::shown_source(&args.old),
+        super::shown_source(&args.new),
+    );
+    let report = report((&old_source, &old, &parsed), (&new_source, &new), &rules);
     match args.output {
         Output::Text => print!("{}", text(&report, &rules)),
         Output::Json => match serde_json::to_string_pretty(&report) {

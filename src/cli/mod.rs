@@ -54,6 +54,15 @@ pub async fn load(
     read_file(source, fetcher.policy().max_body_bytes)
 }
 
+/// `source` as `check` and `diff` print it: a URL without userinfo, query or fragment (the
+/// operator's map-url carries its read token in the query), a file path as given.
+pub fn shown_source(source: &str) -> String {
+    match url::Url::parse(source) {
+        Ok(url) if source.contains("://") => crate::sync::fetch::sanitize_url(&url),
+        _ => source.to_owned(),
+    }
+}
+
 fn read_file(path: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
     let read_error = |reason: String| LoadError::Read {
         path: path.to_owned(),
@@ -71,6 +80,15 @@ fn read_file(path: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_shown_without_their_token() {
+        assert_eq!(
+            shown_source("http://op.ns.svc:8080/maps/llm/x/m.json?token=v1.secret"),
+            "http://op.ns.svc:8080/maps/llm/x/m.json"
+        );
+        assert_eq!(shown_source("maps/old.json"), "maps/old.json");
+    }
 
     #[test]
     fn files_over_the_limit_are_refused_unread() {
