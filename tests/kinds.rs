@@ -240,6 +240,13 @@ async fn a_new_model_is_published(kind: Kind) {
     s.wait_served(&new).await;
     s.wait_event(EventReason::MapUpdated.as_str(), "model-launched-today")
         .await;
+    // A second change minutes later has an Event of its own, with its own summary (kube's
+    // Recorder would fold it into the first one's series, note and all).
+    let newer = small_map(200, &["model-launched-today", "model-launched-tomorrow"]);
+    source.set(Answer::Map(newer));
+    s.sync_now("newer-map").await;
+    s.wait_event(EventReason::MapUpdated.as_str(), "model-launched-tomorrow")
+        .await;
 }
 
 for_both_kinds!(a_new_model_is_published);

@@ -24,6 +24,18 @@ use crate::sync::fetch::Fetcher;
 use crate::sync::fetch::shared::SharedFetcher;
 use crate::sync::store::MapStore;
 
+/// An Event's action: `Sync-` and a digest of its note.
+///
+/// kube's Recorder folds Events with the same type, reason, action and object, recorded
+/// minutes apart, into one series that keeps the first note: a second new map would show
+/// only the first one's summary. Naming the note in the action keeps a repeated note (a
+/// source failing the same way each retry) one series and makes a new note a new Event.
+fn event_action(note: &str) -> String {
+    let digest = crate::digest::sha256_digest(note.as_bytes());
+    let hex = digest.trim_start_matches("sha256:");
+    format!("Sync-{}", &hex[..12])
+}
+
 /// The longest Event note the operator writes (the API server takes 1 kB).
 const MAX_EVENT_NOTE: usize = 1000;
 
@@ -139,11 +151,12 @@ impl Context {
 
     /// Records an Event about `object`; a failure to record is logged, never fatal.
     pub(super) async fn record(&self, notice: Notice, object: &ObjectReference) {
+        let note = truncate(notice.note, MAX_EVENT_NOTE);
         let event = Event {
             type_: notice.type_,
             reason: notice.reason.as_str().to_owned(),
-            note: Some(truncate(notice.note, MAX_EVENT_NOTE)),
-            action: "Sync".to_owned(),
+            action: event_action(&note),
+            note: Some(note),
             secondary: None,
         };
         if let Err(err) = self.recorder.publish(&event, object).await {
@@ -171,5 +184,19 @@ impl Context {
                 purpose,
                 name: name.to_owned(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_action_names_its_note() {
+        let first = event_action("ConfigMap m: 201 models; 1 added");
+        assert_eq!(first, event_action("ConfigMap m: 201 models; 1 added"));
+        assert_ne!(first, event_action("ConfigMap m: 202 models; 1 added"));
+        // events.k8s.io takes at most 128 characters of action.
+        assert!(first.starts_with("Sync-") && first.len() <= 128, "{first}");
     }
 }
