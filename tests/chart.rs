@@ -40,7 +40,8 @@ fn chart() -> PathBuf {
 /// Runs helm (the pinned build) with the control plane's kubeconfig; Err is its stderr.
 fn helm(args: &[&str]) -> Result<String, String> {
     let plane = control_plane();
-    let output = Command::new(plane.bin_dir.join("helm"))
+    let helm = testenv::ensure_tools().expect("building helm").join("helm");
+    let output = Command::new(helm)
         .args(args)
         .env("KUBECONFIG", &plane.kubeconfig)
         .env("HELM_CACHE_HOME", plane.dir().join("helm/cache"))
@@ -263,7 +264,9 @@ fn the_alert_rules_pass_promtool_and_fire_on_what_they_mean() {
     )
     .unwrap();
     std::fs::write(dir.path().join("tests.yaml"), ALERT_TESTS).unwrap();
-    let promtool = control_plane().bin_dir.join("promtool");
+    let promtool = testenv::ensure_tools()
+        .expect("building promtool")
+        .join("promtool");
     for args in [
         ["check", "rules", "rules.yaml"],
         ["test", "rules", "tests.yaml"],
@@ -804,6 +807,7 @@ fn the_readme_documents_every_value() {
         "prometheusRule",
         "podDisruptionBudget",
         "networkPolicy",
+        "tests",
     ];
     let mut keys = Vec::new();
     for (key, value) in values.as_mapping().unwrap() {

@@ -38,8 +38,9 @@ const STEPS: &[Step] = &[
         run: test,
     },
     Step {
-        // One real node (containerd, kubelet, CoreDNS) from a clean host and back.
-        name: "node up, cluster DNS, node down",
+        // One real node (containerd, kubelet, CoreDNS) from a clean host and back, with the
+        // end-to-end tests (the chart, LiteLLM pods) on it.
+        name: "node up, cluster DNS, end-to-end tests, node down",
         run: crate::node::check,
     },
 ];
@@ -81,7 +82,8 @@ fn clippy() -> Result<()> {
 }
 
 fn control_plane() -> Result<()> {
-    let bin_dir = testenv::ensure_binaries()?;
+    testenv::ensure_binaries()?;
+    let bin_dir = testenv::ensure_tools()?;
     eprintln!("binaries in {}", bin_dir.display());
     Ok(())
 }

@@ -3,12 +3,14 @@
 //! - `cargo xtask cluster up|down|bin-dir`: a background local control plane.
 //! - `cargo xtask test`: every check and test, as CI runs them.
 //! - `cargo xtask demo [--once]`: the operator end to end on a private control plane.
-//! - `cargo xtask node up|down`: a real single-node cluster on this machine (root).
+//! - `cargo xtask node up|down|test`: a real single-node cluster on this machine (root), and
+//!   the end-to-end tests on it.
 //! - `cargo xtask modules`: the module tree of src/ with line counts, and its rules.
 
 mod checks;
 mod cluster;
 mod demo;
+mod e2e;
 mod modules;
 mod node;
 
@@ -76,8 +78,14 @@ enum NodeCommand {
     /// interfaces, sysctls).
     Down,
     /// What `cargo xtask test` checks of the node: from a clean host, up, a pod resolves
-    /// cluster names through CoreDNS, down leaves the host as it was.
+    /// cluster names through CoreDNS, the end-to-end tests, down leaves the host as it was.
     Check,
+    /// The end-to-end tests (the chart, LiteLLM pods, the kubelet's ConfigMap mounts) on the
+    /// node that is up (`cargo xtask node up` first).
+    Test {
+        /// Run only these (by number, in order; the first installs the chart the others use).
+        only: Vec<usize>,
+    },
     /// Make the images `up` imports (operator, LiteLLM proxy) and print each archive's size.
     Images,
 }
@@ -94,6 +102,7 @@ fn main() -> ExitCode {
             NodeCommand::Down => node::down(),
             NodeCommand::Images => node::images(),
             NodeCommand::Check => node::check(),
+            NodeCommand::Test { only } => node::test(&only),
         },
         Command::Test => checks::run_all(),
         Command::Demo { once } => demo::demo(once),

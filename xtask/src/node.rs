@@ -108,9 +108,19 @@ pub fn operator_image() -> Result<PathBuf> {
     testenv::node::operator_image_archive(&binary)
 }
 
+/// The end-to-end tests on the node that is up, with the operator image of the working tree
+/// (imported again when the release binary changed since `node up`).
+pub fn test(only: &[usize]) -> Result<()> {
+    let node = Node::running().context("no node is up: run `cargo xtask node up` first")?;
+    let image = operator_image()?;
+    node.import_images(&[image])?;
+    crate::e2e::run(&node, only)
+}
+
 /// `cargo xtask test`'s node step: from a clean host, `node up` gives a Ready node on which a
-/// busybox pod resolves `kubernetes.default.svc.cluster.local` through CoreDNS, and `node down`
-/// leaves no process, mount, iptables rule, interface or changed sysctl behind.
+/// busybox pod resolves `kubernetes.default.svc.cluster.local` through CoreDNS and the
+/// end-to-end tests pass, and `node down` leaves no process, mount, iptables rule, interface
+/// or changed sysctl behind.
 pub fn check() -> Result<()> {
     // Start from a clean host, so "after down" is compared with a host the node never touched.
     Node::down()?;
@@ -119,7 +129,7 @@ pub fn check() -> Result<()> {
     let started = Instant::now();
     let node = Node::up(&images)?;
     eprintln!("node up: {:.1} s", started.elapsed().as_secs_f64());
-    let checked = pod_resolves_cluster_names(&node);
+    let checked = pod_resolves_cluster_names(&node).and_then(|()| crate::e2e::run(&node, &[]));
     let started = Instant::now();
     Node::down()?;
     eprintln!("node down: {:.1} s", started.elapsed().as_secs_f64());

@@ -51,8 +51,14 @@ const APISERVER_PORT: u16 = 16443;
 const ETCD_CLIENT_PORT: u16 = 12379;
 const ETCD_PEER_PORT: u16 = 12380;
 /// How often the kubelet syncs each pod, which is how soon a ConfigMap volume follows its
-/// ConfigMap (the default, 1m, makes that ~75 s).
+/// ConfigMap (the default, 1m, makes that ~75 s). `COSTMAP_NODE_SYNC_FREQUENCY` (a Go
+/// duration such as `1m`) overrides it, to measure the agent at a cluster's default.
 const SYNC_FREQUENCY: &str = "1s";
+const SYNC_FREQUENCY_ENV: &str = "COSTMAP_NODE_SYNC_FREQUENCY";
+
+fn sync_frequency() -> String {
+    std::env::var(SYNC_FREQUENCY_ENV).unwrap_or_else(|_| SYNC_FREQUENCY.to_owned())
+}
 
 /// Debian packages the node needs, with a command each provides (to see if it is there).
 const PACKAGES: [(&str, &str); 7] = [
@@ -274,6 +280,32 @@ impl Node {
             "kubectl apply",
             Some(manifests),
         )
+    }
+
+    /// Imports docker archives into the node's containerd (an image of the same name is
+    /// replaced).
+    pub fn import_images(&self, archives: &[PathBuf]) -> Result<()> {
+        images::import(&self.layout().containerd_socket(), archives)
+    }
+
+    fn layout(&self) -> Layout {
+        Layout {
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Gives an imported image a second name, as a registry holding a new tag of the same
+    /// image would (the node pulls nothing).
+    pub fn tag_image(&self, from: &str, to: &str) -> Result<()> {
+        let socket = self.layout().containerd_socket();
+        run_capture(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(socket)
+                .args(["-n", "k8s.io", "images", "tag", "--force", from, to]),
+            &format!("ctr images tag {from} {to}"),
+        )
+        .map(drop)
     }
 
     /// A kubectl [`Command`] with `--kubeconfig` set.
@@ -567,7 +599,7 @@ fn start_node(
     let kubelet_config = layout.dir.join("kubelet.yaml");
     std::fs::write(
         &kubelet_config,
-        config::kubelet(&layout.containerd_socket(), SYNC_FREQUENCY),
+        config::kubelet(&layout.containerd_socket(), &sync_frequency()),
     )?;
     let mut kubelet = Command::new(bins.bin.join("kubelet"));
     kubelet
