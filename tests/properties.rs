@@ -174,12 +174,15 @@ proptest! {
         let (open, close) = if object { ("{\"k\":", "}") } else { ("[", "]") };
         let body = format!("{{\"m\": {}0{}}}", open.repeat(depth), close.repeat(depth));
         let parsed = ModelMap::parse(body.as_bytes());
-        // serde_json's recursion limit is 128 levels: beyond it, an error.
+        // serde_json's recursion limit is 128 levels: beyond it, an error that says so.
+        // Shallower bodies may still be refused, by a structure rule ("m" is no model entry
+        // when it is an array or a number), never for their depth.
+        let too_deep = matches!(&parsed, Err(err) if err.to_string().contains("recursion limit"));
         if depth < 100 {
-            prop_assert!(parsed.is_ok(), "depth {depth}: {parsed:?}");
+            prop_assert!(!too_deep, "depth {depth}: {parsed:?}");
         }
         if depth > 200 {
-            prop_assert!(parsed.is_err(), "depth {depth}");
+            prop_assert!(too_deep, "depth {depth}: {parsed:?}");
         }
         assert_linear(body.as_bytes());
     }
