@@ -730,6 +730,10 @@ async fn secret_headers_are_sent_and_never_shown() {
         .finish();
     // `#[tokio::test]` runs everything on this thread, server included.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // A callsite first reached by a test on another thread, with no subscriber there, can
+    // stay cached as uninteresting; this test then missed its own "retrying" line (seen once
+    // in CI). Ask every callsite again, now that this thread has a subscriber.
+    tracing::callsite::rebuild_interest_cache();
 
     let server = serve(Router::new().route(
         "/map.json",
