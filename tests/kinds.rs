@@ -20,6 +20,7 @@
 //! | 10 | spec changed, same source | the source is asked again at once (not an answer from within the interval); the same map, Synced for the new generation (here validation.minModels changed) |
 //! | 10b| spec names a new source  | the new source is not sent the old one's ETag: a validator of the old spec means nothing there |
 //! | 10c| the new source fails     | Ready=False FetchFailed for the new generation; every ConfigMap keeps the last good map as written (its annotations still name the source it came from) |
+//! | 11 | GitOps health            | kstatus (cli-utils v0.37.2) and the Argo CD Lua check of examples/gitops/argocd: synced Current/Healthy; a requested sync in flight (Reconciling=True) and a spec not yet observed InProgress/Progressing; a transient fetch failure InProgress/Progressing (no Stalled); a guard refusal Failed/Degraded (Stalled=True) |
 //!
 //! Where the kinds differ by design (tested here only for scenario 6; the rest is in
 //! tests/cluster.rs or in the schema):
@@ -651,3 +652,147 @@ async fn a_failing_new_source_writes_nothing(kind: Kind) {
 }
 
 for_both_kinds!(a_failing_new_source_writes_nothing);
+
+// 11. What GitOps tools show in each state: kstatus, with the library Flux and Config Sync
+// use, and the Argo CD health check we ship, run by the Lua runtime Argo CD embeds.
+
+async fn gitops_tools_read_each_state(kind: Kind) {
+    let a = map_a();
+    let (s, source) = synced(kind, "gitops-health", &a).await;
+    assert_health(&s, kind, ("Current", "Healthy"), "synced").await;
+
+    // A requested sync in flight: the source takes its time.
+    source.set(Answer::Delayed(
+        std::time::Duration::from_secs(8),
+        Box::new(Answer::Map(a.clone())),
+    ));
+    s.request_sync("slow").await;
+    s.wait_status("Reconciling=True", |status| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Reconciling" && c.status == "True")
+    })
+    .await;
+    assert_health(
+        &s,
+        kind,
+        ("InProgress", "Progressing"),
+        "a requested sync in flight",
+    )
+    .await;
+    // A new spec while that sync runs: not observed until the sync after it.
+    let generation = s.patch_spec(json!({"validation": {"minModels": 60}})).await;
+    assert_health(
+        &s,
+        kind,
+        ("InProgress", "Progressing"),
+        "a new generation not yet observed",
+    )
+    .await;
+    let status = s
+        .wait_status("the new generation synced", |status| {
+            status.observed_generation == generation
+                && ready(status).is_some_and(|c| c.status == "True")
+                && status.conditions.iter().all(|c| c.type_ != "Reconciling")
+        })
+        .await;
+    assert_ready(&status, ("True", Reason::Synced), "after the slow sync");
+    assert_health(&s, kind, ("Current", "Healthy"), "synced again").await;
+
+    // A transient failure, the last good map still served: in progress, not failed.
+    source.set(Answer::Status(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        Bytes::from_static(b"down"),
+    ));
+    let status = s.sync_now("down").await;
+    assert_ready(
+        &status,
+        ("False", Reason::FetchFailed),
+        "a transient failure",
+    );
+    assert_health(
+        &s,
+        kind,
+        ("InProgress", "Progressing"),
+        "a transient failure",
+    )
+    .await;
+
+    // A guard refusal: only a person can fix it.
+    source.set(Answer::Map(times_a_million(&a)));
+    let status = s.sync_now("refused").await;
+    assert_ready(&status, ("False", Reason::PriceGuard), "a guard refusal");
+    assert_health(&s, kind, ("Failed", "Degraded"), "a guard refusal").await;
+
+    // Suspended: Argo CD says so; kstatus has no such state and keeps the refusal's Failed.
+    let generation = s.patch_spec(json!({"suspend": true})).await;
+    s.wait_status("suspended", |status| {
+        status.observed_generation == generation
+    })
+    .await;
+    assert_health(
+        &s,
+        kind,
+        ("Failed", "Suspended"),
+        "suspended after a refusal",
+    )
+    .await;
+}
+
+for_both_kinds!(gitops_tools_read_each_state);
+
+/// Asserts what kstatus and the Argo CD check say of the object now.
+async fn assert_health(s: &Subject, kind: Kind, expected: (&str, &str), when: &str) {
+    let (kstatus, argocd) = health(s, kind).await;
+    assert_eq!((kstatus.as_str(), argocd.as_str()), expected, "{when}");
+}
+
+/// What kstatus and the shipped Argo CD health check say of the object as it is now.
+async fn health(s: &Subject, kind: Kind) -> (String, String) {
+    let object = serde_json::to_string(&s.get().await).unwrap();
+    let snippet: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            testenv::workspace_root().join("examples/gitops/argocd/argocd-cm-health.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let key = format!(
+        "resource.customizations.health.costmap.dev_{}",
+        kind.as_str()
+    );
+    let lua = snippet["data"][key.as_str()]
+        .as_str()
+        .unwrap_or_else(|| panic!("argocd-cm-health.yaml has no {key}"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("health.lua"), lua).unwrap();
+    let binary = testenv::ensure_health().unwrap().join("costmap-health");
+    let mut child = std::process::Command::new(binary)
+        .arg("--lua")
+        .arg(dir.path().join("health.lua"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(object.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "costmap-health failed");
+    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let text = |field: &str| line[field].as_str().unwrap_or_default().to_owned();
+    eprintln!(
+        "{}: kstatus {} ({}), Argo CD {} ({})",
+        kind.as_str(),
+        text("kstatus"),
+        text("kstatusMessage"),
+        text("argocd"),
+        text("argocdMessage")
+    );
+    (text("kstatus"), text("argocd"))
+}

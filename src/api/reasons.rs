@@ -18,6 +18,9 @@ pub enum ConditionType {
     /// kstatus: True when only a person can fix what is wrong (an invalid spec, a guard
     /// refusal, a rejected digest, a ConfigMap owned by another); absent otherwise.
     Stalled,
+    /// kstatus: True while a sync someone waits for is in flight (the first one, one for a
+    /// new spec, one asked for with the sync-request annotation); absent otherwise.
+    Reconciling,
 }
 
 /// Why `Ready` is what it is.
@@ -161,6 +164,7 @@ impl ConditionType {
             ConditionType::ConsumersCurrent => "ConsumersCurrent",
             ConditionType::ModelsPriced => "ModelsPriced",
             ConditionType::Stalled => "Stalled",
+            ConditionType::Reconciling => "Reconciling",
         }
     }
 }

@@ -277,6 +277,7 @@ pub(super) fn adopted(
     let mut status = previous.clone();
     let message = synced_message(Some(&pending), "written before the operator restarted");
     conditions::remove_condition(&mut status.conditions, ConditionType::Stalled);
+    conditions::remove_condition(&mut status.conditions, ConditionType::Reconciling);
     conditions::set_condition(
         &mut status.conditions,
         conditions::ready(true, Reason::Synced, message, generation, now),
@@ -311,13 +312,48 @@ pub(super) fn suspended(
         &mut status.conditions,
         conditions::ready(ready, Reason::Suspended, message, generation, now),
     );
+    conditions::remove_condition(&mut status.conditions, ConditionType::Reconciling);
     status.observed_generation = generation;
     status.next_sync_time = None;
     status
 }
 
+/// kstatus' Reconciling, written before a sync someone waits for starts: the first sync, a
+/// sync for a new spec, a requested sync (`kubectl wait`, a GitOps health check). Periodic
+/// syncs say nothing: nobody waits for them, and the write would double the status writes
+/// of a large install. Ready and observedGeneration stay as they were until the sync's
+/// outcome, which removes Reconciling; if the operator stops meanwhile, the sync is still owed
+/// (the generation is not observed, or the request not handled) and its outcome removes it.
+pub(super) fn reconciling(
+    previous: Option<&ModelCostMapSyncStatus>,
+    cause: schedule::SyncCause,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<ModelCostMapSyncStatus> {
+    let what = match cause {
+        schedule::SyncCause::FirstSync => "the first sync",
+        schedule::SyncCause::SpecChanged => "a sync of the new spec",
+        schedule::SyncCause::Requested => "the requested sync",
+        _ => return None,
+    };
+    let mut status = previous.cloned().unwrap_or_default();
+    let generation_text = generation.map_or_else(String::new, |g| format!(" (generation {g})"));
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            ConditionType::Reconciling,
+            true,
+            &format!("{cause:?}"),
+            format!("{what}{generation_text} is in progress"),
+            generation,
+            now,
+        ),
+    );
+    Some(status)
+}
+
 /// Sets Ready, and kstatus' Stalled beside it: present, True, while only a person can fix
-/// the failure ([`Reason::stalls`]), absent otherwise.
+/// the failure ([`Reason::stalls`]), absent otherwise. Reconciling ends with it.
 fn set_ready(
     status: &mut ModelCostMapSyncStatus,
     ready: bool,
@@ -340,6 +376,7 @@ fn set_ready(
         &mut status.conditions,
         conditions::ready(ready, reason, message, generation, now),
     );
+    conditions::remove_condition(&mut status.conditions, ConditionType::Reconciling);
     match stalled {
         Some(stalled) => conditions::set_condition(&mut status.conditions, stalled),
         None => conditions::remove_condition(&mut status.conditions, ConditionType::Stalled),

@@ -27,6 +27,8 @@ const GO_COMMANDS: [&str; 4] = ["etcd", "kube-apiserver", "kubectl", "sakey"];
 struct BinarySet {
     /// Shown while building and in errors.
     label: &'static str,
+    /// The Go module that pins them, relative to the workspace root.
+    module: &'static str,
     binaries: &'static [&'static str],
     stamp_file: &'static str,
     settings: fn() -> String,
@@ -37,6 +39,7 @@ struct BinarySet {
 /// by [`crate::ControlPlane`]).
 const CLUSTER: BinarySet = BinarySet {
     label: "etcd, kube-apiserver, kubectl",
+    module: "controlplane",
     binaries: &GO_COMMANDS,
     stamp_file: ".stamp",
     settings: cluster_settings,
@@ -46,10 +49,22 @@ const CLUSTER: BinarySet = BinarySet {
 /// What only the tests run: helm (the chart) and promtool (the alert rules).
 const TOOLS: BinarySet = BinarySet {
     label: "helm, promtool",
+    module: "controlplane",
     binaries: &["helm", "promtool"],
     stamp_file: ".tools-stamp",
     settings: tools_settings,
     build: build_tools,
+};
+
+/// What GitOps tools show for an object: `costmap-health` (kstatus and Argo CD's Lua
+/// runtime, pinned by health/go.mod).
+const HEALTH: BinarySet = BinarySet {
+    label: "costmap-health",
+    module: "health",
+    binaries: &["costmap-health"],
+    stamp_file: ".health-stamp",
+    settings: health_settings,
+    build: build_health,
 };
 
 /// Builds etcd, kube-apiserver, kubectl and `sakey` into `target/controlplane/bin` and returns
@@ -69,8 +84,14 @@ pub fn ensure_tools() -> Result<PathBuf> {
     ensure(&TOOLS)
 }
 
+/// Builds `costmap-health` into the same directory as [`ensure_binaries`], the same way: it
+/// prints, per object, kstatus' verdict and an Argo CD Lua health check's (tests only).
+pub fn ensure_health() -> Result<PathBuf> {
+    ensure(&HEALTH)
+}
+
 fn ensure(set: &BinarySet) -> Result<PathBuf> {
-    let source_dir = crate::workspace_root().join("controlplane");
+    let source_dir = crate::workspace_root().join(set.module);
     let bin_dir = bin_dir();
     let stamp = stamp(&source_dir, &(set.settings)())?;
     if is_fresh(&bin_dir, set, &stamp) {
@@ -167,6 +188,11 @@ fn tools_settings() -> String {
     )
 }
 
+fn health_settings() -> String {
+    "env GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off\nbuild -trimpath -ldflags=-s -w -o costmap-health .\n"
+        .to_owned()
+}
+
 pub(crate) fn kubernetes_ldflags() -> String {
     // Without these, /version reports v0.0.0-master and version-checking clients such as helm
     // misbehave.
@@ -223,6 +249,15 @@ fn build_cluster(source_dir: &Path, bin_dir: &Path, log: &Path) -> Result<()> {
         .arg(out_dir)
         .args(GO_COMMANDS.map(|c| format!("./cmd/{c}")));
     run_logged(kubernetes, log, "etcd, kube-apiserver, kubectl, sakey")
+}
+
+fn build_health(source_dir: &Path, bin_dir: &Path, log: &Path) -> Result<()> {
+    let mut health = go_command(source_dir);
+    health
+        .args(["build", "-trimpath", "-ldflags=-s -w", "-o"])
+        .arg(bin_dir.join("costmap-health"))
+        .arg(".");
+    run_logged(health, log, "costmap-health")
 }
 
 fn build_tools(source_dir: &Path, bin_dir: &Path, log: &Path) -> Result<()> {

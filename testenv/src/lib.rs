@@ -25,7 +25,7 @@ mod process;
 
 use std::path::PathBuf;
 
-pub use binaries::{ensure_binaries, ensure_tools};
+pub use binaries::{ensure_binaries, ensure_health, ensure_tools};
 pub use controlplane::{ControlPlane, Server};
 pub use litellm::{
     LITELLM_LIB_VENV, LITELLM_OLDER_PROXY_VENV, LITELLM_PROXY_VENV, litellm_map, litellm_venv,

@@ -136,6 +136,16 @@ impl<'a, D: Destination> Reconciler<'a, D> {
             Decision::Sync(cause) => {
                 info!(?cause, "syncing");
                 let started = Instant::now();
+                if let Some(reconciling) = status::reconciling(
+                    self.status.as_ref(),
+                    cause,
+                    self.object.generation,
+                    self.now,
+                ) {
+                    self.write_status(reconciling.clone()).await?;
+                    // The writes of this sync (the pending map) keep saying it.
+                    self.status = Some(reconciling);
+                }
                 self.record_override_inputs(&overrides);
                 let outcome = self
                     .attempt(cause, overrides.overrides, last_good.as_ref())

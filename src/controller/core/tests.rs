@@ -327,9 +327,24 @@ async fn a_first_sync_records_the_map_as_pending_then_writes_it() {
     assert_eq!(source.asked(), [None], "one unconditional GET");
     let record = place.lock();
     assert_eq!(record.writes, [sha256_digest(&map)]);
-    let [pending, last] = record.statuses.as_slice() else {
-        panic!("two status writes: {:?}", record.statuses.len());
+    let [reconciling, pending, last] = record.statuses.as_slice() else {
+        panic!("three status writes: {:?}", record.statuses.len());
     };
+    let says_reconciling = |status: &ModelCostMapSyncStatus| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Reconciling" && c.status == "True" && c.reason == "FirstSync")
+    };
+    assert!(
+        says_reconciling(reconciling),
+        "Reconciling before the fetch"
+    );
+    assert!(says_reconciling(pending), "and while the map is written");
+    assert!(
+        !last.conditions.iter().any(|c| c.type_ == "Reconciling"),
+        "not after it"
+    );
     assert_eq!(
         pending.pending_artifact.as_ref().map(|a| &a.digest),
         Some(&sha256_digest(&map)),
