@@ -83,6 +83,7 @@ fn clippy() -> Result<()> {
 
 fn control_plane() -> Result<()> {
     testenv::ensure_binaries()?;
+    testenv::ensure_health()?;
     let bin_dir = testenv::ensure_tools()?;
     eprintln!("binaries in {}", bin_dir.display());
     Ok(())
