@@ -1,5 +1,8 @@
 //! What a new map changes against the last good one: the models added (day-0 launches),
-//! removed, and changed.
+//! removed, changed and repriced.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::api::{LastChange, PriceChange};
 use crate::sync::validate::guards::{PriceMove, PriceReport};
@@ -27,6 +30,47 @@ pub struct MapChange {
     pub unpriced: usize,
     /// The largest price moves (at most [`LISTED_MOVES`]), largest first.
     pub price_moves: Vec<PriceMove>,
+    /// Every price of the repriced models, by model: what the proxies' deployments are
+    /// judged against. Shared: one prepared map's change goes to every object with it.
+    pub repricing: Arc<Repricing>,
+}
+
+/// The prices of the last good map that a new map changed or dropped, by model: the
+/// *repriced* models of the guards (a new cost key is no repricing), with every move of
+/// theirs. Kept whole, not only the largest moves: a proxy may route any of them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Repricing {
+    by_model: BTreeMap<String, Vec<PriceMove>>,
+}
+
+impl Repricing {
+    /// The moves of `moves` away from a price the last good map had, by model, in the
+    /// order given (the report's: the largest first).
+    pub fn of(moves: &[PriceMove]) -> Repricing {
+        let mut by_model: BTreeMap<String, Vec<PriceMove>> = BTreeMap::new();
+        for moved in moves.iter().filter(|moved| moved.from.is_some()) {
+            by_model
+                .entry(moved.model.clone())
+                .or_default()
+                .push(moved.clone());
+        }
+        Repricing { by_model }
+    }
+
+    /// The prices of the map entry `model` that moved; empty when none did.
+    pub fn moves(&self, model: &str) -> &[PriceMove] {
+        self.by_model.get(model).map_or(&[], Vec::as_slice)
+    }
+
+    /// How many models were repriced.
+    pub fn len(&self) -> usize {
+        self.by_model.len()
+    }
+
+    /// Whether no model was repriced.
+    pub fn is_empty(&self) -> bool {
+        self.by_model.is_empty()
+    }
 }
 
 /// Compares two maps model by model. Entries are compared as parsed JSON (by fingerprint),
@@ -55,6 +99,7 @@ impl MapChange {
         self.repriced = report.repriced.len();
         self.unpriced = report.unpriced.len();
         self.price_moves = report.moves.iter().take(LISTED_MOVES).cloned().collect();
+        self.repricing = Arc::new(Repricing::of(&report.moves));
         self
     }
 
@@ -184,6 +229,42 @@ mod tests {
         assert_eq!(
             change.summary(3),
             "30 added, 0 removed, 0 changed; new: m00, m01, m02 and 27 more"
+        );
+    }
+    #[test]
+    fn the_repricing_holds_every_move_of_the_repriced_models_and_no_new_cost_key() {
+        use crate::sync::validate::guards::price_report;
+        let old = map(json!({
+            "gpt": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6},
+            "claude": {"input_cost_per_token": 3e-6},
+            "steady": {"input_cost_per_token": 5e-6},
+        }));
+        let new = map(json!({
+            "gpt": {"input_cost_per_token": 1e-3, "output_cost_per_token": 2e-6},
+            "claude": {"input_cost_per_token": 3e-6, "cache_read_input_token_cost": 1e-7},
+            "steady": {},
+        }));
+        let report = price_report(&new, Some(&old));
+        let change = diff(&old, &new).with_prices(&report);
+        let repricing = &change.repricing;
+        // Exactly the guards' repriced models: a new cost key (claude's) reprices nothing.
+        assert_eq!(repricing.len(), report.repriced.len());
+        assert!(repricing.moves("claude").is_empty());
+        let gpt = repricing.moves("gpt");
+        assert_eq!(gpt.len(), 1);
+        assert_eq!(
+            (gpt[0].field.as_str(), gpt[0].from, gpt[0].to),
+            ("input_cost_per_token", Some(1e-6), Some(1e-3))
+        );
+        let steady = repricing.moves("steady");
+        assert_eq!(
+            (steady[0].from, steady[0].to),
+            (Some(5e-6), None),
+            "a gone price"
+        );
+        assert!(
+            diff(&old, &new).repricing.is_empty(),
+            "no prices, no repricing"
         );
     }
 }

@@ -29,7 +29,9 @@ pub struct ModelSummary {
 }
 
 impl ModelSummary {
-    fn of(entry: &Value) -> ModelSummary {
+    /// The summary of one entry: a map's, or a deployment's `model_info` as a proxy
+    /// reports it (the same cost paths, so the two compare field by field).
+    pub fn of(entry: &Value) -> ModelSummary {
         let mut costs = Vec::new();
         visit_costs(entry, &mut |path, value| {
             if let Some(number) = value.as_f64() {
