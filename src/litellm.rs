@@ -370,6 +370,14 @@ impl Deployment {
         )
     }
 
+    /// The map entry LiteLLM prices it by (`model_info.key`, which `get_model_info` always
+    /// sets when the loaded map has an entry for it).
+    pub fn map_key(&self) -> Option<&str> {
+        self.model_info
+            .get("key")
+            .and_then(serde_json::Value::as_str)
+    }
+
     /// Whether nothing prices it: every request to it is billed at $0.
     pub fn is_unpriced(&self) -> bool {
         COST_FIELDS

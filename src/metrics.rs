@@ -132,6 +132,8 @@ pub struct Metrics {
     pub consumers: Family<ConsumerLabels, Gauge>,
     /// Deployments of each map's proxies that nothing prices.
     pub unpriced_deployments: Family<MapLabels, Gauge>,
+    /// Deployments of each map's proxies whose price the last map change moved.
+    pub repriced_deployments: Family<MapLabels, Gauge>,
     /// Each ModelCostMapSync's spec.interval, so alerts can say "for two intervals".
     pub sync_interval: Family<MapLabels, Gauge>,
     /// Map endpoint requests by status code.
@@ -199,6 +201,13 @@ impl Default for Metrics {
              they loaded does not price them and their own model_info sets no price",
             unpriced_deployments.clone(),
         );
+        let repriced_deployments = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "repriced_deployments",
+            "Deployments (model name and map entry) of a ModelCostMapSync's proxies whose \
+             price the last map change moved",
+            repriced_deployments.clone(),
+        );
         let sync_interval = Family::<MapLabels, Gauge>::default();
         registry.register_with_unit(
             "sync_interval",
@@ -241,6 +250,7 @@ impl Default for Metrics {
             last_success,
             consumers,
             unpriced_deployments,
+            repriced_deployments,
             sync_interval,
             map_requests,
             map_bytes,
@@ -293,6 +303,14 @@ impl Metrics {
             .set(deployments);
     }
 
+    /// How many deployments of `map`'s proxies the last map change repriced.
+    pub fn record_repriced(&self, map: &MapLabels, deployments: i64) {
+        self.know(map);
+        self.repriced_deployments
+            .get_or_create(map)
+            .set(deployments);
+    }
+
     /// `map`'s sync interval.
     pub fn record_interval(&self, map: &MapLabels, interval: std::time::Duration) {
         self.know(map);
@@ -313,6 +331,7 @@ impl Metrics {
             self.models.remove(map);
             self.last_success.remove(map);
             self.unpriced_deployments.remove(map);
+            self.repriced_deployments.remove(map);
             self.sync_interval.remove(map);
             for state in ConsumerState::ALL {
                 self.consumers.remove(&ConsumerLabels {
@@ -373,6 +392,7 @@ mod tests {
         metrics.record_interval(&map, std::time::Duration::from_secs(3600));
         metrics.record_consumers(&map, &[("Current", 1), ("Stale", 1)]);
         metrics.record_unpriced(&map, 1);
+        metrics.record_repriced(&map, 3);
         metrics.count_guard_refusal("price");
         let text = metrics.encode();
         for series in [
@@ -380,6 +400,7 @@ mod tests {
             "costmap_sync_interval_seconds{namespace=\"llm\",name=\"litellm\"} 3600",
             "costmap_consumers{namespace=\"llm\",name=\"litellm\",state=\"Stale\"} 1",
             "costmap_unpriced_deployments{namespace=\"llm\",name=\"litellm\"} 1",
+            "costmap_repriced_deployments{namespace=\"llm\",name=\"litellm\"} 3",
             "costmap_guard_refusals_total{guard=\"price\"} 1",
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
@@ -438,6 +459,8 @@ mod tests {
         for map in [&kept, &gone] {
             metrics.record_map(map, 10, 1);
             metrics.record_consumers(map, &[("Current", 1), ("Stale", 0), ("Unreachable", 0)]);
+            metrics.record_unpriced(map, 1);
+            metrics.record_repriced(map, 2);
         }
         let cluster = MapLabels {
             namespace: String::new(),

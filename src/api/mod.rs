@@ -23,8 +23,8 @@ pub use reasons::{
     ConditionType, ConsumersReason, EventReason, NamespaceReason, PricedReason, Reason,
 };
 pub use status::{
-    Artifact, ConsumerState, ConsumerStatus, HistoryEntry, LastChange, ModelCostMapSyncStatus,
-    OverridesStatus, PriceChange, SourceMap,
+    Artifact, ConsumerState, ConsumerStatus, CostChange, HistoryEntry, LastChange,
+    ModelCostMapSyncStatus, OverridesStatus, PriceChange, RepricedModel, SourceMap,
 };
 
 use kube::{CustomResource, KubeSchema};

@@ -171,6 +171,46 @@ pub struct ConsumerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 20))]
     pub unpriced_models: Option<Vec<String>>,
+    /// RepricedModels are the proxy's deployments whose price the last map change moved
+    /// (a cost number of the map entry that prices them changed or is gone), with the old
+    /// and new prices; sorted by modelName, at most 20. A deployment whose own model_info
+    /// sets the price that moved is judged by the price the proxy reports, so it is not
+    /// listed for it; a model no deployment routes never is. A proxy that has not loaded
+    /// the new map yet is judged by the prices it reports from the map before. The list
+    /// describes the last map change and is kept until the next change replaces it (empty
+    /// when that change moves no price these deployments use). Absent when the proxy did
+    /// not answer GET /model/info, serves neither of the two maps, or the change is not
+    /// known: after a first sync, or where an operator restarted before judging it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20))]
+    pub repriced_models: Option<Vec<RepricedModel>>,
+}
+
+/// A proxy's deployment that a map change repriced.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepricedModel {
+    /// ModelName is the deployment's model_name (what clients ask for).
+    pub model_name: String,
+    /// Key is the map entry that prices it (LiteLLM's model_info.key).
+    pub key: String,
+    /// Changes are the prices of that entry that moved for this deployment, the largest
+    /// moves first (a price gone, or moved to or from 0, counts as the largest); at most 5.
+    #[schemars(length(max = 5))]
+    pub changes: Vec<CostChange>,
+}
+
+/// One price of a map entry, before and after a map change.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CostChange {
+    /// Field is the cost field, a.b[2].c for nested ones.
+    pub field: String,
+    /// From is the price in the map before.
+    pub from: f64,
+    /// To is the price in the new map; absent when the field is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<f64>,
 }
 
 /// Whether a proxy serves the current map.

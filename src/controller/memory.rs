@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::config_maps::WrittenTarget;
 use crate::api::ModelCostMapSyncStatus;
+use crate::sync::diff::Repricing;
 use crate::sync::store::HeldMap;
 
 /// How many superseded versions are remembered: a sync writes status at most three times.
@@ -52,6 +53,21 @@ pub(super) struct Memory {
     /// The namespaces a cluster object selected at its last reconcile: one that loses the
     /// labels concerns it too.
     pub(super) selected: BTreeSet<String>,
+    /// What the last map change repriced, to judge the proxies' deployments by until the
+    /// next change. Lost on a restart: status keeps the lists judged so far.
+    pub(super) repricing: Option<LastRepricing>,
+}
+
+/// A map change's moved prices, between the maps proxies report by git blob id.
+#[derive(Clone, Debug)]
+pub(super) struct LastRepricing {
+    /// The map before the change, when known: a proxy that still serves it is judged by
+    /// its prices (what it bills until it loads the new map).
+    pub(super) before: Option<String>,
+    /// The map it changed to.
+    pub(super) after: String,
+    /// The prices that moved.
+    pub(super) prices: Arc<Repricing>,
 }
 
 /// A status this operator wrote, the resourceVersion the write produced, and the versions

@@ -4,6 +4,7 @@
 
 mod proxies;
 mod reach;
+mod repriced;
 mod state;
 mod workloads;
 
@@ -14,6 +15,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
+pub(super) use repriced::event_text as repriced_event_text;
 pub(super) use state::Mode;
 
 use super::conditions;
@@ -141,6 +143,22 @@ impl<'a> Consumers<'a> {
             .iter()
             .flat_map(|check| check.prices.clone())
             .collect();
+        let last = self
+            .context
+            .memory
+            .read(&self.object.key, |m| m.repricing.clone())
+            .flatten()
+            .filter(|last| last.after == expected);
+        for check in &mut checks {
+            let before = previous.iter().find(|row| row.url == check.row.url);
+            check.row.repriced_models = repriced::row_list(
+                &check.row,
+                check.deployments.as_deref(),
+                last.as_ref(),
+                &expected,
+                before,
+            );
+        }
         status.consumers = checks.into_iter().map(|check| check.row).collect();
         let per_state = ConsumerState::ALL.map(|state| {
             let count = status.consumers.iter().filter(|r| r.state == state).count();
@@ -181,8 +199,8 @@ impl<'a> Consumers<'a> {
         })
     }
 
-    /// ModelsPriced, the unpriced-deployments metric, and an Event when the set of unpriced
-    /// models grows (Warning) or a model in it becomes priced (Normal).
+    /// ModelsPriced, the unpriced- and repriced-deployments metrics, and an Event when the
+    /// set of unpriced models grows (Warning) or a model in it becomes priced (Normal).
     async fn report_pricing(
         &self,
         status: &mut ModelCostMapSyncStatus,
@@ -198,6 +216,11 @@ impl<'a> Consumers<'a> {
         self.context
             .metrics
             .record_unpriced(&self.object.labels(), count);
+        let repriced = repriced::repriced_over(&status.consumers).len();
+        self.context.metrics.record_repriced(
+            &self.object.labels(),
+            i64::try_from(repriced).unwrap_or(i64::MAX),
+        );
         let (grown, priced_now) = state::pricing_changes(previous, &status.consumers);
         if !grown.is_empty() {
             warn!(models = %grown.join(", "), "proxies route models nothing prices");

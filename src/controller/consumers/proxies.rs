@@ -15,7 +15,7 @@ use super::state::{self, Checked, Mode};
 use super::{Consumers, SERVICE_NAME_LABEL};
 use crate::api::{ConsumerStatus, LitellmProxy, SecretKeySelector};
 use crate::apiserver::api_error_message;
-use crate::litellm::{AdminKey, RELOAD_PATH, ReloadOutcome, endpoint};
+use crate::litellm::{AdminKey, Deployment, RELOAD_PATH, ReloadOutcome, endpoint};
 use crate::sync::SecretError;
 
 /// What checking one proxy found.
@@ -25,6 +25,9 @@ pub(super) struct ProxyCheck {
     pub(super) self_reload: Option<Duration>,
     /// Input and output price per token of each of its deployments.
     pub(super) prices: BTreeMap<String, (Option<f64>, Option<f64>)>,
+    /// Its deployments, when it listed them: judged for repricing once every proxy is
+    /// checked.
+    pub(super) deployments: Option<Vec<Deployment>>,
 }
 
 impl ProxyCheck {
@@ -33,12 +36,13 @@ impl ProxyCheck {
             row,
             self_reload: None,
             prices: BTreeMap::new(),
+            deployments: None,
         }
     }
 
     /// Records which deployments nothing prices (at most [`state::MAX_UNPRICED_MODELS`]
     /// names) and what the others cost.
-    pub(super) fn priced_by(&mut self, deployments: &[crate::litellm::Deployment]) {
+    pub(super) fn priced_by(&mut self, deployments: Vec<Deployment>) {
         let unpriced: BTreeSet<&str> = deployments
             .iter()
             .filter(|d| d.is_unpriced())
@@ -55,6 +59,7 @@ impl ProxyCheck {
             .iter()
             .map(|d| (d.model_name.clone(), d.token_prices()))
             .collect();
+        self.deployments = Some(deployments);
     }
 }
 
@@ -243,7 +248,7 @@ impl Consumers<'_> {
         }
         if answered {
             match proxies.deployments(url, admin_key).await {
-                Ok(deployments) => check.priced_by(&deployments),
+                Ok(deployments) => check.priced_by(deployments),
                 // ModelsPriced says so when no proxy answers; one that does not is no news.
                 Err(message) => {
                     debug!(url = %target.url, error = %message, "cannot list the proxy's deployments")

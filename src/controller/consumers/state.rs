@@ -110,6 +110,7 @@ pub(crate) fn unasked(url: &str, pod: Option<&str>, now: Timestamp, why: String)
         checked_at: Time(now),
         message: Some(why),
         unpriced_models: None,
+        repriced_models: None,
     }
 }
 

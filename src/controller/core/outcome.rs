@@ -1,16 +1,20 @@
 //! After an attempt: its outcome counted in the metrics and logged, turned into status by
-//! the pure [`status::next_status`], the consumers told, the status written, then the
-//! Events recorded. Returns when to reconcile again.
+//! the pure [`status::next_status`], the consumers told (and judged for what the new map
+//! repriced), the status written, then the Events recorded. Returns when to reconcile
+//! again.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
 use tracing::{info, warn};
 
 use super::{Destination, Reconciler};
+use crate::api::EventReason;
 use crate::apiserver::whole_seconds_now;
 use crate::controller::consumers;
 use crate::controller::context::Error;
+use crate::controller::memory::LastRepricing;
 use crate::controller::status::{self, Attempt, Outcome};
 use crate::metrics::SyncResult;
 use crate::sync::SyncError;
@@ -66,11 +70,12 @@ impl<D: Destination> Reconciler<'_, D> {
         if let Some(interval) = interval {
             metrics.record_interval(&labels, interval);
         }
+        self.remember_repricing(&outcome);
         let mut next = status::next_status(self.status.as_ref(), outcome, &attempt);
         self.context
             .memory
             .update(&self.object.key, |m| m.consecutive_failures = next.failures);
-        let events = std::mem::take(&mut next.events);
+        let mut events = std::mem::take(&mut next.events);
         if let Some(models) = next.published_models() {
             metrics.record_map(&labels, models, self.now.as_second());
         }
@@ -78,6 +83,13 @@ impl<D: Destination> Reconciler<'_, D> {
             Some(consumers) => consumers.reach(&mut next.status, mode).await,
             None => None,
         };
+        // The map's Event says what it changed for the proxies too, once they are judged.
+        if let Some(text) = consumers::repriced_event_text(&next.status.consumers) {
+            events
+                .iter_mut()
+                .filter(|notice| notice.reason == EventReason::MapUpdated)
+                .for_each(|notice| notice.note.push_str(&text));
+        }
         self.write_status(next.status).await?;
         // After the status: it is what readers wait for; the Events tell the story after.
         for notice in events {
@@ -87,5 +99,28 @@ impl<D: Destination> Reconciler<'_, D> {
             Some(wait) => Action::requeue(self.sooner(wait, recheck)),
             None => Action::await_change(),
         })
+    }
+
+    /// After a new map: what it repriced, for the consumers to judge their deployments by
+    /// (now and at each recheck) until the next map. A map compared with nothing (a first
+    /// sync) leaves nothing to judge by. A cluster object has no consumers, so keeps none.
+    fn remember_repricing(&self, outcome: &Outcome) {
+        let Outcome::Updated {
+            artifact, change, ..
+        } = outcome
+        else {
+            return;
+        };
+        if self.consumers().is_none() {
+            return;
+        }
+        let last = change.as_ref().map(|change| LastRepricing {
+            before: self.artifact().map(|before| before.git_blob_id.clone()),
+            after: artifact.git_blob_id.clone(),
+            prices: Arc::clone(&change.repricing),
+        });
+        self.context
+            .memory
+            .update(&self.object.key, |m| m.repricing = last);
     }
 }
