@@ -37,8 +37,9 @@ pub(crate) enum Side {
 
 /// The deployments `prices` reprices, judged by what the proxy reports, which serves the
 /// map of `side`: a moved price counts for a deployment when the proxy reports it as that
-/// map has it. One whose own model_info sets the price reports its own, and the move is
-/// not its. One per model name and map key, sorted, at most [`MAX_REPRICED_MODELS`].
+/// map has it (on the map before, as either map has it). One whose own model_info sets
+/// the price reports its own, and the move is not its. One per model name and map key,
+/// sorted, at most [`MAX_REPRICED_MODELS`].
 pub(crate) fn repriced_deployments(
     deployments: &[Deployment],
     prices: &Repricing,
@@ -59,11 +60,14 @@ pub(crate) fn repriced_deployments(
             .iter()
             .filter_map(|moved| {
                 let from = moved.from?;
-                let served = match side {
-                    Side::Before => Some(from),
-                    Side::After => moved.to,
+                let reported = reported.cost(&moved.field);
+                // A proxy seen on the map before may load the new one between the two
+                // GETs (its module polls): either map's price is the map's, then.
+                let the_maps = match side {
+                    Side::Before => reported == Some(from) || reported == moved.to,
+                    Side::After => reported == moved.to,
                 };
-                (reported.cost(&moved.field) == served).then(|| CostChange {
+                the_maps.then(|| CostChange {
                     field: moved.field.clone(),
                     from,
                     to: moved.to,
@@ -292,11 +296,17 @@ mod tests {
         let found = repriced_deployments(std::slice::from_ref(&before), &repricing(), Side::Before);
         assert_eq!(found[0].changes.len(), 2);
         assert_eq!(found[0].changes[0].to, Some(3e-6), "the new price, ahead");
-        // The same report read as the new map's: nothing matches it.
+        // The same report read as the new map's: nothing matches it (a deployment that
+        // pins the old price in its model_info is not repriced).
         assert_eq!(
             repriced_deployments(&[before], &repricing(), Side::After),
             []
         );
+        // Seen on the map before, but it loaded the new one before listing its
+        // deployments: repriced all the same.
+        let loaded = gpt_4o("gpt-4o", 3e-6);
+        let found = repriced_deployments(&[loaded], &repricing(), Side::Before);
+        assert_eq!(found[0].changes.len(), 2);
     }
 
     #[test]
