@@ -3,8 +3,10 @@
 //! running proxy without a restart, on 1.108.0 and on 1.106.12, from the operator's endpoint
 //! and from the in-pod agent; the operator sees the proxy's day-0 deployment unpriced
 //! (ModelsPriced=False, the metric is 1) and then priced, and the proxy's own cost path
-//! bills the new price. On a LiteLLM it does not know, the module says so once and does
-//! nothing.
+//! bills the new price. The same new map moves gpt-4o's price (routed: listed in
+//! repricedModels, the metric and the MapUpdated Event), gpt-4o-mini's (routed by no
+//! proxy: absent) and the price a deployment sets in its own model_info (absent). On a
+//! LiteLLM it does not know, the module says so once and does nothing.
 
 mod common;
 
@@ -18,7 +20,9 @@ use common::real_proxy::{
     ProxyOptions, RealProxy, create_master_key_secret, module_config, module_dir, venv,
 };
 use common::*;
-use costmap_operator::api::{ConditionType, ConsumerState, DEFAULT_KEY, ModelCostMapSync, Reason};
+use costmap_operator::api::{
+    ConditionType, ConsumerState, CostChange, DEFAULT_KEY, ModelCostMapSync, Reason, RepricedModel,
+};
 use costmap_operator::layout::MAP_URL_KEY;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -27,6 +31,12 @@ use serde_json::json;
 
 /// The module's poll period in these tests.
 const POLL_SECONDS: &str = "2";
+/// gpt-4o's input price in the real map, and in the next map of these tests.
+const GPT_4O_INPUT: (f64, f64) = (2.5e-6, 3e-6);
+/// A deployment of gpt-4o at a negotiated input price, set in its own model_info.
+const NEGOTIATED: &str = "  - model_name: gpt-4o-negotiated\n    \
+    litellm_params: {model: openai/gpt-4o, api_key: sk-fake, mock_response: hi}\n    \
+    model_info: {input_cost_per_token: 2.0e-06}\n";
 
 /// Where the proxy fetches the map from.
 #[derive(Clone, Copy, Debug)]
@@ -227,8 +237,12 @@ fn run_module(venv_of: (&str, &str), script: &str, env: &[(&str, &str)]) -> (Str
 }
 
 async fn metric(operator: &OperatorProcess, ns: &str) -> Option<String> {
+    series(operator, "costmap_unpriced_deployments", ns).await
+}
+
+async fn series(operator: &OperatorProcess, name: &str, ns: &str) -> Option<String> {
     let (_, text) = operator.get("/metrics").await?;
-    let prefix = format!("costmap_unpriced_deployments{{namespace=\"{ns}\",name=\"litellm\"}} ");
+    let prefix = format!("{name}{{namespace=\"{ns}\",name=\"litellm\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
 }
@@ -335,7 +349,7 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
         dir.path(),
         ProxyOptions {
             venv: litellm,
-            config: Some(module_config(dir.path(), true)),
+            config: Some(with_negotiated(module_config(dir.path(), true))),
             env: vec![("COSTMAP_POLL_SECONDS".into(), POLL_SECONDS.into())],
         },
     )
@@ -374,6 +388,7 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
         row.unpriced_models.as_deref(),
         Some(&["day0-model".to_owned()][..])
     );
+    assert_eq!(row.repriced_models, None, "a first sync changed no price");
     let (status, reason, message) = priced_condition(&sync).unwrap();
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -392,7 +407,11 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
     );
 
     // Upstream prices the model; the new map reaches the running proxy through the module.
-    source.set(Answer::Map(with_model(&real, DAY0_MODEL, day0_entry())));
+    // It also moves the price of a model the proxy routes, and of one no proxy routes.
+    let next = with_model(&real, DAY0_MODEL, day0_entry());
+    let next = repriced(&next, "gpt-4o", "input_cost_per_token", GPT_4O_INPUT.1);
+    let next = repriced(&next, "gpt-4o-mini", "output_cost_per_token", 7e-7);
+    source.set(Answer::Map(next));
     request_sync(&client, &ns, "litellm", "day0-priced").await;
     let sync = eventually("the new map published", || async {
         let sync = syncs(&client, &ns).get("litellm").await.ok()?;
@@ -432,6 +451,27 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
         (metric(&operator, &ns).await? == "0").then_some(())
     })
     .await;
+    // gpt-4o is repriced, with both prices; not gpt-4o-mini (no proxy routes it), nor the
+    // deployment whose own model_info sets the price that moved.
+    let row = &sync.status.as_ref().unwrap().consumers[0];
+    assert_eq!(
+        row.repriced_models.as_deref(),
+        Some(
+            &[RepricedModel {
+                model_name: "gpt-4o".into(),
+                key: "gpt-4o".into(),
+                changes: vec![CostChange {
+                    field: "input_cost_per_token".into(),
+                    from: GPT_4O_INPUT.0,
+                    to: Some(GPT_4O_INPUT.1),
+                }],
+            }][..]
+        ),
+    );
+    eventually("the repriced metric says 1", || async {
+        (series(&operator, "costmap_repriced_deployments", &ns).await? == "1").then_some(())
+    })
+    .await;
     let (cost, prompt, completion) = billed(&proxy, "day0-model").await;
     let cost = cost.expect("the proxy prices the model now");
     let expected = prompt as f64 * DAY0_INPUT + completion as f64 * DAY0_OUTPUT;
@@ -464,6 +504,14 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
             && note.contains("day0-model is now priced: 1.25e-6 / 1e-5")),
         "{notes:?}"
     );
+    assert!(
+        notes.iter().any(|(reason, note)| reason == "MapUpdated"
+            && note.ends_with(
+                "; the proxies route 1 repriced deployments: \
+                 gpt-4o input_cost_per_token 2.5e-06 -> 3e-06 (x1.2)"
+            )),
+        "{notes:?}"
+    );
     // The reload call found no database, and the operator told that the module reloads.
     assert!(
         operator
@@ -481,6 +529,25 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
     assert_eq!(loaded.len(), 1, "one line per new map: {loaded:?}");
     assert!(loaded[0].contains(&second.git_blob_id), "{loaded:?}");
     operator.kill();
+}
+
+/// The config at `path` with the [`NEGOTIATED`] deployment added to its model list.
+fn with_negotiated(path: std::path::PathBuf) -> std::path::PathBuf {
+    let config = std::fs::read_to_string(&path).unwrap();
+    let (models, rest) = config.split_once("litellm_settings:").unwrap();
+    std::fs::write(
+        &path,
+        format!("{models}{NEGOTIATED}litellm_settings:{rest}"),
+    )
+    .unwrap();
+    path
+}
+
+/// `map` with one price of `model` set to `price`.
+fn repriced(map: &[u8], model: &str, field: &str, price: f64) -> bytes::Bytes {
+    let mut parsed: serde_json::Value = serde_json::from_slice(map).unwrap();
+    parsed[model][field] = json!(price);
+    bytes::Bytes::from(serde_json::to_vec_pretty(&parsed).unwrap())
 }
 
 /// `url` as the module logs it: the query, which may carry map-url's token, redacted.
