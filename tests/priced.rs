@@ -506,9 +506,9 @@ async fn end_to_end(litellm: (&'static str, &'static str), via: MapVia) {
     );
     assert!(
         notes.iter().any(|(reason, note)| reason == "MapUpdated"
-            && note.ends_with(
-                "; the proxies route 1 repriced deployments: \
-                 gpt-4o input_cost_per_token 2.5e-06 -> 3e-06 (x1.2)"
+            && note.contains(
+                "models; the proxies route 1 repriced deployments: \
+                 gpt-4o input_cost_per_token 2.5e-06 -> 3e-06 (x1.2); 1 added"
             )),
         "{notes:?}"
     );

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
-pub(super) use repriced::event_text as repriced_event_text;
+pub(super) use repriced::add_to_note as add_repriced_to_note;
 pub(super) use state::Mode;
 
 use super::conditions;

@@ -129,9 +129,21 @@ pub(crate) fn repriced_over(rows: &[ConsumerStatus]) -> Vec<&RepricedModel> {
     all
 }
 
-/// What the MapUpdated Event adds about the rows: the first few repriced deployments with
+/// Adds [`event_text`] to a MapUpdated `note` ("ConfigMap x: N models; ..."), right after
+/// the model count: the map-wide lists after it (new models, largest moves) can fill the
+/// Event's 1000 characters, and what the proxies route is what a platform team reads first.
+pub(crate) fn add_to_note(note: &mut String, rows: &[ConsumerStatus]) {
+    let Some(text) = event_text(rows) else {
+        return;
+    };
+    // A ConfigMap's name has no "; ".
+    let at = note.find("; ").unwrap_or(note.len());
+    note.insert_str(at, &text);
+}
+
+/// What the MapUpdated Event says about the rows: the first few repriced deployments with
 /// their largest move, and how many more; none when nothing routed was repriced.
-pub(crate) fn event_text(rows: &[ConsumerStatus]) -> Option<String> {
+fn event_text(rows: &[ConsumerStatus]) -> Option<String> {
     let all = repriced_over(rows);
     if all.is_empty() {
         return None;
@@ -439,5 +451,31 @@ mod tests {
         );
         assert_eq!(event_text(&[row("new", Some(Vec::new()))]), None);
         assert_eq!(event_text(&[row("new", None)]), None);
+    }
+
+    #[test]
+    fn the_event_says_it_before_the_map_wide_lists() {
+        let rows = [row(
+            "new",
+            Some(vec![RepricedModel {
+                model_name: "gpt-4o".into(),
+                key: "gpt-4o".into(),
+                changes: vec![CostChange {
+                    field: "input_cost_per_token".into(),
+                    from: 2.5e-6,
+                    to: None,
+                }],
+            }]),
+        )];
+        let mut note = "ConfigMap litellm: 61 models; 1 added, 0 removed, 2 changed".to_owned();
+        add_to_note(&mut note, &rows);
+        assert_eq!(
+            note,
+            "ConfigMap litellm: 61 models; the proxies route 1 repriced deployments: \
+             gpt-4o input_cost_per_token 2.5e-06 -> (none) (gone); 1 added, 0 removed, 2 changed"
+        );
+        let mut nothing = "ConfigMap litellm: 61 models; 1 added".to_owned();
+        add_to_note(&mut nothing, &[row("new", Some(Vec::new()))]);
+        assert_eq!(nothing, "ConfigMap litellm: 61 models; 1 added");
     }
 }

@@ -84,11 +84,11 @@ impl<D: Destination> Reconciler<'_, D> {
             None => None,
         };
         // The map's Event says what it changed for the proxies too, once they are judged.
-        if let Some(text) = consumers::repriced_event_text(&next.status.consumers) {
-            events
-                .iter_mut()
-                .filter(|notice| notice.reason == EventReason::MapUpdated)
-                .for_each(|notice| notice.note.push_str(&text));
+        for notice in events
+            .iter_mut()
+            .filter(|notice| notice.reason == EventReason::MapUpdated)
+        {
+            consumers::add_repriced_to_note(&mut notice.note, &next.status.consumers);
         }
         self.write_status(next.status).await?;
         // After the status: it is what readers wait for; the Events tell the story after.
