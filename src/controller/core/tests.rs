@@ -607,3 +607,61 @@ async fn a_cluster_object_reads_nothing_of_a_namespace() {
     assert!(source.asked().is_empty(), "nothing fetched");
     assert!(place.lock().writes.is_empty());
 }
+
+#[tokio::test]
+async fn a_new_map_leaves_what_it_repriced_for_a_namespaced_object_s_proxies_only() {
+    let before = map_of(60);
+    let mut moved = sample_map(60);
+    moved["model-3"]["input_cost_per_token"] = json!(3e-6);
+    let after = moved.to_string().into_bytes();
+    let source = Source::serving(Some(&after)).await;
+    let context = context();
+    let requested = |annotations: &mut Option<std::collections::BTreeMap<String, String>>| {
+        *annotations =
+            Some([("costmap.dev/sync-requested-at".to_owned(), "now".to_owned())].into());
+    };
+    let mut sync = object(&source, 1, json!({}), Some(synced(&before)));
+    requested(&mut sync.metadata.annotations);
+    let place = Recorded::holding(&before);
+    reconcile(&context, &sync, &place).await.unwrap();
+    assert_eq!(place.lock().writes, [sha256_digest(&after)], "synced");
+    let key = Object::of(&sync).unwrap().key;
+    let last = context
+        .memory
+        .read(&key, |m| m.repricing.clone())
+        .flatten()
+        .expect("the moved prices, kept for the proxies");
+    assert_eq!(last.before, Some(git_blob_id(&before)));
+    assert_eq!(last.after, git_blob_id(&after));
+    assert_eq!(last.prices.len(), 1);
+    let move_ = &last.prices.moves("model-3")[0];
+    assert_eq!((move_.from, move_.to), (Some(1.5e-6), Some(3e-6)));
+
+    // The same change to a cluster object, whose spec names no proxies: nothing kept.
+    let mut cluster: crate::api::ClusterModelCostMapSync = serde_json::from_value(json!({
+        "apiVersion": "costmap.dev/v1alpha1",
+        "kind": "ClusterModelCostMapSync",
+        "metadata": {"name": "everywhere", "uid": "uid-2", "generation": 1},
+        "spec": {"source": {"url": source.url}, "namespaceSelector": {}},
+    }))
+    .unwrap();
+    cluster.status = Some(crate::api::ClusterModelCostMapSyncStatus {
+        sync: synced(&before),
+        ..Default::default()
+    });
+    requested(&mut cluster.metadata.annotations);
+    let place = Recorded::holding(&before);
+    let object = Object::of(&cluster).unwrap();
+    let key = object.key.clone();
+    Reconciler::new(object, &context, place.clone())
+        .reconcile()
+        .await
+        .unwrap();
+    assert_eq!(place.lock().writes, [sha256_digest(&after)], "synced");
+    assert!(
+        context
+            .memory
+            .read(&key, |m| m.repricing.is_none())
+            .unwrap_or(true)
+    );
+}
