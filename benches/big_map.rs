@@ -37,13 +37,7 @@ async fn main() {
     let client = client().await;
     let ns = namespace(&client, "bench-big").await;
     let source = Source::start(Answer::Map(maps[0].clone())).await;
-    let mut operator = OperatorProcess::start_logging(
-        &control_plane().kubeconfig,
-        &ns,
-        "operator-0",
-        &["--namespace", &ns, NO_SYNC_GAP],
-        "warn",
-    );
+    let mut operator = OperatorProcess::quiet(&ns);
     let pid = operator.pid();
     let rss_at_start = rss_kib(pid, "VmRSS");
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::process::OperatorProcess;
 use common::real_proxy::{ProxyOptions, RealProxy, module_config};
 use common::*;
-use costmap_operator::api::{DEFAULT_KEY, Reason};
+use costmap_operator::api::DEFAULT_KEY;
 use figures::{max, median, min};
 
 /// How long the CPU cost is measured.
@@ -36,15 +36,7 @@ async fn main() {
     let ns = namespace(&client, "bench-module").await;
     let real = real_map("1.110.2");
     let source = Source::start(Answer::Map(real.clone())).await;
-    let operator = OperatorProcess::start_logging(
-        &control_plane().kubeconfig,
-        &ns,
-        "operator-0",
-        &["--namespace", &ns, NO_SYNC_GAP],
-        "warn",
-    );
-    create_litellm_sync(&client, &ns, &source.url).await;
-    wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
+    let operator = OperatorProcess::quiet_with_litellm_sync(&client, &ns, &source.url).await;
     let path = format!("/maps/{ns}/litellm/{DEFAULT_KEY}");
     let map_url = format!("{}{path}", operator.url);
     let logs = tempfile::tempdir().unwrap();

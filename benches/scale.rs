@@ -64,13 +64,7 @@ async fn main() {
     let ns = namespace(&client, "bench-scale").await;
     let (old_map, new_map) = (real_map("1.108.0"), real_map("1.110.2"));
     let source = Source::start(Answer::Map(old_map.clone())).await;
-    let operator = OperatorProcess::start_logging(
-        &control_plane().kubeconfig,
-        &ns,
-        "operator-0",
-        &["--namespace", &ns, NO_SYNC_GAP],
-        "warn",
-    );
+    let operator = OperatorProcess::quiet(&ns);
     let pid = operator.pid();
     let seen = watch_all(syncs(&client, &ns));
     let started = Instant::now();

@@ -12,7 +12,6 @@ mod common;
 #[path = "support/figures.rs"]
 mod figures;
 
-use costmap_operator::api::Reason;
 use std::process::Command;
 use std::time::Instant;
 
@@ -34,15 +33,7 @@ async fn main() {
     let real = real_map("1.110.2");
     let source = Source::start(Answer::Map(real.clone())).await;
 
-    let operator = OperatorProcess::start_logging(
-        &control_plane().kubeconfig,
-        &ns,
-        "operator-0",
-        &["--namespace", &ns, NO_SYNC_GAP],
-        "warn",
-    );
-    create_litellm_sync(&client, &ns, &source.url).await;
-    wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
+    let operator = OperatorProcess::quiet_with_litellm_sync(&client, &ns, &source.url).await;
     let url = format!(
         "{}/maps/{ns}/litellm/model_prices_and_context_window.json",
         operator.url

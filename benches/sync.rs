@@ -15,7 +15,7 @@ mod figures;
 #[path = "support/timing.rs"]
 mod timing;
 
-use costmap_operator::api::{MapSync, Reason};
+use costmap_operator::api::MapSync;
 use std::time::Instant;
 
 use common::process::OperatorProcess;
@@ -32,17 +32,8 @@ async fn main() {
     let maps = [real_map("1.108.0"), real_map("1.110.2")];
     let source = Source::start(Answer::Map(maps[0].clone())).await;
 
-    let mut operator = OperatorProcess::start_logging(
-        &control_plane().kubeconfig,
-        &ns,
-        "operator-0",
-        &["--namespace", &ns, NO_SYNC_GAP],
-        "warn",
-    );
+    let mut operator = OperatorProcess::quiet_with_litellm_sync(&client, &ns, &source.url).await;
     let pid = operator.pid();
-
-    create_litellm_sync(&client, &ns, &source.url).await;
-    wait_ready(&client, &ns, "litellm", "True", Reason::Synced).await;
     let rss_after_first_sync = rss_kib(pid, "VmRSS");
 
     let mut timer = SyncTimer::new(&client, &ns);

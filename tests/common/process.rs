@@ -57,6 +57,33 @@ impl OperatorProcess {
         Self::start_on(kubeconfig, pod_namespace, pod, args, rust_log, port)
     }
 
+    /// A bench's replica: one namespace, no gap between syncs, logging `warn`.
+    pub fn quiet(namespace: &str) -> OperatorProcess {
+        let args = ["--namespace", namespace, super::NO_SYNC_GAP];
+        let kubeconfig = &super::control_plane().kubeconfig;
+        Self::start_logging(kubeconfig, namespace, "operator-0", &args, "warn")
+    }
+
+    /// [`OperatorProcess::quiet`] with the ModelCostMapSync `litellm` on `source_url`
+    /// created and Ready.
+    pub async fn quiet_with_litellm_sync(
+        client: &kube::Client,
+        namespace: &str,
+        source_url: &str,
+    ) -> OperatorProcess {
+        let operator = Self::quiet(namespace);
+        super::create_litellm_sync(client, namespace, source_url).await;
+        super::wait_ready(
+            client,
+            namespace,
+            "litellm",
+            "True",
+            costmap_operator::api::Reason::Synced,
+        )
+        .await;
+        operator
+    }
+
     /// [`OperatorProcess::start_logging`] on a given port: a restarted replica behind the
     /// same address.
     pub fn start_on(
