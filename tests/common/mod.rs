@@ -10,6 +10,7 @@ pub mod faults;
 pub mod hostile;
 pub mod kinds;
 pub mod kubelet;
+pub mod load;
 pub mod process;
 pub mod proxy;
 pub mod real_proxy;
