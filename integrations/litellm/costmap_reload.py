@@ -43,7 +43,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -77,7 +77,7 @@ class _Internals(NamedTuple):
     sys.modules, which dataclasses need.)
     """
 
-    refetch: Callable[..., Awaitable[Any]]
+    refetch: Callable[..., Coroutine[Any, Any, Any]]
     unavailable: type
     swap_in: Callable[[dict[str, Any]], int]
     source_info: Callable[[], dict[str, Any]]
