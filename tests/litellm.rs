@@ -251,3 +251,34 @@ async fn a_real_litellm_proxy_reports_our_map_and_is_stale_after_a_new_one_until
         "the operator's log covers the reload"
     );
 }
+
+/// The callback module is typed, and `mypy --strict` holds it to that against the LiteLLM of
+/// each proxy version it supports (a LiteLLM whose loader changes signature shows up here).
+#[test]
+fn the_callback_module_is_mypy_strict_clean_against_each_proxy() {
+    let mypy = venv(testenv::MYPY_VENV).join("bin").join("mypy");
+    let module = common::real_proxy::module_dir().join("costmap_reload.py");
+    for proxy in [
+        testenv::LITELLM_PROXY_VENV,
+        testenv::LITELLM_OLDER_PROXY_VENV,
+    ] {
+        let python = venv(proxy).join("bin").join("python");
+        let cache = tempfile::tempdir().unwrap();
+        let out = Command::new(&mypy)
+            .arg("--strict")
+            .arg("--python-executable")
+            .arg(&python)
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .arg(&module)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mypy --strict against {}:\n{}{}",
+            proxy.1,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -28,7 +28,8 @@ use std::path::PathBuf;
 pub use binaries::{ensure_binaries, ensure_health, ensure_tools};
 pub use controlplane::{ControlPlane, Server};
 pub use litellm::{
-    LITELLM_LIB_VENV, LITELLM_OLDER_PROXY_VENV, LITELLM_PROXY_VENV, litellm_map, litellm_venv,
+    LITELLM_LIB_VENV, LITELLM_OLDER_PROXY_VENV, LITELLM_PROXY_VENV, MYPY_VENV, litellm_map,
+    litellm_venv,
 };
 pub use net::{free_port, wait_for_tcp};
 pub use netns::TestHost;

@@ -123,6 +123,10 @@ pub const LITELLM_PROXY_VENV: (&str, &str) = ("proxy", "litellm[proxy]==1.108.0"
 /// its pinned litellm-proxy-extras 0.4.102.post2 is not published).
 pub const LITELLM_OLDER_PROXY_VENV: (&str, &str) = ("proxy-1_106", "litellm[proxy]==1.106.12");
 
+/// The type checker the callback module is held to (`mypy --strict`, run against each proxy
+/// venv's LiteLLM by `tests/litellm.rs`).
+pub const MYPY_VENV: (&str, &str) = ("mypy", "mypy==2.4.1");
+
 /// Written into a venv last, holding the requirement: a venv without it (a pip install that
 /// failed or was interrupted) or with another requirement is rebuilt from scratch.
 const VENV_STAMP: &str = ".costmap-venv";

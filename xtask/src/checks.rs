@@ -89,12 +89,14 @@ fn control_plane() -> Result<()> {
     Ok(())
 }
 
-/// The Python venvs with the real LiteLLM library and proxy that the LiteLLM tests run.
+/// The Python venvs with the real LiteLLM library and proxy that the LiteLLM tests run, and
+/// the type checker the callback module is held to.
 fn litellm_venvs() -> Result<()> {
     for (name, requirement) in [
         testenv::LITELLM_LIB_VENV,
         testenv::LITELLM_PROXY_VENV,
         testenv::LITELLM_OLDER_PROXY_VENV,
+        testenv::MYPY_VENV,
     ] {
         let started = Instant::now();
         let venv = testenv::litellm_venv(name, requirement)?;
