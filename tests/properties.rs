@@ -15,6 +15,9 @@ use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+#[path = "common/oracle.rs"]
+mod oracle;
+
 /// Allocated bytes and allocations, per thread (tests run on several threads at once).
 struct Counting;
 
@@ -81,7 +84,12 @@ fn work_of(bytes: &[u8]) -> (u64, u64) {
     (after.0 - before.0, after.1 - before.1)
 }
 
+/// [`work_of`] bounded, and the one-pass reader saying what the legacy parser says (every
+/// property input is an oracle input too).
 fn assert_linear(bytes: &[u8]) {
+    if let Some(summaries) = oracle::same_verdicts(bytes) {
+        oracle::same_judgement(&summaries, &summaries);
+    }
     let (allocated, allocations) = work_of(bytes);
     let len = bytes.len() as u64;
     assert!(

@@ -3,6 +3,7 @@
 //! replaces the last good map.
 
 pub mod guards;
+mod onepass;
 mod parse;
 pub mod summary;
 
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 use crate::api::Validation;
 
+pub use onepass::IndexedMap;
 pub use parse::{MAX_TOP_LEVEL_KEYS, MAX_VALUES};
 
 /// Top-level keys that are not models.
@@ -208,19 +210,20 @@ fn walk_costs<'a>(
                 path.pop();
             }
         }
-        leaf if under_cost => visit(&|| spelled(path), leaf),
+        leaf if under_cost => visit(&|| spelled(path.iter().copied()), leaf),
         _ => {}
     }
 }
 
 /// One step from an entry down to a value in it.
+#[derive(Clone, Copy)]
 enum Step<'a> {
     Field(&'a str),
     Index(usize),
 }
 
 /// `a.b[2].c`.
-fn spelled(path: &[Step<'_>]) -> String {
+fn spelled<'a>(path: impl IntoIterator<Item = Step<'a>>) -> String {
     let mut text = String::new();
     for step in path {
         match step {

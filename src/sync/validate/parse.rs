@@ -54,9 +54,13 @@ impl ModelMap {
             Ok(TopLevel {
                 entries,
                 duplicates,
-            }) if source && !is_map_shaped(&entries) => Err(ValidationError::InvalidMap(
-                describe_shape(&entries, duplicates.len()),
-            )),
+            }) if source && !is_map_shaped(objects(&entries), entries.len()) => {
+                Err(ValidationError::InvalidMap(describe_shape(
+                    objects(&entries),
+                    entries.len(),
+                    duplicates.len(),
+                )))
+            }
             Ok(TopLevel { duplicates, .. }) if !duplicates.is_empty() => Err(
                 ValidationError::InvalidMap(describe_duplicates(&duplicates)),
             ),
@@ -72,13 +76,16 @@ impl ModelMap {
 /// top-level values are objects (model entries). Only a map's key names and cost values
 /// appear in messages; anything else is described by its shape alone, so that a source
 /// pointed at some internal JSON document cannot read it back through status.
-fn is_map_shaped(entries: &BTreeMap<String, Value>) -> bool {
-    let objects = entries.values().filter(|value| value.is_object()).count();
-    entries.is_empty() || objects * 2 > entries.len()
+pub(super) fn is_map_shaped(objects: usize, keys: usize) -> bool {
+    keys == 0 || objects * 2 > keys
 }
 
-fn describe_shape(entries: &BTreeMap<String, Value>, duplicates: usize) -> String {
-    let objects = entries.values().filter(|value| value.is_object()).count();
+/// How many of `entries`' values are objects.
+fn objects(entries: &BTreeMap<String, Value>) -> usize {
+    entries.values().filter(|value| value.is_object()).count()
+}
+
+pub(super) fn describe_shape(objects: usize, keys: usize, duplicates: usize) -> String {
     let duplicates = match duplicates {
         0 => String::new(),
         n => format!("; {n} top-level keys appear more than once"),
@@ -86,13 +93,13 @@ fn describe_shape(entries: &BTreeMap<String, Value>, duplicates: usize) -> Strin
     format!(
         "the body is a JSON object but not a map of model entries: {objects} of its {} \
          top-level values are objects{duplicates}",
-        entries.len()
+        keys
     )
 }
 
 /// A parse error in words that never quote the body: serde_json's own message for a
 /// type mismatch quotes the value ("invalid type: string \"...\"").
-fn describe_parse_error(bytes: &[u8], err: &serde_json::Error) -> String {
+pub(super) fn describe_parse_error(bytes: &[u8], err: &serde_json::Error) -> String {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         None => "the body is empty".to_owned(),
@@ -115,7 +122,7 @@ fn describe_parse_error(bytes: &[u8], err: &serde_json::Error) -> String {
     }
 }
 
-fn describe_duplicates(duplicates: &[String]) -> String {
+pub(super) fn describe_duplicates(duplicates: &[String]) -> String {
     let names: Vec<String> = duplicates
         .iter()
         .take(EXAMPLES_PER_RULE)

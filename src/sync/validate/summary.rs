@@ -73,6 +73,11 @@ impl MapSummary {
         }
     }
 
+    /// The summary of models indexed elsewhere (the one-pass reader).
+    pub(super) fn from_models(models: BTreeMap<String, ModelSummary>) -> MapSummary {
+        MapSummary { models }
+    }
+
     /// Every model, by name.
     pub fn models(&self) -> impl Iterator<Item = (&str, &ModelSummary)> {
         self.models
