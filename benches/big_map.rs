@@ -23,7 +23,7 @@ use costmap_operator::api::{DEFAULT_KEY, Reason};
 use costmap_operator::digest::sha256_digest;
 use costmap_operator::layout::chunks::CHUNK_BYTES;
 use costmap_operator::layout::gzip::StoredMap;
-use costmap_operator::sync::validate::ModelMap;
+use costmap_operator::sync::validate::IndexedMap;
 use figures::{max, median, min, rss_kib};
 use timing::SyncTimer;
 
@@ -67,7 +67,7 @@ async fn main() {
     println!(
         "  map: {} bytes, {} models (the real map's, and nine renamed copies), gzip {gz_len} bytes (ratio {:.4}; the real map's {:.4}), {} chunks of at most {CHUNK_BYTES} bytes",
         maps[0].len(),
-        ModelMap::parse(&maps[0]).expect("a map").model_count(),
+        IndexedMap::read(&maps[0]).expect("a map").model_count(),
         gzip_ratio(&maps[0]),
         gzip_ratio(&real),
         gz_len.div_ceil(CHUNK_BYTES),

@@ -5,7 +5,7 @@ use costmap_operator::digest::{git_blob_id, sha256_digest};
 use costmap_operator::layout::gzip::StoredMap;
 use costmap_operator::sync::diff::diff;
 use costmap_operator::sync::validate::summary::MapSummary;
-use costmap_operator::sync::validate::{ModelMap, Rules, guards, validate};
+use costmap_operator::sync::validate::{IndexedMap, ModelMap, Rules, guards, validate};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -23,6 +23,23 @@ fn pipeline(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("sync of the 3.5 MB map");
     group.sample_size(20);
+    // Issue 24: the one-pass reader against its floor (serde_json reading the same bytes
+    // into nothing) and against what it replaces (the tree, its walk and its summary).
+    group.bench_function("floor: serde_json into IgnoredAny", |b| {
+        b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&new_bytes)))
+    });
+    group.bench_function("one pass (read, rules, index)", |b| {
+        b.iter(|| {
+            IndexedMap::read(black_box(&new_bytes)).and_then(|map| map.validated(&Rules::default()))
+        })
+    });
+    group.bench_function("tree (parse, validate, summary)", |b| {
+        b.iter(|| {
+            let map = ModelMap::parse(black_box(&new_bytes))?;
+            validate(&map, &Rules::default())?;
+            Ok::<_, costmap_operator::sync::validate::ValidationError>(MapSummary::of(&map))
+        })
+    });
     group.bench_function("parse", |b| {
         b.iter(|| ModelMap::parse(black_box(&new_bytes)))
     });

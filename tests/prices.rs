@@ -11,8 +11,7 @@ use common::*;
 use costmap_operator::api::{ACCEPT_DIGEST_ANNOTATION, EventReason, Reason};
 use costmap_operator::digest::sha256_digest;
 use costmap_operator::sync::validate::guards::price_report;
-use costmap_operator::sync::validate::summary::MapSummary;
-use costmap_operator::sync::validate::{ModelMap, Rules};
+use costmap_operator::sync::validate::{IndexedMap, Rules};
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -51,12 +50,12 @@ fn every_real_transition_passes_every_guard_with_the_defaults() {
     let versions = ["1.80.0", "1.108.0", "1.110.2"];
     let maps: Vec<Bytes> = versions.iter().map(|v| real_map(v)).collect();
     for (i, j) in [(0, 1), (1, 2), (0, 2)] {
-        let old = MapSummary::of(&ModelMap::parse(&maps[i]).unwrap());
+        let old = IndexedMap::read(&maps[i]).unwrap().into_summary();
         let accepted =
             costmap_operator::sync::accept(&maps[j], &Rules::default(), Some(&old), None)
                 .unwrap_or_else(|err| panic!("{} -> {}: {err}", versions[i], versions[j]));
         assert!(accepted.overridden.is_empty());
-        let new = MapSummary::of(&ModelMap::parse(&maps[j]).unwrap());
+        let new = IndexedMap::read(&maps[j]).unwrap().into_summary();
         let report = price_report(&new, Some(&old));
         let share = |n: usize| 100.0 * n as f64 / report.last_priced as f64;
         println!(

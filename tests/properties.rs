@@ -9,8 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use costmap_operator::sync::diff::diff;
-use costmap_operator::sync::validate::summary::MapSummary;
-use costmap_operator::sync::validate::{ModelMap, Rules, guards, validate};
+use costmap_operator::sync::validate::{IndexedMap, Rules, guards};
 use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -73,9 +72,9 @@ fn work_of(bytes: &[u8]) -> (u64, u64) {
         ..Rules::default()
     };
     let before = ALLOCATED.with(Cell::get);
-    if let Ok(map) = ModelMap::parse(bytes) {
-        let _ = validate(&map, &rules);
-        let map = MapSummary::of(&map);
+    if let Ok(map) = IndexedMap::read(bytes) {
+        let _ = map.check(&rules);
+        let map = map.into_summary();
         let report = guards::price_report(&map, Some(&map));
         let _ = guards::refusals(&map, Some(&map), &report, &rules);
         assert!(diff(&map, &map).is_empty(), "a map differs from itself");
@@ -181,7 +180,7 @@ proptest! {
     fn deep_nesting_never_overflows_the_stack(depth in 0usize..200_000, object in any::<bool>()) {
         let (open, close) = if object { ("{\"k\":", "}") } else { ("[", "]") };
         let body = format!("{{\"m\": {}0{}}}", open.repeat(depth), close.repeat(depth));
-        let parsed = ModelMap::parse(body.as_bytes());
+        let parsed = IndexedMap::read(body.as_bytes());
         // serde_json's recursion limit is 128 levels: beyond it, an error that says so.
         // Shallower bodies may still be refused, by a structure rule ("m" is no model entry
         // when it is an array or a number), never for their depth.

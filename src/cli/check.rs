@@ -11,7 +11,7 @@ use crate::digest::{git_blob_id, sha256_digest};
 use crate::sync::SyncError;
 use crate::sync::fetch::Fetcher;
 use crate::sync::validate::summary::MapSummary;
-use crate::sync::validate::{ModelMap, Rules};
+use crate::sync::validate::{IndexedMap, Rules};
 
 /// What `check` reports about a valid map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,15 +81,11 @@ pub async fn check(
 
 /// A last good map, which must pass the structure rules itself, as the guards see it.
 pub fn parse_last_good(bytes: &[u8]) -> Result<MapSummary, SyncError> {
-    let map = ModelMap::parse(bytes)?;
-    crate::sync::validate::validate(
-        &map,
-        &Rules {
-            min_models: 1,
-            ..Rules::default()
-        },
-    )?;
-    Ok(MapSummary::of(&map))
+    let rules = Rules {
+        min_models: 1,
+        ..Rules::default()
+    };
+    Ok(IndexedMap::read(bytes)?.validated(&rules)?)
 }
 
 /// Validates bytes already read, as the operator would after `last_good` (a first sync

@@ -13,7 +13,7 @@ use crate::digest::sha256_digest;
 use crate::sync::diff::diff;
 use crate::sync::validate::guards::{self, Guard, PriceMove};
 use crate::sync::validate::summary::MapSummary;
-use crate::sync::validate::{ModelMap, Rules};
+use crate::sync::validate::{IndexedMap, Rules};
 
 /// How many names and moves the report lists.
 const LISTED: usize = 20;
@@ -113,7 +113,7 @@ pub fn report(
         digest: sha256_digest(new_bytes),
         models: None,
     };
-    let new = match ModelMap::parse(new_bytes) {
+    let new = match IndexedMap::read(new_bytes) {
         Ok(new) => new,
         Err(err) => {
             return DiffReport {
@@ -126,11 +126,11 @@ pub fn report(
         }
     };
     new_info.models = Some(new.model_count());
-    let structure = match crate::sync::validate::validate(&new, rules) {
+    let structure = match new.check(rules) {
         Ok(()) => accepted("structure"),
         Err(err) => refused("structure", err.to_string()),
     };
-    let new = MapSummary::of(&new);
+    let new = new.into_summary();
     let prices = guards::price_report(&new, Some(old));
     let mut checks = vec![structure];
     checks.extend(
@@ -349,7 +349,7 @@ mod tests {
     }
 
     fn diffed(old: &[u8], new: &[u8]) -> DiffReport {
-        let parsed = MapSummary::of(&ModelMap::parse(old).unwrap());
+        let parsed = IndexedMap::read(old).unwrap().into_summary();
         report(
             ("old.json", old, &parsed),
             ("new.json", new),

@@ -15,7 +15,7 @@ use crate::sync::fetch::shared::SourceBody;
 use crate::sync::overrides::{Applied, Overrides, apply};
 use crate::sync::store::{HeldMap, MapStore};
 use crate::sync::validate::summary::MapSummary;
-use crate::sync::validate::{ModelMap, Rules};
+use crate::sync::validate::{IndexedMap, Rules};
 use crate::sync::{Accepted, NotAccepted, SyncError, prepare};
 
 /// The map to publish from a fetched body, and what the overrides did to it.
@@ -42,7 +42,7 @@ impl ToPublish {
         let published = apply(&fetched.bytes, overrides);
         let fetched_models = (published.applied != Applied::default())
             .then(|| {
-                ModelMap::parse(&fetched.bytes)
+                IndexedMap::read(&fetched.bytes)
                     .ok()
                     .map(|map| map.model_count())
             })
@@ -117,9 +117,9 @@ impl Against {
     fn summary(&self) -> Option<Arc<MapSummary>> {
         match self {
             Against::Held(map) => map.summary(),
-            Against::Republished { bytes, .. } => ModelMap::parse(bytes)
+            Against::Republished { bytes, .. } => IndexedMap::read(bytes)
                 .ok()
-                .map(|map| Arc::new(MapSummary::of(&map))),
+                .map(|map| Arc::new(map.into_summary())),
         }
     }
 }

@@ -23,7 +23,7 @@ pub use error::{NotAccepted, SecretError, SyncError};
 
 use crate::layout::gzip::{StoredMap, gzip};
 use validate::summary::MapSummary;
-use validate::{ModelMap, Rules};
+use validate::{IndexedMap, Rules};
 
 /// What accepting a map found: enough to describe it, not the map itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,10 +58,8 @@ fn judge(
     last_good: Option<&MapSummary>,
     accept_digest: Option<&str>,
 ) -> Result<(Accepted, MapSummary), NotAccepted> {
-    let map = ModelMap::parse(bytes)?;
-    validate::validate(&map, rules)?;
-    let summary = MapSummary::of(&map);
-    drop(map);
+    // One pass over the bytes: the rules checked and the index kept, no tree built.
+    let summary = IndexedMap::read(bytes)?.validated(rules)?;
     let report = validate::guards::price_report(&summary, last_good);
     let refusals = validate::guards::refusals(&summary, last_good, &report, rules);
     if !refusals.is_empty() {

@@ -12,7 +12,7 @@ use serde::de::{MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::validate::{ModelMap, RESERVED_KEYS, check_entries};
+use super::validate::{IndexedMap, RESERVED_KEYS, Rules};
 
 /// How many model names the report lists.
 const LISTED: usize = 20;
@@ -132,10 +132,13 @@ pub fn layer_from_json(origin: Origin, text: &str) -> Result<Layer, OverrideErro
         origin: origin.to_string(),
         detail,
     };
-    let parsed =
-        ModelMap::parse_layer(text.as_bytes()).map_err(|err| not_models(err.to_string()))?;
+    // The strict reader first (duplicate keys, depth, size); then the fields themselves,
+    // which the merge needs: a layer is the tenant's few entries, not a map.
+    IndexedMap::read_layer(text.as_bytes()).map_err(|err| not_models(err.to_string()))?;
+    let parsed: BTreeMap<String, Value> =
+        serde_json::from_str(text).map_err(|err| not_models(err.to_string()))?;
     let mut models = BTreeMap::new();
-    for (model, entry) in &parsed.entries {
+    for (model, entry) in &parsed {
         let Some(fields) = entry.as_object() else {
             return Err(not_models(format!("the entry of {model} is not an object")));
         };
@@ -166,9 +169,18 @@ fn check_layer(origin: &Origin, models: &BTreeMap<String, Fields>) -> Result<(),
         .iter()
         .map(|(model, fields)| (model.clone(), Value::Object(without_nulls(fields))))
         .collect();
-    check_entries(&ModelMap { entries: set }).map_err(|err| OverrideError::Entry {
+    // The same entry rules as the map's, by the same reader: the set written out and read.
+    let entry = |err: String| OverrideError::Entry {
         detail: format!("{origin}: {err}"),
-    })
+    };
+    let text = serde_json::to_vec(&set).map_err(|err| entry(err.to_string()))?;
+    let rules = Rules {
+        min_models: 0,
+        ..Rules::default()
+    };
+    IndexedMap::read_layer(&text)
+        .and_then(|layer| layer.check(&rules))
+        .map_err(|err| entry(err.to_string()))
 }
 
 fn without_nulls(fields: &Fields) -> Fields {

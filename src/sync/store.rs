@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::layout::gzip::StoredMap;
 use crate::locks::lock;
-use crate::sync::validate::ModelMap;
+use crate::sync::validate::IndexedMap;
 use crate::sync::validate::summary::MapSummary;
 
 /// A map held in memory: its bytes and gzip, and its summary once someone needed it.
@@ -36,9 +36,9 @@ impl HeldMap {
     pub fn summary(&self) -> Option<Arc<MapSummary>> {
         self.summary
             .get_or_init(|| {
-                ModelMap::parse(&self.stored.bytes)
+                IndexedMap::read(&self.stored.bytes)
                     .ok()
-                    .map(|map| Arc::new(MapSummary::of(&map)))
+                    .map(|map| Arc::new(map.into_summary()))
             })
             .clone()
     }

@@ -35,6 +35,16 @@ impl IndexedMap {
     /// Reads a map in one pass, bounded and strict as [`ModelMap::parse`](super::ModelMap::parse):
     /// the same syntax, depth, size, duplicate-key and shape errors, with the same messages.
     pub fn read(bytes: &[u8]) -> Result<IndexedMap, ValidationError> {
+        Self::read_checked(bytes, true)
+    }
+
+    /// [`Self::read`] for a layer the tenant wrote themselves (an override ConfigMap): no
+    /// shape rule, as [`ModelMap::parse_layer`](super::ModelMap::parse_layer).
+    pub fn read_layer(bytes: &[u8]) -> Result<IndexedMap, ValidationError> {
+        Self::read_checked(bytes, false)
+    }
+
+    fn read_checked(bytes: &[u8], source: bool) -> Result<IndexedMap, ValidationError> {
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let mut state = State::default();
         let parsed = serde::Deserializer::deserialize_map(
@@ -53,7 +63,7 @@ impl IndexedMap {
                 )));
             }
         };
-        if !is_map_shaped(top.objects, top.keys) {
+        if source && !is_map_shaped(top.objects, top.keys) {
             return Err(ValidationError::InvalidMap(describe_shape(
                 top.objects,
                 top.keys,
@@ -101,6 +111,11 @@ impl IndexedMap {
             )));
         }
         Ok(())
+    }
+
+    /// The index alone, whether or not the map keeps the rules.
+    pub fn into_summary(self) -> MapSummary {
+        self.summary
     }
 
     /// [`Self::check`], then the index alone: what the next map is judged against.
