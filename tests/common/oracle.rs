@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use costmap_operator::sync::diff::diff;
-use costmap_operator::sync::validate::summary::MapSummary;
+use costmap_operator::sync::validate::summary::{Costs, MapSummary};
 use costmap_operator::sync::validate::{IndexedMap, ModelMap, Rules, guards, validate};
 
 /// The rules the oracle judges under: the defaults, and a last good map's (one model
@@ -75,10 +75,10 @@ pub fn assert_same_summary(
         for ((name, old), (new_name, new)) in legacy.models().zip(onepass.models()) {
             assert_eq!(name, new_name);
             assert_eq!(old.alias, new.alias, "{name}");
-            let bits = |costs: &[(String, f64)]| {
+            let bits = |costs: &Costs| {
                 costs
                     .iter()
-                    .map(|(path, price)| (path.clone(), price.to_bits()))
+                    .map(|(path, price)| (path.to_owned(), price.to_bits()))
                     .collect::<Vec<_>>()
             };
             assert_eq!(bits(&old.costs), bits(&new.costs), "{name}");

@@ -209,14 +209,14 @@ fn record_moves(
     moves: &mut Vec<PriceMove>,
 ) -> bool {
     let mut repriced = false;
-    for (field, from) in &old.costs {
+    for (field, from) in old.costs.iter() {
         let to = new.cost(field);
-        if to != Some(*from) {
+        if to != Some(from) {
             repriced = true;
             moves.push(PriceMove {
                 model: name.to_owned(),
-                field: field.clone(),
-                from: Some(*from),
+                field: field.to_owned(),
+                from: Some(from),
                 to,
             });
         }
@@ -224,9 +224,9 @@ fn record_moves(
     for (field, to) in new.costs.iter().filter(|(f, _)| old.cost(f).is_none()) {
         moves.push(PriceMove {
             model: name.to_owned(),
-            field: field.clone(),
+            field: field.to_owned(),
             from: None,
-            to: Some(*to),
+            to: Some(to),
         });
     }
     repriced

@@ -225,17 +225,27 @@ enum Step<'a> {
 /// `a.b[2].c`.
 fn spelled<'a>(path: impl IntoIterator<Item = Step<'a>>) -> String {
     let mut text = String::new();
+    spell_into(path, &mut text);
+    text
+}
+
+/// [`spelled`], written at the end of `text`.
+fn spell_into<'a>(path: impl IntoIterator<Item = Step<'a>>, text: &mut String) {
+    let start = text.len();
     for step in path {
         match step {
-            Step::Field(field) if text.is_empty() => text.push_str(field),
+            Step::Field(field) if text.len() == start => text.push_str(field),
             Step::Field(field) => {
                 text.push('.');
                 text.push_str(field);
             }
-            Step::Index(index) => text.push_str(&format!("[{index}]")),
+            Step::Index(index) => {
+                use std::fmt::Write;
+                // Writing to a String cannot fail.
+                let _ = write!(text, "[{index}]");
+            }
         }
     }
-    text
 }
 
 fn is_non_negative_number(value: &Value) -> bool {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::Range;
 
 use serde_json::Value;
 
@@ -22,7 +23,7 @@ pub struct ModelSummary {
     /// An `{"alias_of": ...}` row: a name for another model, not a priced model.
     pub alias: bool,
     /// Every number under a key containing `cost`, by field path, sorted by path.
-    pub costs: Vec<(String, f64)>,
+    pub costs: Costs,
     /// A hash of the entry as parsed JSON: equal entries (whatever their layout) have equal
     /// fingerprints, and `4096` differs from `4096.0`, as LiteLLM reads them.
     pub fingerprint: u64,
@@ -38,27 +39,78 @@ impl ModelSummary {
                 costs.push((path(), number));
             }
         });
-        costs.sort_by(|a, b| a.0.cmp(&b.0));
         let mut hasher = DefaultHasher::new();
         hash_value(entry, &mut hasher);
         ModelSummary {
             alias: entry.get("alias_of").is_some(),
-            costs,
+            costs: Costs::from_pairs(costs.iter().map(|(path, number)| (path.as_str(), *number))),
             fingerprint: hasher.finish(),
         }
     }
 
     /// Whether some cost number is > 0 (the definition of a priced model).
     pub fn is_priced(&self) -> bool {
-        self.costs.iter().any(|(_, price)| *price > 0.0)
+        self.costs.iter().any(|(_, price)| price > 0.0)
     }
 
     /// The cost number at `path`, if the entry has one.
     pub fn cost(&self, path: &str) -> Option<f64> {
-        self.costs
-            .binary_search_by(|(field, _)| field.as_str().cmp(path))
-            .ok()
-            .map(|index| self.costs[index].1)
+        self.costs.get(path)
+    }
+}
+
+/// A model's cost numbers by field path, sorted by path. The paths share one string: a
+/// model's costs take two allocations however many it has (a map holds tens of thousands).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Costs {
+    paths: String,
+    /// Each path's place in `paths`, and its number.
+    numbers: Vec<(Range<usize>, f64)>,
+}
+
+impl Costs {
+    /// The costs from `(path, number)` pairs in any order.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, f64)>) -> Costs {
+        let mut text = String::new();
+        let mut spans = Vec::new();
+        for (path, number) in pairs {
+            let start = text.len();
+            text.push_str(path);
+            spans.push((start..text.len(), number));
+        }
+        Costs::from_spans(&text, &mut spans)
+    }
+
+    /// The costs spelled in `text`, each at its range, in any order: sorted into an exact
+    /// fit, so the caller's buffers can be used again.
+    pub(super) fn from_spans(text: &str, spans: &mut [(Range<usize>, f64)]) -> Costs {
+        spans.sort_by(|a, b| text[a.0.clone()].cmp(&text[b.0.clone()]));
+        let mut costs = Costs {
+            paths: String::with_capacity(spans.iter().map(|(range, _)| range.len()).sum()),
+            numbers: Vec::with_capacity(spans.len()),
+        };
+        for (range, number) in spans.iter() {
+            let start = costs.paths.len();
+            costs.paths.push_str(&text[range.clone()]);
+            costs.numbers.push((start..costs.paths.len(), *number));
+        }
+        costs
+    }
+
+    /// Every `(path, number)`, by path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.numbers
+            .iter()
+            .map(|(range, number)| (&self.paths[range.clone()], *number))
+    }
+
+    /// The number at `path`, if there is one.
+    pub fn get(&self, path: &str) -> Option<f64> {
+        let index = self
+            .numbers
+            .binary_search_by(|(range, _)| self.paths[range.clone()].cmp(path))
+            .ok()?;
+        Some(self.numbers[index].1)
     }
 }
 
@@ -161,11 +213,11 @@ mod tests {
         assert_eq!(map.model_count(), 3);
         let gpt = map.model("gpt").unwrap();
         assert_eq!(
-            gpt.costs,
+            gpt.costs.iter().collect::<Vec<_>>(),
             [
-                ("input_cost_per_token".to_owned(), 0.0),
-                ("output_cost_per_token".to_owned(), 2e-6),
-                ("tiers[0].cost".to_owned(), 3.0),
+                ("input_cost_per_token", 0.0),
+                ("output_cost_per_token", 2e-6),
+                ("tiers[0].cost", 3.0),
             ]
         );
         assert_eq!(gpt.cost("output_cost_per_token"), Some(2e-6));

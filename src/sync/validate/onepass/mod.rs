@@ -11,15 +11,16 @@
 mod values;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{DeserializeSeed, MapAccess, Visitor};
 
-use values::{KeySeed, Leaf, Node, ValueSeed};
+use values::{KeySeed, Leaf, Node, OpenKeys, ValueSeed};
 
 use super::parse::{describe_duplicates, describe_parse_error, describe_shape, is_map_shaped};
-use super::summary::{MapSummary, ModelSummary};
+use super::summary::{Costs, MapSummary, ModelSummary};
 use super::{
     MAX_TOP_LEVEL_KEYS, RESERVED_KEYS, Rules, ValidationError, Violation, describe_violations,
 };
@@ -45,18 +46,15 @@ impl IndexedMap {
     }
 
     fn read_checked(bytes: &[u8], source: bool) -> Result<IndexedMap, ValidationError> {
-        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let mut state = State::default();
-        let parsed = serde::Deserializer::deserialize_map(
-            &mut deserializer,
-            TopLevelVisitor { state: &mut state },
-        )
-        .and_then(|top| {
-            deserializer.end()?;
-            Ok(top)
-        });
-        let top = match parsed {
-            Ok(top) => top,
+        // UTF-8 checked once over the whole body (a tenth of a millisecond for the real
+        // map) rather than string by string; a body that fails it is read byte-wise, so
+        // the error names the same place with the same message.
+        let parsed = match std::str::from_utf8(bytes) {
+            Ok(text) => read_top(serde_json::Deserializer::from_str(text)),
+            Err(_) => read_top(serde_json::Deserializer::from_slice(bytes)),
+        };
+        let (top, state) = match parsed {
+            Ok(read) => read,
             Err(err) => {
                 return Err(ValidationError::InvalidMap(describe_parse_error(
                     bytes, &err,
@@ -125,6 +123,19 @@ impl IndexedMap {
     }
 }
 
+/// The whole body through the top-level visitor, then nothing but whitespace after it.
+fn read_top<'de, R: serde_json::de::Read<'de>>(
+    mut deserializer: serde_json::Deserializer<R>,
+) -> Result<(TopLevel, State<'de>), serde_json::Error> {
+    let mut state = State::default();
+    let top = serde::Deserializer::deserialize_map(
+        &mut deserializer,
+        TopLevelVisitor { state: &mut state },
+    )?;
+    deserializer.end()?;
+    Ok((top, state))
+}
+
 /// One step from an entry down to a value in it, its key borrowed from the input.
 enum Step<'de> {
     Field(Cow<'de, str>),
@@ -146,11 +157,15 @@ struct State<'de> {
     values: usize,
     /// The path from the current entry down to the current value.
     path: Vec<Step<'de>>,
+    /// The keys of the objects open around the current value.
+    open_keys: OpenKeys<'de>,
     /// Whether the current entry is a model whose costs and violations count (not a
     /// reserved key, not a second copy of a key).
     recording: bool,
-    /// The current model's cost numbers, by path.
-    costs: Vec<(String, f64)>,
+    /// The current model's cost paths, spelled one after the other, and each one's place
+    /// with its number: buffers for the whole pass, copied out at each model's end.
+    cost_paths: String,
+    cost_spans: Vec<(Range<usize>, f64)>,
     /// The current model's violations (its name filled in when it ends), with their place.
     pending: Vec<(&'static str, String, Vec<OwnedStep>)>,
     /// Every model's violations, with their place in the entry.
@@ -158,11 +173,15 @@ struct State<'de> {
 }
 
 impl State<'_> {
-    fn spelled(&self) -> String {
-        super::spelled(self.path.iter().map(|step| match step {
+    fn steps(&self) -> impl Iterator<Item = super::Step<'_>> {
+        self.path.iter().map(|step| match step {
             Step::Field(field) => super::Step::Field(field),
             Step::Index(index) => super::Step::Index(*index),
-        }))
+        })
+    }
+
+    fn spelled(&self) -> String {
+        super::spelled(self.steps())
     }
 
     fn place(&self) -> Vec<OwnedStep> {
@@ -183,7 +202,11 @@ impl State<'_> {
         if let Leaf::Number(number) = leaf
             && let Some(price) = number.as_f64()
         {
-            self.costs.push((self.spelled(), price));
+            let start = self.cost_paths.len();
+            let mut paths = std::mem::take(&mut self.cost_paths);
+            super::spell_into(self.steps(), &mut paths);
+            self.cost_paths = paths;
+            self.cost_spans.push((start..self.cost_paths.len(), price));
         }
         if !leaf.is_non_negative_number() {
             let detail = format!("{} is {}", self.spelled(), leaf.shown());
@@ -202,6 +225,62 @@ struct TopLevel {
     duplicates: Vec<String>,
 }
 
+/// A top-level key as it went by, and what its entry gave.
+struct TopEntry<'de> {
+    key: Cow<'de, str>,
+    object: bool,
+    model: Option<ModelSummary>,
+}
+
+impl<'de> TopLevel {
+    /// The top level from its entries in document order. Sorting them by key (stably, so a
+    /// key's first entry stays first) finds the keys seen twice without hashing a key the
+    /// source chose, and gives the index its order.
+    fn of(entries: Vec<TopEntry<'de>>) -> TopLevel {
+        // Sorted by key, then place: a key's first entry stays first. The entries are
+        // sorted by reference (two words each), not moved.
+        let mut order: Vec<(&str, usize)> = entries
+            .iter()
+            .enumerate()
+            .map(|(place, entry)| (entry.key.as_ref(), place))
+            .collect();
+        order.sort_unstable();
+        let mut top = TopLevel {
+            models: BTreeMap::new(),
+            keys: 0,
+            objects: 0,
+            duplicates: Vec::new(),
+        };
+        let mut firsts = Vec::with_capacity(order.len());
+        let mut previous: Option<&str> = None;
+        for (key, place) in order {
+            if previous == Some(key) {
+                if top.duplicates.last().map(String::as_str) != Some(key) {
+                    top.duplicates.push(key.to_owned());
+                }
+                continue;
+            }
+            previous = Some(key);
+            firsts.push(place);
+        }
+        let mut entries: Vec<Option<TopEntry<'de>>> = entries.into_iter().map(Some).collect();
+        let mut models = Vec::with_capacity(firsts.len());
+        for place in firsts {
+            let Some(entry) = entries[place].take() else {
+                continue;
+            };
+            top.keys += 1;
+            top.objects += usize::from(entry.object);
+            if let Some(model) = entry.model {
+                models.push((entry.key.into_owned(), model));
+            }
+        }
+        // Already in key order: the map is built in bulk.
+        top.models = models.into_iter().collect();
+        top
+    }
+}
+
 struct TopLevelVisitor<'s, 'de> {
     state: &'s mut State<'de>,
 }
@@ -215,63 +294,47 @@ impl<'de> Visitor<'de> for TopLevelVisitor<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<TopLevel, A::Error> {
         let state = self.state;
-        let mut top = TopLevel {
-            models: BTreeMap::new(),
-            keys: 0,
-            objects: 0,
-            duplicates: Vec::new(),
-        };
-        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
-        let mut count = 0usize;
+        let mut entries = Vec::new();
         while let Some(key) = access.next_key_seed(KeySeed)? {
-            let first = !seen.contains(&key);
-            let model = first && !RESERVED_KEYS.contains(&key.as_ref());
+            // A key's second entry is recorded too: a map with a key twice is refused
+            // whatever its entries say.
+            let model = !RESERVED_KEYS.contains(&key.as_ref());
             state.recording = model;
             let node = access.next_value_seed(EntrySeed { state: &mut *state })?;
-            let costs = std::mem::take(&mut state.costs);
-            let pending = std::mem::take(&mut state.pending);
-            count += 1;
-            if count > MAX_TOP_LEVEL_KEYS {
+            if entries.len() == MAX_TOP_LEVEL_KEYS {
                 return Err(serde::de::Error::custom(format!(
                     "more than {MAX_TOP_LEVEL_KEYS} top-level keys"
                 )));
             }
-            if !first {
-                top.duplicates.push(key.into_owned());
-                continue;
-            }
-            top.keys += 1;
-            if matches!(node.entry.leaf, Leaf::Object) {
-                top.objects += 1;
-            }
-            if model {
-                let name = key.to_string();
-                state
-                    .violations
-                    .extend(pending.into_iter().map(|(rule, detail, place)| {
+            let model = model.then(|| {
+                if !state.pending.is_empty() {
+                    let name = key.to_string();
+                    let found = state.pending.drain(..).map(|(rule, detail, place)| {
                         let violation = Violation {
                             rule,
                             model: name.clone(),
                             detail,
                         };
                         (violation, place)
-                    }));
-                let mut costs = costs;
-                costs.sort_by(|a, b| a.0.cmp(&b.0));
-                top.models.insert(
-                    name,
-                    ModelSummary {
-                        alias: node.alias,
-                        costs,
-                        fingerprint: node.entry.digest,
-                    },
-                );
-            }
-            seen.insert(key);
+                    });
+                    state.violations.extend(found);
+                }
+                ModelSummary {
+                    alias: node.alias,
+                    costs: Costs::from_spans(&state.cost_paths, &mut state.cost_spans),
+                    fingerprint: node.entry.digest,
+                }
+            });
+            state.pending.clear();
+            state.cost_paths.clear();
+            state.cost_spans.clear();
+            entries.push(TopEntry {
+                key,
+                object: matches!(node.entry.leaf, Leaf::Object),
+                model,
+            });
         }
-        top.duplicates.sort();
-        top.duplicates.dedup();
-        Ok(top)
+        Ok(TopLevel::of(entries))
     }
 }
 

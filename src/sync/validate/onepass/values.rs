@@ -112,30 +112,62 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 }
 
-/// The keys of one object so far: a short list while it is short (most entries' objects
-/// have a few keys), a hash set past that, keyed at random (the keys are the source's).
+/// The keys of the objects being read, innermost last: each object's keys sit above its
+/// parent's, with their digests, and are dropped when it ends. One buffer for the whole
+/// pass, so an object costs no allocation; a key is compared with its siblings by digest
+/// first, by its bytes only when the digests match.
 #[derive(Default)]
-struct SeenKeys<'de> {
-    few: Vec<Cow<'de, str>>,
-    many: Option<HashSet<Cow<'de, str>>>,
+pub(super) struct OpenKeys<'de> {
+    keys: Vec<(u64, Cow<'de, str>)>,
 }
 
-impl<'de> SeenKeys<'de> {
-    const FEW: usize = 16;
+/// One object's keys: on the shared buffer while it has few, in a set of its own past that,
+/// so that a wide object costs no more per key than a narrow one.
+struct ObjectKeys<'de> {
+    start: usize,
+    /// A bit per digest's low byte: a key whose bit is clear is new without a scan.
+    bits: [u64; 4],
+    wide: Option<HashSet<Cow<'de, str>>>,
+}
 
-    /// Adds `key`; false if it was there already.
-    fn insert(&mut self, key: Cow<'de, str>) -> bool {
-        if let Some(many) = &mut self.many {
-            return many.insert(key);
+impl<'de> ObjectKeys<'de> {
+    /// Keys compared one by one up to this many; the set takes over past it. Its hasher is
+    /// keyed at random: the keys are the source's. Most real entries have 5 to 40 fields.
+    const FEW: usize = 64;
+
+    fn open(open: &OpenKeys<'de>) -> ObjectKeys<'de> {
+        ObjectKeys {
+            start: open.keys.len(),
+            bits: [0; 4],
+            wide: None,
         }
-        if self.few.contains(&key) {
-            return false;
+    }
+
+    /// Adds `key`, whose digest is `digest`; false if the object has it already.
+    fn insert(&mut self, open: &mut OpenKeys<'de>, digest: u64, key: Cow<'de, str>) -> bool {
+        if let Some(wide) = &mut self.wide {
+            return wide.insert(key);
         }
-        self.few.push(key);
-        if self.few.len() > Self::FEW {
-            self.many = Some(self.few.drain(..).collect());
+        let (word, bit) = ((digest >> 6) as usize & 3, 1u64 << (digest & 63));
+        if self.bits[word] & bit != 0 {
+            let siblings = &open.keys[self.start..];
+            if siblings
+                .iter()
+                .any(|(seen, sibling)| *seen == digest && *sibling == key)
+            {
+                return false;
+            }
+        }
+        self.bits[word] |= bit;
+        open.keys.push((digest, key));
+        if open.keys.len() - self.start > Self::FEW {
+            self.wide = Some(open.keys.drain(self.start..).map(|(_, key)| key).collect());
         }
         true
+    }
+
+    fn close(self, open: &mut OpenKeys<'de>) {
+        open.keys.truncate(self.start);
     }
 }
 
@@ -239,11 +271,11 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Node, A::Error> {
         let state = self.state;
         let mut fields = self.fields;
-        let mut seen = SeenKeys::default();
+        let mut seen = ObjectKeys::open(&state.open_keys);
         let mut sum = 0u64;
         let mut count = 0usize;
         while let Some(key) = access.next_key_seed(KeySeed)? {
-            let under_cost = self.under_cost || key.contains("cost");
+            let under_cost = self.under_cost || names_a_cost(&key);
             state.path.push(Step::Field(key));
             let value = access.next_value_seed(ValueSeed {
                 state: &mut *state,
@@ -258,15 +290,17 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de, '_> {
             if let Some(alias) = fields.as_deref_mut() {
                 entry_field(state, alias, &key, &value.leaf);
             }
-            sum = sum.wrapping_add(mix(digest_of(8, key.as_ref()) ^ value.digest));
+            let key_digest = digest_of(8, key.as_ref());
+            sum = sum.wrapping_add(mix(key_digest ^ value.digest));
             count += 1;
-            if !seen.insert(key) {
+            if !seen.insert(&mut state.open_keys, key_digest, key) {
                 // Not naming the key: the body may be no map at all; the position finds it.
                 return Err(serde::de::Error::custom(
                     "a JSON object in it has a key twice",
                 ));
             }
         }
+        seen.close(&mut state.open_keys);
         let mut hasher = FxHasher::default();
         (7u8, count, sum).hash(&mut hasher);
         Ok(Node {
@@ -276,9 +310,51 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de, '_> {
     }
 }
 
+/// Whether a key names a cost (LiteLLM's prices are the numbers under such keys).
+fn names_a_cost(key: &str) -> bool {
+    // Horspool's search: the byte under the pattern's last place says how far it can move
+    // (keys are short and read by the tens of thousands; a general searcher's set-up costs
+    // more than the search).
+    let bytes = key.as_bytes();
+    let mut at = 0;
+    while let Some(&last) = bytes.get(at + 3) {
+        if last == b't' && bytes[at..at + 3] == *b"cos" {
+            return true;
+        }
+        at += match last {
+            b'c' => 3,
+            b'o' => 2,
+            b's' => 1,
+            _ => 4,
+        };
+    }
+    false
+}
+
+/// The lengths of the entry fields with a rule of their own (or `alias_of`).
+const RULED_LENGTHS: [usize; TOKEN_FIELDS.len() + STRING_FIELDS.len() + 1] = {
+    let mut lengths = [ALIAS_OF.len(); TOKEN_FIELDS.len() + STRING_FIELDS.len() + 1];
+    let mut index = 0;
+    while index < TOKEN_FIELDS.len() {
+        lengths[index] = TOKEN_FIELDS[index].len();
+        index += 1;
+    }
+    while index < TOKEN_FIELDS.len() + STRING_FIELDS.len() {
+        lengths[index] = STRING_FIELDS[index - TOKEN_FIELDS.len()].len();
+        index += 1;
+    }
+    lengths
+};
+
+const ALIAS_OF: &str = "alias_of";
+
 /// The rules on an entry's own fields, and `alias_of` noted.
 fn entry_field(state: &mut State<'_>, alias: &mut bool, field: &str, value: &Leaf) {
-    if field == "alias_of" {
+    if !RULED_LENGTHS.contains(&field.len()) {
+        // Most fields: no rule, told apart by length without comparing bytes.
+        return;
+    }
+    if field == ALIAS_OF {
         *alias = true;
     }
     if !state.recording {
@@ -298,5 +374,50 @@ fn entry_field(state: &mut State<'_>, alias: &mut bool, field: &str, value: &Lea
             format!("{field} is {}", value.kind()),
             place(),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_a_cost_finds_cost_wherever_it_is() {
+        let alphabet = ["c", "o", "s", "t", "x", "co", "cos", "cost", "_"];
+        // Every word of up to four pieces over the pattern's own letters: the shifts are
+        // where a substring search goes wrong.
+        let mut words = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = words
+                .iter()
+                .flat_map(|word| alphabet.iter().map(move |piece| format!("{word}{piece}")))
+                .collect();
+            words.extend(longer);
+        }
+        for word in &words {
+            assert_eq!(names_a_cost(word), word.contains("cost"), "{word:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_twice_is_found_in_narrow_and_wide_objects() {
+        let object = |keys: usize, twice: usize| {
+            let mut fields: Vec<String> = (0..keys).map(|k| format!("\"k{k}\": {k}")).collect();
+            fields.push(format!("\"k{twice}\": 0"));
+            format!("{{\"m\": {{{}}}}}", fields.join(", "))
+        };
+        for keys in [1, 2, 63, 64, 65, 66, 300] {
+            for twice in [0, keys / 2, keys - 1] {
+                let err = super::super::IndexedMap::read(object(keys, twice).as_bytes())
+                    .expect_err("a key twice");
+                assert!(err.to_string().contains("a key twice"), "{keys}: {err}");
+            }
+            let fields: Vec<String> = (0..keys).map(|k| format!("\"k{k}\": {k}")).collect();
+            let once = format!("{{\"m\": {{{}}}}}", fields.join(", "));
+            assert!(
+                super::super::IndexedMap::read(once.as_bytes()).is_ok(),
+                "{keys}"
+            );
+        }
     }
 }
