@@ -17,9 +17,93 @@ pub fn git_blob_id(bytes: &[u8]) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// Both identities of one body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    /// `sha256:<hex>`, as [`sha256_digest`].
+    pub sha256: String,
+    /// As [`git_blob_id`].
+    pub git_blob_id: String,
+}
+
+impl Digests {
+    /// Both identities of bytes already whole.
+    pub fn of(bytes: &[u8]) -> Digests {
+        Digests {
+            sha256: sha256_digest(bytes),
+            git_blob_id: git_blob_id(bytes),
+        }
+    }
+}
+
+/// Both identities, computed while a body arrives rather than in a pass after it. The git
+/// blob id starts with the body's length: with a length announced up front (an
+/// identity-encoded body's Content-Length) it streams too; without one, or when the body
+/// turns out another length, it is computed from the whole body at the end.
+pub struct StreamingDigests {
+    sha256: Sha256,
+    blob: Option<(u64, Sha1)>,
+    seen: u64,
+}
+
+impl StreamingDigests {
+    pub fn new(announced_len: Option<u64>) -> StreamingDigests {
+        let blob = announced_len.map(|len| {
+            let mut hasher = Sha1::new();
+            hasher.update(format!("blob {len}\0").as_bytes());
+            (len, hasher)
+        });
+        StreamingDigests {
+            sha256: Sha256::new(),
+            blob,
+            seen: 0,
+        }
+    }
+
+    /// The next piece of the body.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.sha256.update(chunk);
+        if let Some((_, blob)) = &mut self.blob {
+            blob.update(chunk);
+        }
+        self.seen = self.seen.saturating_add(chunk.len() as u64);
+    }
+
+    /// The identities of `body`, which must be every piece given to [`Self::update`].
+    pub fn finish(self, body: &[u8]) -> Digests {
+        let git_blob_id = match self.blob {
+            Some((len, blob)) if len == self.seen => hex::encode(blob.finalize()),
+            _ => git_blob_id(body),
+        };
+        Digests {
+            sha256: format!("sha256:{}", hex::encode(self.sha256.finalize())),
+            git_blob_id,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_digests_equal_the_whole_body_s_with_any_announced_length() {
+        let body: Vec<u8> = (0..100_000u32).map(|n| (n % 251) as u8).collect();
+        let whole = Digests::of(&body);
+        let len = body.len() as u64;
+        for announced in [Some(len), None, Some(len - 1), Some(len + 1), Some(0)] {
+            for chunk in [1, 7, 4096, 100_000] {
+                let mut streaming = StreamingDigests::new(announced);
+                for piece in body.chunks(chunk) {
+                    streaming.update(piece);
+                }
+                assert_eq!(streaming.finish(&body), whole, "{announced:?} {chunk}");
+            }
+        }
+        let mut empty = StreamingDigests::new(Some(0));
+        empty.update(b"");
+        assert_eq!(empty.finish(b""), Digests::of(b""));
+    }
 
     #[test]
     fn git_blob_id_matches_git_hash_object() {

@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use costmap_operator::digest::Digests;
 use costmap_operator::sync::fetch::{FetchError, FetchOutcome, FetchPolicy, FetchRequest, Fetcher};
 
 /// A request as the server saw it.
@@ -95,7 +96,15 @@ async fn fetch_url(f: &Fetcher, url: &str) -> Result<FetchOutcome, FetchError> {
 
 fn body_of(outcome: FetchOutcome) -> (Bytes, Option<String>) {
     match outcome {
-        FetchOutcome::Fetched { body, revision } => (body, revision),
+        FetchOutcome::Fetched {
+            body,
+            digests,
+            revision,
+        } => {
+            // Hashed as the body streamed in: the same as hashing it whole.
+            assert_eq!(digests, Digests::of(&body));
+            (body, revision)
+        }
         FetchOutcome::NotModified => panic!("expected a body, got NotModified"),
     }
 }

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::args::CheckArgs;
-use super::{LoadError, load};
-use crate::digest::{git_blob_id, sha256_digest};
+use super::{LoadError, Loaded, load};
 use crate::sync::SyncError;
 use crate::sync::fetch::Fetcher;
 use crate::sync::validate::summary::MapSummary;
@@ -64,19 +63,20 @@ pub async fn check(
     rules: &Rules,
     timeout: Duration,
 ) -> Result<Summary, CheckError> {
-    let bytes = load(source, fetcher, timeout).await?;
+    let loaded = load(source, fetcher, timeout).await?;
     let last_good = match against {
         Some(path) => {
             let last_good = load(path, fetcher, timeout).await?;
-            let parsed = parse_last_good(&last_good).map_err(|error| CheckError::LastGood {
-                path: path.to_owned(),
-                error,
-            })?;
+            let parsed =
+                parse_last_good(&last_good.bytes).map_err(|error| CheckError::LastGood {
+                    path: path.to_owned(),
+                    error,
+                })?;
             Some(parsed)
         }
         None => None,
     };
-    summarize(&bytes, rules, last_good.as_ref())
+    summarize(&loaded, rules, last_good.as_ref())
 }
 
 /// A last good map, which must pass the structure rules itself, as the guards see it.
@@ -91,16 +91,17 @@ pub fn parse_last_good(bytes: &[u8]) -> Result<MapSummary, SyncError> {
 /// Validates bytes already read, as the operator would after `last_good` (a first sync
 /// without it).
 pub fn summarize(
-    bytes: &[u8],
+    loaded: &Loaded,
     rules: &Rules,
     last_good: Option<&MapSummary>,
 ) -> Result<Summary, CheckError> {
-    let accepted = crate::sync::accept(bytes, rules, last_good, None)?;
+    let accepted = crate::sync::accept(&loaded.bytes, rules, last_good, None)?;
+    let digests = loaded.digests();
     Ok(Summary {
         models: accepted.models,
-        digest: sha256_digest(bytes),
-        git_blob_id: git_blob_id(bytes),
-        size: bytes.len(),
+        digest: digests.sha256,
+        git_blob_id: digests.git_blob_id,
+        size: loaded.bytes.len(),
     })
 }
 
@@ -138,12 +139,17 @@ pub async fn run(args: CheckArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha256_digest;
     use crate::sync::validate::tests::sample_map;
 
     #[test]
     fn summary_of_a_valid_map() {
         let bytes = sample_map(60).to_string().into_bytes();
-        let summary = summarize(&bytes, &Rules::default(), None).unwrap();
+        let loaded = Loaded {
+            bytes: bytes.clone(),
+            digests: None,
+        };
+        let summary = summarize(&loaded, &Rules::default(), None).unwrap();
         assert_eq!(summary.models, 60);
         assert_eq!(summary.size, bytes.len());
         assert_eq!(summary.digest, sha256_digest(&bytes));

@@ -299,7 +299,7 @@ pub async fn run(args: DiffArgs) -> ExitCode {
         super::load(&args.new, &fetcher, args.timeout)
     );
     let (old, new) = match (old, new) {
-        (Ok(old), Ok(new)) => (old, new),
+        (Ok(old), Ok(new)) => (old.bytes, new.bytes),
         (Err(err), _) | (_, Err(err)) => return unusable(err.into()),
     };
     let parsed = match super::check::parse_last_good(&old) {

@@ -11,6 +11,7 @@ pub mod plugin;
 use std::time::Duration;
 
 use crate::bounded::{BoundedError, read_at_most};
+use crate::digest::Digests;
 use crate::sync::fetch::{FetchError, FetchOutcome, FetchRequest, Fetcher};
 
 /// Why a map could not be had at all.
@@ -29,13 +30,25 @@ pub enum LoadError {
     },
 }
 
+/// A map read from a URL or a file.
+pub struct Loaded {
+    pub bytes: Vec<u8>,
+    /// The bytes' identities when they were hashed as they arrived (a fetched body).
+    pub digests: Option<Digests>,
+}
+
+impl Loaded {
+    /// The bytes' identities: as they arrived, or computed now.
+    pub fn digests(&self) -> Digests {
+        self.digests
+            .clone()
+            .unwrap_or_else(|| Digests::of(&self.bytes))
+    }
+}
+
 /// The bytes of `source`: an http(s) URL, fetched with the operator's client and limits, or
 /// a file, read with the same size cap.
-pub async fn load(
-    source: &str,
-    fetcher: &Fetcher,
-    timeout: Duration,
-) -> Result<Vec<u8>, LoadError> {
+pub async fn load(source: &str, fetcher: &Fetcher, timeout: Duration) -> Result<Loaded, LoadError> {
     // Anything with a scheme is a URL, so `ftp://...` or `file://...` is refused as a URL
     // rather than looked up as a relative file path.
     if source.contains("://") {
@@ -46,12 +59,21 @@ pub async fn load(
             revision: None,
         };
         return Ok(match fetcher.fetch(&request).await? {
-            FetchOutcome::Fetched { body, .. } => body.to_vec(),
+            FetchOutcome::Fetched { body, digests, .. } => Loaded {
+                bytes: body.into(),
+                digests: Some(digests),
+            },
             // No validator was sent, so a 304 is the server's error.
-            FetchOutcome::NotModified => Vec::new(),
+            FetchOutcome::NotModified => Loaded {
+                bytes: Vec::new(),
+                digests: None,
+            },
         });
     }
-    read_file(source, fetcher.policy().max_body_bytes)
+    Ok(Loaded {
+        bytes: read_file(source, fetcher.policy().max_body_bytes)?,
+        digests: None,
+    })
 }
 
 /// `source` as `check` and `diff` print it: a URL without userinfo, query or fragment (the

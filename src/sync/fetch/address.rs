@@ -693,6 +693,7 @@ mod tests {
             out,
             FetchOutcome::Fetched {
                 body: Bytes::from_static(b"ok"),
+                digests: crate::digest::Digests::of(b"ok"),
                 revision: None
             }
         );

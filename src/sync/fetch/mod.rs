@@ -46,6 +46,7 @@ use reqwest::header::{self, HeaderMap};
 use url::Url;
 
 use crate::budget::ByteBudget;
+use crate::digest::{Digests, StreamingDigests};
 
 /// `User-Agent` sent with every request, so a source's logs can tell us apart.
 pub const USER_AGENT: &str = concat!("costmap-operator/", env!("CARGO_PKG_VERSION"));
@@ -140,6 +141,8 @@ pub enum FetchOutcome {
     Fetched {
         /// The exact decoded bytes of the body.
         body: Bytes,
+        /// Their sha256 and git blob id, computed as they arrived.
+        digests: Digests,
         /// The response's ETag if it had one, else its Last-Modified.
         revision: Option<String>,
     },
@@ -381,6 +384,7 @@ impl Fetcher {
         // waiting for the other half; an unknown one grows its share as it arrives.
         let mut reserved = self.in_flight.reserve(None, capacity as u64).await;
         let mut body = BytesMut::with_capacity(capacity);
+        let mut digests = StreamingDigests::new(expected);
         while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, url))? {
             // Stop at the first chunk past the cap: the decoder produces
             // output incrementally, so a gzip bomb is never inflated further.
@@ -390,9 +394,12 @@ impl Fetcher {
             }
             reserved = self.in_flight.reserve(reserved, len).await;
             body.extend_from_slice(&chunk);
+            digests.update(&chunk);
         }
+        let digests = digests.finish(&body);
         Ok(FetchOutcome::Fetched {
             body: body.freeze(),
+            digests,
             revision,
         })
     }

@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 use super::{FetchError, FetchOutcome, FetchPolicy, FetchRequest, Fetcher};
-use crate::digest::{git_blob_id, sha256_digest};
 use crate::locks::lock;
 
 /// How long a failure is the answer for the other followers too: those that waited for the
@@ -227,8 +226,17 @@ impl SharedFetcher {
         };
         match self.fetcher.fetch(&fetch).await {
             Ok(FetchOutcome::NotModified) => state.revision = validator,
-            Ok(FetchOutcome::Fetched { body, revision }) => {
-                let body = Arc::new(describe(body, revision).await?);
+            Ok(FetchOutcome::Fetched {
+                body,
+                digests,
+                revision,
+            }) => {
+                let body = Arc::new(SourceBody {
+                    bytes: body,
+                    digest: digests.sha256,
+                    git_blob_id: digests.git_blob_id,
+                    revision,
+                });
                 let news = state
                     .body
                     .as_ref()
@@ -323,25 +331,10 @@ impl SharedFetcher {
     }
 }
 
-/// A body with its digests, hashed off the async workers (a 35 MB map takes ~100 ms).
-async fn describe(bytes: Bytes, revision: Option<String>) -> Result<SourceBody, FetchError> {
-    tokio::task::spawn_blocking(move || SourceBody {
-        digest: sha256_digest(&bytes),
-        git_blob_id: git_blob_id(&bytes),
-        bytes,
-        revision,
-    })
-    .await
-    .map_err(|error| FetchError::Body {
-        url: String::new(),
-        detail: format!("hashing the body was interrupted: {error}"),
-        attempts: 1,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha256_digest;
 
     fn body(text: &str, revision: &str) -> Arc<SourceBody> {
         Arc::new(SourceBody {
