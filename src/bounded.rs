@@ -20,7 +20,15 @@ pub enum BoundedError {
 
 /// Reads `reader` to its end, but never more than `max_bytes` (and one byte to tell).
 pub fn read_at_most(reader: impl Read, max_bytes: u64) -> Result<Vec<u8>, BoundedError> {
-    let mut bytes = Vec::new();
+    read_at_most_into(reader, max_bytes, Vec::new())
+}
+
+/// [`read_at_most`] into `bytes` (its capacity reserved by the caller).
+pub fn read_at_most_into(
+    reader: impl Read,
+    max_bytes: u64,
+    mut bytes: Vec<u8>,
+) -> Result<Vec<u8>, BoundedError> {
     reader
         .take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)?;

@@ -9,8 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::digest::sha256_digest;
-use crate::layout::gzip::{GunzipError, StoredMap, gunzip_bounded};
+use crate::layout::gzip::{GunzipError, StoredMap, gunzip_bounded, gunzip_digest};
 
 /// Clients may keep a copy but must revalidate it (cheap, thanks to the ETag): the map
 /// changes whenever upstream changes.
@@ -31,10 +30,11 @@ impl ServedMap {
     /// From a stored gzip, decompressed (at most `max_bytes`) to learn the digest of what it
     /// holds: whatever stored it (a ConfigMap edited by hand) could hold anything.
     pub fn from_gzip(gz: Bytes, max_bytes: u64) -> Result<ServedMap, GunzipError> {
-        let plain = gunzip_bounded(&gz, max_bytes)?;
+        // Hashed as it decompresses: the plain bytes are built only if a client asks for them.
+        let (digest, size) = gunzip_digest(&gz, max_bytes)?;
         Ok(ServedMap {
-            size: plain.len() as u64,
-            digest: sha256_digest(&plain),
+            size,
+            digest,
             gz,
             plain: OnceLock::new(),
         })
@@ -118,6 +118,10 @@ pub fn respond(map: Option<&ServedMap>, method: &Method, request: &HeaderMap) ->
     let body = if accepts_gzip(request) {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         map.gz.clone()
+    } else if method == Method::HEAD {
+        // The plain length is known: a HEAD does not decompress the map (nor keep it).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(map.size));
+        return (StatusCode::OK, headers, Body::empty()).into_response();
     } else {
         match map.plain() {
             Ok(plain) => plain,
@@ -241,6 +245,24 @@ mod tests {
         let head = respond(Some(&map), &Method::HEAD, &request(&[]));
         assert_eq!(head.headers()[header::CONTENT_LENGTH], "23");
         assert!(body(head).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_head_without_gzip_does_not_decompress_the_map() {
+        let stored = StoredMap::from_bytes(br#"{"a": {"mode": "chat"}}"#.to_vec());
+        let map = ServedMap::from_gzip(Bytes::from(stored.gz), 1024).unwrap();
+        let head = respond(Some(&map), &Method::HEAD, &request(&[]));
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(head.headers()[header::CONTENT_LENGTH], "23");
+        assert_eq!(head.headers()[header::ETAG], map.etag().as_str());
+        assert!(head.headers().get(header::CONTENT_ENCODING).is_none());
+        assert!(body(head).await.is_empty());
+        assert!(
+            map.plain.get().is_none(),
+            "nothing decompressed, nothing kept"
+        );
+        let get = respond(Some(&map), &Method::GET, &request(&[]));
+        assert_eq!(body(get).await.len(), 23);
     }
 
     #[test]

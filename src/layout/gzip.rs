@@ -2,7 +2,7 @@
 //! the map is 3.5 MB, so it is always stored gzipped; whatever is read back is decompressed
 //! with a bound, as anyone who can edit a ConfigMap can put a gzip bomb in it.
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -10,6 +10,7 @@ use flate2::write::GzEncoder;
 
 use crate::digest::sha256_digest;
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 /// The map as stored: its exact bytes and their gzip.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,10 +38,52 @@ pub enum GunzipError {
 /// Decompresses `gz`, stopping as soon as it yields more than `max_bytes`: whatever stored
 /// it (a ConfigMap edited by hand, a mounted file) could hold anything.
 pub fn gunzip_bounded(gz: &[u8], max_bytes: u64) -> Result<Vec<u8>, GunzipError> {
-    crate::bounded::read_at_most(GzDecoder::new(gz), max_bytes).map_err(|err| match err {
+    // Sized up front from the gzip's own record of its length (unchecked: at most
+    // `max_bytes`), so a 35 MB map is not read into a buffer doubled to 64 MB on the way.
+    let announced = announced_len(gz).min(max_bytes);
+    let capacity = usize::try_from(announced).unwrap_or(0);
+    crate::bounded::read_at_most_into(GzDecoder::new(gz), max_bytes, Vec::with_capacity(capacity))
+        .map_err(bounded_error)
+}
+
+/// The `sha256:<hex>` digest and length of what `gz` decompresses to, never holding more
+/// of it than one buffer: to check a stored map without keeping (or even building) its
+/// plain bytes. Bounded as [`gunzip_bounded`].
+pub fn gunzip_digest(gz: &[u8], max_bytes: u64) -> Result<(String, u64), GunzipError> {
+    let mut hasher = Sha256::new();
+    let mut decoder = GzDecoder::new(gz).take(max_bytes.saturating_add(1));
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let read = match decoder.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(GunzipError::Corrupt(err)),
+        };
+        size += read as u64;
+        if size > max_bytes {
+            return Err(GunzipError::TooLarge { max_bytes });
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
+}
+
+/// The length a gzip says it holds (its last four bytes, modulo 4 GiB; anyone could have
+/// written them).
+fn announced_len(gz: &[u8]) -> u64 {
+    match gz.len().checked_sub(4).and_then(|at| gz.get(at..)) {
+        Some(&[a, b, c, d]) => u64::from(u32::from_le_bytes([a, b, c, d])),
+        _ => 0,
+    }
+}
+
+fn bounded_error(err: crate::bounded::BoundedError) -> GunzipError {
+    match err {
         crate::bounded::BoundedError::TooLarge { max_bytes } => GunzipError::TooLarge { max_bytes },
         crate::bounded::BoundedError::Io(err) => GunzipError::Corrupt(err),
-    })
+    }
 }
 
 /// The gzip level of stored maps. On the 3.5 MB map (flate2 with zlib-rs, `cargo bench
@@ -73,4 +116,37 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
         .write_all(bytes)
         .and_then(|()| encoder.finish())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gunzip_digest_is_the_plain_bytes_digest_and_size_and_is_bounded() {
+        let plain: Vec<u8> = (0..300_000u32).flat_map(|n| n.to_le_bytes()).collect();
+        let stored = StoredMap::from_bytes(plain.clone());
+        let max = plain.len() as u64;
+        assert_eq!(
+            gunzip_digest(&stored.gz, max).unwrap(),
+            (sha256_digest(&plain), max)
+        );
+        assert_eq!(gunzip_bounded(&stored.gz, max).unwrap(), plain);
+        assert!(matches!(
+            gunzip_digest(&stored.gz, max - 1),
+            Err(GunzipError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            gunzip_digest(&stored.gz[..stored.gz.len() / 2], max),
+            Err(GunzipError::Corrupt(_))
+        ));
+        // A trailer that lies about the length changes nothing but the first reservation.
+        let mut lying = stored.gz.clone();
+        let at = lying.len() - 4;
+        lying[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            gunzip_bounded(&lying, max).is_err(),
+            "the trailer is checked"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::chunks::{ChunkError, chunk_count, chunk_key, chunk_name, gz_key};
-use super::gzip::{GunzipError, StoredMap, gunzip_bounded};
+use super::gzip::{GunzipError, StoredMap, gunzip_bounded, gunzip_digest};
 use super::{CHUNKS_ANNOTATION, DIGEST_ANNOTATION, GIT_BLOB_ID_ANNOTATION, MODELS_ANNOTATION};
 
 /// Why a map could not be read back.
@@ -121,22 +121,41 @@ pub fn read_stored(
 /// digest). Chunks of two maps (an update half written) make another gzip, or none.
 pub fn assemble(parts: &[&[u8]], expected: &str, max_bytes: u64) -> Result<StoredMap, ReadError> {
     let gz = parts.concat();
-    let bytes = match gunzip_bounded(&gz, max_bytes) {
-        Ok(bytes) => bytes,
-        Err(err @ GunzipError::TooLarge { .. }) => return Err(err.into()),
-        Err(GunzipError::Corrupt(err)) => {
-            return Err(ChunkError::Mixed {
-                expected: expected.to_owned(),
-                actual: format!("none (not a valid gzip: {err})"),
-            }
-            .into());
-        }
-    };
+    let bytes = gunzip_bounded(&gz, max_bytes).map_err(|err| unreadable(err, expected))?;
     let map = StoredMap {
         bytes: bytes.into(),
         gz,
     };
-    let actual = map.digest();
+    is_expected(map.digest(), expected)?;
+    Ok(map)
+}
+
+/// [`assemble`] for a reader that keeps only the gzip: the chunks' gzip and the size of the
+/// map it holds, checked without building the map.
+pub fn assemble_gzip(
+    parts: &[&[u8]],
+    expected: &str,
+    max_bytes: u64,
+) -> Result<(Vec<u8>, u64), ReadError> {
+    let gz = parts.concat();
+    let (digest, size) = gunzip_digest(&gz, max_bytes).map_err(|err| unreadable(err, expected))?;
+    is_expected(digest, expected)?;
+    Ok((gz, size))
+}
+
+/// Chunks whose gzip does not decompress: too large, or the pieces of two maps.
+fn unreadable(err: GunzipError, expected: &str) -> ReadError {
+    match err {
+        err @ GunzipError::TooLarge { .. } => err.into(),
+        GunzipError::Corrupt(err) => ChunkError::Mixed {
+            expected: expected.to_owned(),
+            actual: format!("none (not a valid gzip: {err})"),
+        }
+        .into(),
+    }
+}
+
+fn is_expected(actual: String, expected: &str) -> Result<(), ReadError> {
     if actual != expected {
         return Err(ChunkError::Mixed {
             expected: expected.to_owned(),
@@ -144,7 +163,7 @@ pub fn assemble(parts: &[&[u8]], expected: &str, max_bytes: u64) -> Result<Store
         }
         .into());
     }
-    Ok(map)
+    Ok(())
 }
 
 /// Whether `held` still holds every ConfigMap of `desired` (see [`holds_rendered`]).

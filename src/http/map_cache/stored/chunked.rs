@@ -20,7 +20,7 @@ use crate::http::map_cache::ObjectId;
 use crate::http::maps::ServedMap;
 use crate::layout::DIGEST_ANNOTATION;
 use crate::layout::chunks::{chunk_count, chunk_key, chunk_name, gz_key};
-use crate::layout::read::assemble;
+use crate::layout::read::assemble_gzip;
 
 /// One chunk as a ConfigMap holds it.
 #[derive(Debug, Clone)]
@@ -153,13 +153,12 @@ impl Assemblies {
             return known.map.clone();
         }
         let parts: Vec<&[u8]> = from.2.iter().map(Bytes::as_ref).collect();
-        let map = match assemble(&parts, &from.0, max_bytes) {
-            Ok(map) => {
-                let size = map.bytes.len() as u64;
-                // The plain bytes are decompressed again on the first request that needs
-                // them: most clients take the gzip.
+        let map = match assemble_gzip(&parts, &from.0, max_bytes) {
+            Ok((gz, size)) => {
+                // Checked without keeping the plain bytes: they are decompressed on the first
+                // request that needs them (most clients take the gzip).
                 Some(Arc::new(ServedMap::from_checked_gzip(
-                    Bytes::from(map.gz),
+                    Bytes::from(gz),
                     from.0.clone(),
                     size,
                 )))
