@@ -37,6 +37,12 @@ impl<K: PartialEq, V: Clone> Memo<K, V> {
         cell.get_or_try_init(work).await.cloned()
     }
 
+    /// Forgets the answers worked out for which `keep` says no (one being worked out is
+    /// kept).
+    pub fn retain(&self, keep: impl Fn(&V) -> bool) {
+        lock(&self.answers).retain(|(_, cell)| cell.get().is_none_or(&keep));
+    }
+
     fn cell(&self, key: K) -> Arc<OnceCell<V>> {
         let mut answers = lock(&self.answers);
         if let Some((_, cell)) = answers.iter().find(|(k, _)| *k == key) {
@@ -79,6 +85,29 @@ mod tests {
         ask(3).await.unwrap();
         ask(1).await.unwrap();
         assert_eq!(work.load(Ordering::SeqCst), 4, "key 1 was forgotten");
+    }
+
+    #[tokio::test]
+    async fn answers_retain_rejects_are_worked_out_again() {
+        let memo: Memo<u32, u32> = Memo::new(2);
+        let work = AtomicUsize::new(0);
+        let ask = |key: u32| {
+            let (work, memo) = (&work, &memo);
+            async move {
+                memo.get_or_try(key, || async move {
+                    work.fetch_add(1, Ordering::SeqCst);
+                    Ok::<u32, ()>(key)
+                })
+                .await
+            }
+        };
+        ask(1).await.unwrap();
+        ask(2).await.unwrap();
+        memo.retain(|answer| *answer != 1);
+        ask(2).await.unwrap();
+        assert_eq!(work.load(Ordering::SeqCst), 2, "2 kept");
+        ask(1).await.unwrap();
+        assert_eq!(work.load(Ordering::SeqCst), 3, "1 forgotten");
     }
 
     #[tokio::test]

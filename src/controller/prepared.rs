@@ -206,6 +206,18 @@ impl Preparer {
         Ok(answer?)
     }
 
+    /// Forgets the prepared maps nobody holds but this memory (every object moved on from
+    /// them): a map two versions old would otherwise stay in memory until two more maps are
+    /// prepared, beside the last good map and the next one being fetched.
+    pub(super) fn forget_unheld(&self) {
+        // Held: by an object that asked and is still writing it (the answer itself), or by
+        // an object's last good map (the map).
+        self.memo.retain(|answer| match answer {
+            Ok(prepared) => Arc::strong_count(prepared) > 1 || Arc::strong_count(&prepared.map) > 1,
+            Err(_) => true,
+        });
+    }
+
     async fn prepare(
         &self,
         tenant: &str,
