@@ -11,7 +11,6 @@
 mod values;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
@@ -78,7 +77,7 @@ impl IndexedMap {
         let mut found = state.violations;
         found.sort_by(|a, b| a.0.model.cmp(&b.0.model).then_with(|| a.1.cmp(&b.1)));
         Ok(IndexedMap {
-            summary: MapSummary::from_models(top.models),
+            summary: MapSummary::from_sorted(top.models),
             violations: found.into_iter().map(|(violation, _)| violation).collect(),
         })
     }
@@ -219,7 +218,8 @@ impl State<'_> {
 
 /// The top level: the keys and their entries, capped; keys seen twice collected.
 struct TopLevel {
-    models: BTreeMap<String, ModelSummary>,
+    /// The models by name, each once.
+    models: Vec<(String, ModelSummary)>,
     keys: usize,
     objects: usize,
     duplicates: Vec<String>,
@@ -233,50 +233,44 @@ struct TopEntry<'de> {
 }
 
 impl<'de> TopLevel {
-    /// The top level from its entries in document order. Sorting them by key (stably, so a
-    /// key's first entry stays first) finds the keys seen twice without hashing a key the
-    /// source chose, and gives the index its order.
-    fn of(entries: Vec<TopEntry<'de>>) -> TopLevel {
-        // Sorted by key, then place: a key's first entry stays first. The entries are
-        // sorted by reference (two words each), not moved.
+    /// The top level from its entries in document order. Sorting them by key, then place
+    /// (a key's first entry stays first) finds the keys seen twice without hashing a key
+    /// the source chose, and gives the index its order. The entries are sorted by
+    /// reference (two words each), not moved.
+    fn of(mut entries: Vec<TopEntry<'de>>) -> TopLevel {
         let mut order: Vec<(&str, usize)> = entries
             .iter()
             .enumerate()
             .map(|(place, entry)| (entry.key.as_ref(), place))
             .collect();
         order.sort_unstable();
-        let mut top = TopLevel {
-            models: BTreeMap::new(),
-            keys: 0,
-            objects: 0,
-            duplicates: Vec::new(),
-        };
+        let mut duplicates: Vec<String> = Vec::new();
         let mut firsts = Vec::with_capacity(order.len());
         let mut previous: Option<&str> = None;
         for (key, place) in order {
             if previous == Some(key) {
-                if top.duplicates.last().map(String::as_str) != Some(key) {
-                    top.duplicates.push(key.to_owned());
+                if duplicates.last().map(String::as_str) != Some(key) {
+                    duplicates.push(key.to_owned());
                 }
                 continue;
             }
             previous = Some(key);
             firsts.push(place);
         }
-        let mut entries: Vec<Option<TopEntry<'de>>> = entries.into_iter().map(Some).collect();
-        let mut models = Vec::with_capacity(firsts.len());
+        let mut top = TopLevel {
+            models: Vec::with_capacity(firsts.len()),
+            keys: firsts.len(),
+            objects: 0,
+            duplicates,
+        };
         for place in firsts {
-            let Some(entry) = entries[place].take() else {
-                continue;
-            };
-            top.keys += 1;
+            let entry = &mut entries[place];
             top.objects += usize::from(entry.object);
-            if let Some(model) = entry.model {
-                models.push((entry.key.into_owned(), model));
+            if let Some(model) = entry.model.take() {
+                let name = std::mem::take(&mut entry.key).into_owned();
+                top.models.push((name, model));
             }
         }
-        // Already in key order: the map is built in bulk.
-        top.models = models.into_iter().collect();
         top
     }
 }
