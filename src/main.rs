@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
+    costmap_operator::heap::tune_allocator();
     // Installed as kubectl-costmap, the binary is a kubectl plugin.
     let called_as = std::env::args_os()
         .next()
