@@ -9,8 +9,9 @@ first load (it also parses the bundled backup once, for the count its integrity 
 compares with), are untimed. Then RUNS calls of get_model_cost_map(url=URL) are timed, each a
 real fetch: the call refuses to fetch when LITELLM_LOCAL_MODEL_COST_MAP or
 LITELLM_OFFLINE_MODE is "true", so both must be unset, and after every call the loader's own
-source info must say "remote" with the git blob id of the fetched bytes. Last, RUNS timings
-of the bare json.loads of MAP_FILE's bytes, for context.
+source info must say "remote" with the git blob id of the fetched bytes. Last, for context,
+RUNS timings each of the fetch alone as LiteLLM makes it (httpx.get(URL).content, a new
+connection each time) and of the bare json.loads of MAP_FILE's bytes.
 
 Prints one line to stdout: RESULT {json}.
 """
@@ -29,6 +30,7 @@ if os.environ.get("LITELLM_MODEL_COST_MAP_URL") != url:
     sys.exit("LITELLM_MODEL_COST_MAP_URL must be the URL timed, so that the import fetches it too")
 
 started = time.perf_counter()
+import httpx  # noqa: E402
 import litellm  # noqa: E402
 from litellm.litellm_core_utils import get_model_cost_map as loader  # noqa: E402
 
@@ -60,6 +62,13 @@ for _ in range(runs):
     model_counts.add(models(model_cost))
     del model_cost
 
+httpx_get_ms = []
+for _ in range(runs):
+    started = time.perf_counter()
+    fetched = httpx.get(url).content
+    httpx_get_ms.append((time.perf_counter() - started) * 1000.0)
+    del fetched
+
 body = open(map_file, "rb").read()
 json_loads_ms = []
 for _ in range(runs):
@@ -75,6 +84,7 @@ result = {
     "times_ms": times_ms,
     "models": sorted(model_counts),
     "source_revisions": sorted(revisions),
+    "httpx_get_ms": httpx_get_ms,
     "json_loads_ms": json_loads_ms,
 }
 print("RESULT " + json.dumps(result), flush=True)
