@@ -68,50 +68,38 @@ async fn main() {
     );
     let ours_median = median(&ours);
     println!(
-        "  ours, `costmap-operator check <url>`, whole process (spawn to exit): median {:.1} ms (min {:.1}, max {:.1})",
-        ours_median,
-        min(&ours),
-        max(&ours)
+        "  ours, `costmap-operator check <url>`, whole process (spawn to exit): {}",
+        spread(&ours)
     );
     for loader in &litellm {
         println!(
-            "  litellm {} (python {}), get_model_cost_map(url=...) in-process after `import litellm` ({:.1} s, untimed): median {:.1} ms (min {:.1}, max {:.1}); litellm median / ours median = {:.2}x",
+            "  litellm {} (python {}), get_model_cost_map(url=...) in-process after `import litellm` ({:.1} s, untimed): {}; litellm median / ours median = {:.2}x",
             loader.version,
             loader.python,
             loader.import_seconds,
-            median(&loader.times),
-            min(&loader.times),
-            max(&loader.times),
+            spread(&loader.times),
             median(&loader.times) / ours_median,
         );
     }
     println!("  for context:");
     println!(
-        "    `costmap-operator check <file>`, whole process: median {:.1} ms (min {:.1}, max {:.1})",
-        median(&from_file),
-        min(&from_file),
-        max(&from_file)
+        "    `costmap-operator check <file>`, whole process: {}",
+        spread(&from_file),
     );
     println!(
-        "    `costmap-operator --version`, whole process (the floor of a process): median {:.1} ms (min {:.1}, max {:.1})",
-        median(&floor),
-        min(&floor),
-        max(&floor)
+        "    `costmap-operator --version`, whole process (the floor of a process): {}",
+        spread(&floor),
     );
     let python = &litellm[0];
     println!(
-        "    python {} httpx.get(url).content alone (LiteLLM's fetch, a new connection each), in-process: median {:.1} ms (min {:.1}, max {:.1})",
+        "    python {} httpx.get(url).content alone (LiteLLM's fetch, a new connection each), in-process: {}",
         python.python,
-        median(&python.httpx_get),
-        min(&python.httpx_get),
-        max(&python.httpx_get)
+        spread(&python.httpx_get),
     );
     println!(
-        "    python {} bare json.loads of the bytes, in-process: median {:.1} ms (min {:.1}, max {:.1})",
+        "    python {} bare json.loads of the bytes, in-process: {}",
         python.python,
-        median(&python.json_loads),
-        min(&python.json_loads),
-        max(&python.json_loads)
+        spread(&python.json_loads),
     );
 }
 
@@ -239,4 +227,14 @@ impl Loader {
             version,
         }
     }
+}
+
+/// `median M ms (min A, max B)` of `samples`, in ms.
+fn spread(samples: &[f64]) -> String {
+    format!(
+        "median {:.1} ms (min {:.1}, max {:.1})",
+        median(samples),
+        min(samples),
+        max(samples)
+    )
 }
