@@ -178,6 +178,48 @@ fn rows(source: &HostileSource) -> Vec<Row> {
             "token counts are non-negative numbers",
         ),
         row(
+            "long-cost-path",
+            body(
+                "long-cost-path",
+                base_with_raw(
+                    &format!("cost{}", "x".repeat(200_000)),
+                    &format!("[{}]", vec!["0"; 5_000].join(",")),
+                ),
+            ),
+            Reason::InvalidMap.as_str(),
+            "5000 cost paths are longer than 256 bytes, the first by name in model \"model-7\"",
+        ),
+        row(
+            "cost-paths-past-the-body",
+            body(
+                "cost-paths-past-the-body",
+                base_with_raw(
+                    &format!("cost{}", "x".repeat(200)),
+                    &format!("[{}]", vec!["0"; 200_000].join(",")),
+                ),
+            ),
+            Reason::InvalidMap.as_str(),
+            "the cost paths take 42",
+        ),
+        row(
+            "a-rule-broken-once-per-value",
+            body(
+                "a-rule-broken-once-per-value",
+                base_with_raw(
+                    "cost",
+                    &format!(
+                        "{{{}}}",
+                        (0..900_000)
+                            .map(|i| format!("\"k{i}\":null"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                ),
+            ),
+            Reason::InvalidMap.as_str(),
+            "rule \"costs are finite non-negative numbers\" broken 900000 times: model-7 (cost.k0 is null), model-7 (cost.k1 is null), model-7 (cost.k10 is null)",
+        ),
+        row(
             "deep-nesting",
             body(
                 "deep-nesting",

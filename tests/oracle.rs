@@ -8,6 +8,7 @@ mod oracle;
 
 use std::io::Read;
 
+use costmap_operator::sync::validate::MAX_COST_PATH_BYTES;
 use oracle::{same_judgement, same_verdicts};
 use serde_json::{Map, Value, json};
 
@@ -199,7 +200,32 @@ fn hostile() -> Vec<Vec<u8>> {
         format!("{{\"m\": {{\"a\": [{}]}}}}", vec!["0"; 999_997].join(",")).into_bytes(),
         format!("{{\"m\": {{\"a\": [{}]}}}}", vec!["0"; 999_998].join(",")).into_bytes(),
         b"{\"m\": {\"mode\": \"ch\xffat\"}}".to_vec(),
+        // Cost paths past their bounds (a megabyte key over an array of zeros once asked
+        // for gigabytes), and a rule broken once per value (its offenders once all kept).
+        long_cost_path(MAX_COST_PATH_BYTES - "cost[0]".len(), 3),
+        long_cost_path(MAX_COST_PATH_BYTES - "cost[0]".len() + 1, 3),
+        long_cost_path(200, 20_000),
+        long_cost_path(200_000, 5_000),
+        format!(
+            "{{\"m\": {{\"cost\": {{{}}}}}}}",
+            (0..900_000)
+                .map(|i| format!("\"k{i}\":null"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+        .into_bytes(),
     ]
+}
+
+/// A model with `zeros` costs under a key of `cost` and `padding` bytes more.
+fn long_cost_path(padding: usize, zeros: usize) -> Vec<u8> {
+    format!(
+        "{{\"m\": {{\"cost{}\": [{}]}}, \"n\": {{\"{}cost\": \"x\"}}}}",
+        "x".repeat(padding),
+        vec!["0"; zeros].join(","),
+        "y".repeat(padding),
+    )
+    .into_bytes()
 }
 
 #[test]

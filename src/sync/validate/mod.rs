@@ -2,17 +2,22 @@
 //! every real map passes (litellm 1.60 to 1.110), so a broken or hostile source never
 //! replaces the last good map.
 
+mod cost_paths;
 pub mod guards;
 mod onepass;
 mod parse;
 pub mod summary;
+mod violations;
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use crate::api::Validation;
+use cost_paths::{CostPathBounds, SpelledLength};
+use violations::{Tally, Violation};
 
+pub use cost_paths::MAX_COST_PATH_BYTES;
 pub use onepass::IndexedMap;
 pub use parse::{MAX_TOP_LEVEL_KEYS, MAX_VALUES};
 
@@ -119,21 +124,14 @@ pub fn validate(map: &ModelMap, rules: &Rules) -> Result<(), ValidationError> {
 
 /// The entry rules alone: every model's entry (or an override of it) must keep them.
 pub(crate) fn check_entries(map: &ModelMap) -> Result<(), ValidationError> {
-    let violations = entry_violations(map);
-    if !violations.is_empty() {
-        return Err(ValidationError::InvalidMap(describe_violations(
-            &violations,
-        )));
+    let mut tally = Tally::default();
+    for violation in entry_violations(map) {
+        tally.push_in_order(violation);
+    }
+    if !tally.is_empty() {
+        return Err(ValidationError::InvalidMap(tally.describe()));
     }
     Ok(())
-}
-
-/// One broken rule in one model's entry.
-#[derive(Debug, Clone, PartialEq)]
-struct Violation {
-    rule: &'static str,
-    model: String,
-    detail: String,
 }
 
 fn entry_violations(map: &ModelMap) -> Vec<Violation> {
@@ -167,11 +165,11 @@ fn entry_violations(map: &ModelMap) -> Vec<Violation> {
                 );
             }
         }
-        visit_costs(entry, &mut |path, value| {
-            if !is_non_negative_number(value) {
+        visit_costs(entry, &mut |leaf| {
+            if !is_non_negative_number(leaf.value) {
                 report(
                     "costs are finite non-negative numbers",
-                    format!("{} is {}", path(), shown(value)),
+                    format!("{} is {}", leaf.spelled(), shown(leaf.value)),
                 );
             }
         });
@@ -179,38 +177,70 @@ fn entry_violations(map: &ModelMap) -> Vec<Violation> {
     violations
 }
 
+/// The bounds on a parsed map's cost paths, as the one-pass reader counts them.
+fn check_cost_paths(map: &ModelMap, body_len: usize) -> Result<(), ValidationError> {
+    let mut bounds = CostPathBounds::for_body(body_len);
+    for (model, entry) in map.models() {
+        walk_costs(entry, false, &mut Vec::new(), &mut |leaf| {
+            bounds.admit(leaf.length.0);
+        });
+        bounds.end_model(model);
+    }
+    bounds.check()
+}
+
 /// Calls `visit` with every leaf below a key whose name contains "cost" (nested ones
-/// included), and a way to spell its path. The path is spelled out only when asked:
-/// building it for every node would cost work quadratic in the nesting.
-pub(crate) fn visit_costs<'a>(
-    entry: &'a Value,
-    visit: &mut impl FnMut(&dyn Fn() -> String, &'a Value),
-) {
-    walk_costs(entry, false, &mut Vec::new(), visit);
+/// included) whose path is at most [`MAX_COST_PATH_BYTES`] long. The path is spelled out
+/// only when asked: building it for every node would cost work quadratic in the nesting.
+pub(crate) fn visit_costs<'a>(entry: &'a Value, visit: &mut impl FnMut(CostLeaf<'_, 'a>)) {
+    walk_costs(entry, false, &mut Vec::new(), &mut |leaf| {
+        if leaf.length.0 <= MAX_COST_PATH_BYTES {
+            visit(leaf);
+        }
+    });
+}
+
+/// A leaf below a cost key, and the path to it.
+pub(crate) struct CostLeaf<'p, 'a> {
+    pub(crate) value: &'a Value,
+    path: &'p [(Step<'a>, SpelledLength)],
+    length: SpelledLength,
+}
+
+impl CostLeaf<'_, '_> {
+    /// `a.b[2].c`.
+    pub(crate) fn spelled(&self) -> String {
+        spelled(self.path.iter().map(|(step, _)| *step))
+    }
 }
 
 fn walk_costs<'a>(
     value: &'a Value,
     under_cost: bool,
-    path: &mut Vec<Step<'a>>,
-    visit: &mut impl FnMut(&dyn Fn() -> String, &'a Value),
+    path: &mut Vec<(Step<'a>, SpelledLength)>,
+    visit: &mut impl FnMut(CostLeaf<'_, 'a>),
 ) {
+    let length = path.last().map(|(_, length)| *length).unwrap_or_default();
     match value {
         Value::Object(fields) => {
             for (field, child) in fields {
-                path.push(Step::Field(field));
+                path.push((Step::Field(field), length.field(field)));
                 walk_costs(child, under_cost || field.contains("cost"), path, visit);
                 path.pop();
             }
         }
         Value::Array(items) => {
             for (index, child) in items.iter().enumerate() {
-                path.push(Step::Index(index));
+                path.push((Step::Index(index), length.index(index)));
                 walk_costs(child, under_cost, path, visit);
                 path.pop();
             }
         }
-        leaf if under_cost => visit(&|| spelled(path.iter().copied()), leaf),
+        leaf if under_cost => visit(CostLeaf {
+            value: leaf,
+            path,
+            length,
+        }),
         _ => {}
     }
 }
@@ -273,35 +303,6 @@ fn shown(value: &Value) -> String {
         Value::Number(number) => number.to_string(),
         other => kind(other).to_owned(),
     }
-}
-
-fn describe_violations(violations: &[Violation]) -> String {
-    let mut by_rule: BTreeMap<&str, Vec<&Violation>> = BTreeMap::new();
-    for violation in violations {
-        by_rule.entry(violation.rule).or_default().push(violation);
-    }
-    let parts: Vec<String> = by_rule
-        .into_iter()
-        .map(|(rule, found)| {
-            let examples: Vec<String> = found
-                .iter()
-                .take(EXAMPLES_PER_RULE)
-                .map(|v| format!("{} ({})", truncated(&v.model), v.detail))
-                .collect();
-            let more = found.len().saturating_sub(EXAMPLES_PER_RULE);
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
-            format!(
-                "rule \"{rule}\" broken {} times: {}{more}",
-                found.len(),
-                examples.join(", ")
-            )
-        })
-        .collect();
-    parts.join("; ")
 }
 
 /// Model names come from the source: keep them short in messages.

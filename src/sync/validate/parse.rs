@@ -10,7 +10,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{EXAMPLES_PER_RULE, ModelMap, ValidationError, truncated};
+use super::{EXAMPLES_PER_RULE, ModelMap, ValidationError, check_cost_paths, truncated};
 
 /// The most top-level keys a map may have. Real maps have about 5,000; this bounds the
 /// memory a hostile source can make the parser use.
@@ -64,7 +64,11 @@ impl ModelMap {
             Ok(TopLevel { duplicates, .. }) if !duplicates.is_empty() => Err(
                 ValidationError::InvalidMap(describe_duplicates(&duplicates)),
             ),
-            Ok(TopLevel { entries, .. }) => Ok(ModelMap { entries }),
+            Ok(TopLevel { entries, .. }) => {
+                let map = ModelMap { entries };
+                check_cost_paths(&map, bytes.len())?;
+                Ok(map)
+            }
             Err(err) => Err(ValidationError::InvalidMap(describe_parse_error(
                 bytes, &err,
             ))),

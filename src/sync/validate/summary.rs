@@ -35,9 +35,9 @@ impl ModelSummary {
     /// reports it (the same cost paths, so the two compare field by field).
     pub fn of(entry: &Value) -> ModelSummary {
         let mut costs = Vec::new();
-        visit_costs(entry, &mut |path, value| {
-            if let Some(number) = value.as_f64() {
-                costs.push((path(), number));
+        visit_costs(entry, &mut |leaf| {
+            if let Some(number) = leaf.value.as_f64() {
+                costs.push((leaf.spelled(), number));
             }
         });
         let mut hasher = DefaultHasher::new();

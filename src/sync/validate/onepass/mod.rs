@@ -18,17 +18,17 @@ use serde::de::{DeserializeSeed, MapAccess, Visitor};
 
 use values::{KeySeed, Leaf, Node, OpenKeys, ValueSeed};
 
+use super::cost_paths::{CostPathBounds, SpelledLength};
 use super::parse::{describe_duplicates, describe_parse_error, describe_shape, is_map_shaped};
 use super::summary::{Costs, MapSummary, ModelSummary};
-use super::{
-    MAX_TOP_LEVEL_KEYS, RESERVED_KEYS, Rules, ValidationError, Violation, describe_violations,
-};
+use super::violations::Tally;
+use super::{MAX_TOP_LEVEL_KEYS, RESERVED_KEYS, Rules, ValidationError};
 
 /// A map read in one pass: its index, and the entry rules it broke (if any).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexedMap {
     summary: MapSummary,
-    violations: Vec<Violation>,
+    violations: Tally,
 }
 
 impl IndexedMap {
@@ -49,8 +49,8 @@ impl IndexedMap {
         // map) rather than string by string; a body that fails it is read byte-wise, so
         // the error names the same place with the same message.
         let parsed = match std::str::from_utf8(bytes) {
-            Ok(text) => read_top(serde_json::Deserializer::from_str(text)),
-            Err(_) => read_top(serde_json::Deserializer::from_slice(bytes)),
+            Ok(text) => read_top(serde_json::Deserializer::from_str(text), bytes.len()),
+            Err(_) => read_top(serde_json::Deserializer::from_slice(bytes), bytes.len()),
         };
         let (top, state) = match parsed {
             Ok(read) => read,
@@ -72,13 +72,10 @@ impl IndexedMap {
                 &top.duplicates,
             )));
         }
-        // Messages list models in name order and, within one, fields in key order (as the
-        // parsed tree's sorted maps did); the pass sees them in document order.
-        let mut found = state.violations;
-        found.sort_by(|a, b| a.0.model.cmp(&b.0.model).then_with(|| a.1.cmp(&b.1)));
+        state.cost_bounds.check()?;
         Ok(IndexedMap {
             summary: MapSummary::from_sorted(top.models),
-            violations: found.into_iter().map(|(violation, _)| violation).collect(),
+            violations: state.violations,
         })
     }
 
@@ -103,9 +100,7 @@ impl IndexedMap {
             )));
         }
         if !self.violations.is_empty() {
-            return Err(ValidationError::InvalidMap(describe_violations(
-                &self.violations,
-            )));
+            return Err(ValidationError::InvalidMap(self.violations.describe()));
         }
         Ok(())
     }
@@ -125,8 +120,9 @@ impl IndexedMap {
 /// The whole body through the top-level visitor, then nothing but whitespace after it.
 fn read_top<'de, R: serde_json::de::Read<'de>>(
     mut deserializer: serde_json::Deserializer<R>,
+    body_len: usize,
 ) -> Result<(TopLevel, State<'de>), serde_json::Error> {
-    let mut state = State::default();
+    let mut state = State::new(body_len);
     let top = serde::Deserializer::deserialize_map(
         &mut deserializer,
         TopLevelVisitor { state: &mut state },
@@ -141,61 +137,67 @@ enum Step<'de> {
     Index(usize),
 }
 
-/// A step kept with a violation, to list violations in the parsed tree's order: object
-/// fields by key, array items by index.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum OwnedStep {
-    Field(String),
-    Index(usize),
-}
-
 /// What the pass carries from value to value.
-#[derive(Default)]
 struct State<'de> {
     /// Values seen so far, against [`MAX_VALUES`].
     values: usize,
-    /// The path from the current entry down to the current value.
-    path: Vec<Step<'de>>,
+    /// The path from the current entry down to the current value, with the length of
+    /// each step's path spelled out.
+    path: Vec<(Step<'de>, SpelledLength)>,
     /// The keys of the objects open around the current value.
     open_keys: OpenKeys<'de>,
     /// Whether the current entry is a model whose costs and violations count (not a
-    /// reserved key, not a second copy of a key).
+    /// reserved key).
     recording: bool,
     /// The current model's cost paths, spelled one after the other, and each one's place
     /// with its number: buffers for the whole pass, copied out at each model's end.
     cost_paths: String,
     cost_spans: Vec<(Range<usize>, f64)>,
-    /// The current model's violations (its name filled in when it ends), with their place.
-    pending: Vec<(&'static str, String, Vec<OwnedStep>)>,
-    /// Every model's violations, with their place in the entry.
-    violations: Vec<(Violation, Vec<OwnedStep>)>,
+    /// The cost paths spelled so far, against their bounds.
+    cost_bounds: CostPathBounds,
+    /// The current model's broken rules, named when it ends.
+    entry_violations: Tally,
+    /// Every model's broken rules.
+    violations: Tally,
 }
 
-impl State<'_> {
-    fn steps(&self) -> impl Iterator<Item = super::Step<'_>> {
-        self.path.iter().map(|step| match step {
-            Step::Field(field) => super::Step::Field(field),
-            Step::Index(index) => super::Step::Index(*index),
-        })
+impl<'de> State<'de> {
+    fn new(body_len: usize) -> State<'de> {
+        State {
+            values: 0,
+            path: Vec::new(),
+            open_keys: OpenKeys::default(),
+            recording: false,
+            cost_paths: String::new(),
+            cost_spans: Vec::new(),
+            cost_bounds: CostPathBounds::for_body(body_len),
+            entry_violations: Tally::default(),
+            violations: Tally::default(),
+        }
     }
 
-    fn spelled(&self) -> String {
-        super::spelled(self.steps())
-    }
-
-    fn place(&self) -> Vec<OwnedStep> {
+    fn spelled_length(&self) -> SpelledLength {
         self.path
-            .iter()
-            .map(|step| match step {
-                Step::Field(field) => OwnedStep::Field(field.to_string()),
-                Step::Index(index) => OwnedStep::Index(*index),
-            })
-            .collect()
+            .last()
+            .map(|(_, length)| *length)
+            .unwrap_or_default()
+    }
+
+    fn push(&mut self, step: Step<'de>) {
+        let length = match &step {
+            Step::Field(field) => self.spelled_length().field(field),
+            Step::Index(index) => self.spelled_length().index(*index),
+        };
+        self.path.push((step, length));
+    }
+
+    fn pop(&mut self) -> Option<Step<'de>> {
+        self.path.pop().map(|(step, _)| step)
     }
 
     /// A leaf below a key containing "cost": a price, or a broken rule.
     fn cost_leaf(&mut self, leaf: &Leaf) {
-        if !self.recording {
+        if !self.recording || !self.cost_bounds.admit(self.spelled_length().0) {
             return;
         }
         if let Leaf::Number(number) = leaf
@@ -203,17 +205,29 @@ impl State<'_> {
         {
             let start = self.cost_paths.len();
             let mut paths = std::mem::take(&mut self.cost_paths);
-            super::spell_into(self.steps(), &mut paths);
+            super::spell_into(steps(&self.path), &mut paths);
             self.cost_paths = paths;
             self.cost_spans.push((start..self.cost_paths.len(), price));
         }
         if !leaf.is_non_negative_number() {
-            let detail = format!("{} is {}", self.spelled(), leaf.shown());
-            let place = self.place();
-            self.pending
-                .push(("costs are finite non-negative numbers", detail, place));
+            let steps = steps(&self.path);
+            self.entry_violations.add(
+                "costs are finite non-negative numbers",
+                steps.clone(),
+                || format!("{} is {}", super::spelled(steps), leaf.shown()),
+            );
         }
     }
+}
+
+/// The steps of `path`, as the shared spelling and ordering take them.
+fn steps<'p>(
+    path: &'p [(Step<'_>, SpelledLength)],
+) -> impl Iterator<Item = super::Step<'p>> + Clone {
+    path.iter().map(|(step, _)| match step {
+        Step::Field(field) => super::Step::Field(field),
+        Step::Index(index) => super::Step::Index(*index),
+    })
 }
 
 /// The top level: the keys and their entries, capped; keys seen twice collected.
@@ -301,25 +315,17 @@ impl<'de> Visitor<'de> for TopLevelVisitor<'_, 'de> {
                 )));
             }
             let model = model.then(|| {
-                if !state.pending.is_empty() {
-                    let name = key.to_string();
-                    let found = state.pending.drain(..).map(|(rule, detail, place)| {
-                        let violation = Violation {
-                            rule,
-                            model: name.clone(),
-                            detail,
-                        };
-                        (violation, place)
-                    });
-                    state.violations.extend(found);
-                }
+                state
+                    .violations
+                    .merge_model(&key, &mut state.entry_violations);
+                state.cost_bounds.end_model(&key);
                 ModelSummary {
                     alias: node.alias,
                     costs: Costs::from_spans(&state.cost_paths, &mut state.cost_spans),
                     fingerprint: node.entry.digest,
                 }
             });
-            state.pending.clear();
+            state.entry_violations.clear();
             state.cost_paths.clear();
             state.cost_spans.clear();
             entries.push(TopEntry {
@@ -357,12 +363,12 @@ impl<'de> DeserializeSeed<'de> for EntrySeed<'_, 'de> {
         .deserialize(deserializer)?;
         if state.recording && !matches!(entry.leaf, Leaf::Object) {
             // An entry that is no object breaks that rule alone.
-            state.pending.clear();
-            state.pending.push((
+            state.entry_violations.clear();
+            state.entry_violations.add(
                 "each model entry is a JSON object",
-                format!("is {}", entry.leaf.kind()),
-                Vec::new(),
-            ));
+                std::iter::empty(),
+                || format!("is {}", entry.leaf.kind()),
+            );
         }
         Ok(Entry { entry, alias })
     }

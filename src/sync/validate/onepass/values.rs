@@ -11,7 +11,7 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
 use super::super::{MAX_VALUES, STRING_FIELDS, TOKEN_FIELDS};
-use super::{OwnedStep, State, Step};
+use super::{State, Step};
 
 /// What a parent needs of a child value: its digest, and for the rules its kind (numbers
 /// kept whole for messages).
@@ -250,13 +250,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de, '_> {
         6u8.hash(&mut hasher);
         let mut index = 0usize;
         loop {
-            state.path.push(Step::Index(index));
+            state.push(Step::Index(index));
             let item = access.next_element_seed(ValueSeed {
                 state: &mut *state,
                 under_cost: self.under_cost,
                 fields: None,
             });
-            state.path.pop();
+            state.pop();
             let Some(item) = item? else { break };
             item.digest.hash(&mut hasher);
             index += 1;
@@ -276,13 +276,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de, '_> {
         let mut count = 0usize;
         while let Some(key) = access.next_key_seed(KeySeed)? {
             let under_cost = self.under_cost || names_a_cost(&key);
-            state.path.push(Step::Field(key));
+            state.push(Step::Field(key));
             let value = access.next_value_seed(ValueSeed {
                 state: &mut *state,
                 under_cost,
                 fields: None,
             });
-            let key = match state.path.pop() {
+            let key = match state.pop() {
                 Some(Step::Field(key)) => key,
                 _ => Cow::Borrowed(""),
             };
@@ -360,20 +360,20 @@ fn entry_field(state: &mut State<'_>, alias: &mut bool, field: &str, value: &Lea
     if !state.recording {
         return;
     }
-    let place = || vec![OwnedStep::Field(field.to_owned())];
+    let place = || std::iter::once(super::super::Step::Field(field));
     if TOKEN_FIELDS.contains(&field) && !value.is_non_negative_number() {
-        state.pending.push((
-            "token counts are non-negative numbers",
-            format!("{field} is {}", value.shown()),
-            place(),
-        ));
+        state
+            .entry_violations
+            .add("token counts are non-negative numbers", place(), || {
+                format!("{field} is {}", value.shown())
+            });
     }
     if STRING_FIELDS.contains(&field) && !matches!(value, Leaf::String) {
-        state.pending.push((
-            "litellm_provider and mode are strings",
-            format!("{field} is {}", value.kind()),
-            place(),
-        ));
+        state
+            .entry_violations
+            .add("litellm_provider and mode are strings", place(), || {
+                format!("{field} is {}", value.kind())
+            });
     }
 }
 
