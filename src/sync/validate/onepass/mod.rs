@@ -12,7 +12,6 @@ mod values;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::ops::Range;
 
 use serde::de::{DeserializeSeed, MapAccess, Visitor};
 
@@ -20,7 +19,7 @@ use values::{KeySeed, Leaf, Node, OpenKeys, ValueSeed};
 
 use super::cost_paths::{CostPathBounds, SpelledLength};
 use super::parse::{describe_duplicates, describe_parse_error, describe_shape, is_map_shaped};
-use super::summary::{Costs, MapSummary, ModelSummary};
+use super::summary::{CostPathIds, MapSummary, PendingModel};
 use super::violations::Tally;
 use super::{MAX_TOP_LEVEL_KEYS, RESERVED_KEYS, Rules, ValidationError};
 
@@ -74,7 +73,7 @@ impl IndexedMap {
         }
         state.cost_bounds.check()?;
         Ok(IndexedMap {
-            summary: MapSummary::from_sorted(top.models),
+            summary: MapSummary::from_sorted(top.models, state.cost_path_ids),
             violations: state.violations,
         })
     }
@@ -149,10 +148,12 @@ struct State<'de> {
     /// Whether the current entry is a model whose costs and violations count (not a
     /// reserved key).
     recording: bool,
-    /// The current model's cost paths, spelled one after the other, and each one's place
-    /// with its number: buffers for the whole pass, copied out at each model's end.
-    cost_paths: String,
-    cost_spans: Vec<(Range<usize>, f64)>,
+    /// Every cost path seen, numbered.
+    cost_path_ids: CostPathIds,
+    /// The current model's costs, by path number, and where a path is spelled: buffers
+    /// for the whole pass, copied out at each model's end.
+    costs: Vec<(u32, f64)>,
+    spelled_path: String,
     /// The cost paths spelled so far, against their bounds.
     cost_bounds: CostPathBounds,
     /// The current model's broken rules, named when it ends.
@@ -168,8 +169,9 @@ impl<'de> State<'de> {
             path: Vec::new(),
             open_keys: OpenKeys::default(),
             recording: false,
-            cost_paths: String::new(),
-            cost_spans: Vec::new(),
+            cost_path_ids: CostPathIds::default(),
+            costs: Vec::new(),
+            spelled_path: String::new(),
             cost_bounds: CostPathBounds::for_body(body_len),
             entry_violations: Tally::default(),
             violations: Tally::default(),
@@ -203,11 +205,10 @@ impl<'de> State<'de> {
         if let Leaf::Number(number) = leaf
             && let Some(price) = number.as_f64()
         {
-            let start = self.cost_paths.len();
-            let mut paths = std::mem::take(&mut self.cost_paths);
-            super::spell_into(steps(&self.path), &mut paths);
-            self.cost_paths = paths;
-            self.cost_spans.push((start..self.cost_paths.len(), price));
+            self.spelled_path.clear();
+            super::spell_into(steps(&self.path), &mut self.spelled_path);
+            let path = self.cost_path_ids.id(&self.spelled_path);
+            self.costs.push((path, price));
         }
         if !leaf.is_non_negative_number() {
             let steps = steps(&self.path);
@@ -233,7 +234,7 @@ fn steps<'p>(
 /// The top level: the keys and their entries, capped; keys seen twice collected.
 struct TopLevel {
     /// The models by name, each once.
-    models: Vec<(String, ModelSummary)>,
+    models: Vec<(Box<str>, PendingModel)>,
     keys: usize,
     objects: usize,
     duplicates: Vec<String>,
@@ -243,7 +244,7 @@ struct TopLevel {
 struct TopEntry<'de> {
     key: Cow<'de, str>,
     object: bool,
-    model: Option<ModelSummary>,
+    model: Option<PendingModel>,
 }
 
 impl<'de> TopLevel {
@@ -281,7 +282,7 @@ impl<'de> TopLevel {
             let entry = &mut entries[place];
             top.objects += usize::from(entry.object);
             if let Some(model) = entry.model.take() {
-                let name = std::mem::take(&mut entry.key).into_owned();
+                let name = std::mem::take(&mut entry.key).into();
                 top.models.push((name, model));
             }
         }
@@ -319,15 +320,14 @@ impl<'de> Visitor<'de> for TopLevelVisitor<'_, 'de> {
                     .violations
                     .merge_model(&key, &mut state.entry_violations);
                 state.cost_bounds.end_model(&key);
-                ModelSummary {
+                PendingModel {
                     alias: node.alias,
-                    costs: Costs::from_spans(&state.cost_paths, &mut state.cost_spans),
                     fingerprint: node.entry.digest,
+                    numbers: state.costs.as_slice().into(),
                 }
             });
             state.entry_violations.clear();
-            state.cost_paths.clear();
-            state.cost_spans.clear();
+            state.costs.clear();
             entries.push(TopEntry {
                 key,
                 object: matches!(node.entry.leaf, Leaf::Object),
