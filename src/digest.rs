@@ -1,5 +1,6 @@
 //! Content identities of a map: the sha256 digest and the git blob id LiteLLM reports.
 
+use bytes::Bytes;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
@@ -36,32 +37,99 @@ impl Digests {
     }
 }
 
-/// Both identities, computed while a body arrives rather than in a pass after it. The git
-/// blob id starts with the body's length: with a length announced up front (an
-/// identity-encoded body's Content-Length) it streams too; without one, or when the body
-/// turns out another length, it is computed from the whole body at the end.
+/// Both identities, computed while a body arrives rather than in a pass after it, on a
+/// blocking thread of their own: the task receiving the body does not wait for the hash,
+/// and hashing a 35 MB map (about 40 ms) never holds an async worker. The git blob id
+/// starts with the body's length: with a length announced up front (an identity-encoded
+/// body's Content-Length) it streams too; without one, or when the body turns out another
+/// length, it is computed from the whole body at the end.
 pub struct StreamingDigests {
+    /// Chunks not sent yet, and their bytes: sent a batch at a time, since waking the
+    /// hashing thread per network chunk (16 KiB) cost more than the hashing.
+    batch: Vec<Bytes>,
+    batched: usize,
+    batches: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+    hashed: tokio::task::JoinHandle<Hashers>,
+}
+
+impl StreamingDigests {
+    /// The bytes of one batch.
+    const BATCH_BYTES: usize = 256 * 1024;
+    /// A few batches may wait to be hashed; past that, the receiving task waits, so that
+    /// chunks hashed late never pile up beside the body.
+    const WAITING_BATCHES: usize = 4;
+
+    /// Starts the hashing thread (on tokio's blocking pool: a runtime must be running).
+    pub fn new(announced_len: Option<u64>) -> StreamingDigests {
+        let (batches, mut arriving) =
+            tokio::sync::mpsc::channel::<Vec<Bytes>>(Self::WAITING_BATCHES);
+        let hashed = tokio::task::spawn_blocking(move || {
+            let mut hashers = Hashers::new(announced_len);
+            while let Some(batch) = arriving.blocking_recv() {
+                for chunk in batch {
+                    hashers.update(&chunk);
+                }
+            }
+            hashers
+        });
+        StreamingDigests {
+            batch: Vec::new(),
+            batched: 0,
+            batches,
+            hashed,
+        }
+    }
+
+    /// The next piece of the body.
+    pub async fn update(&mut self, chunk: Bytes) {
+        self.batched += chunk.len();
+        self.batch.push(chunk);
+        if self.batched >= Self::BATCH_BYTES {
+            self.send_batch().await;
+        }
+    }
+
+    async fn send_batch(&mut self) {
+        self.batched = 0;
+        let batch = std::mem::take(&mut self.batch);
+        // The hasher only stops when this side is done: a send fails only if it panicked,
+        // and then [`Self::finish`] hashes the whole body instead.
+        let _ = self.batches.send(batch).await;
+    }
+
+    /// The identities of `body`, which must be every piece given to [`Self::update`].
+    pub async fn finish(mut self, body: &[u8]) -> Digests {
+        self.send_batch().await;
+        drop(self.batches);
+        match self.hashed.await {
+            Ok(hashers) => hashers.finish(body),
+            Err(_) => Digests::of(body),
+        }
+    }
+}
+
+/// The hashes of a body so far.
+struct Hashers {
     sha256: Sha256,
     blob: Option<(u64, Sha1)>,
     seen: u64,
 }
 
-impl StreamingDigests {
-    pub fn new(announced_len: Option<u64>) -> StreamingDigests {
+impl Hashers {
+    fn new(announced_len: Option<u64>) -> Hashers {
         let blob = announced_len.map(|len| {
             let mut hasher = Sha1::new();
             hasher.update(format!("blob {len}\0").as_bytes());
             (len, hasher)
         });
-        StreamingDigests {
+        Hashers {
             sha256: Sha256::new(),
             blob,
             seen: 0,
         }
     }
 
-    /// The next piece of the body.
-    pub fn update(&mut self, chunk: &[u8]) {
+    fn update(&mut self, chunk: &[u8]) {
         self.sha256.update(chunk);
         if let Some((_, blob)) = &mut self.blob {
             blob.update(chunk);
@@ -69,8 +137,7 @@ impl StreamingDigests {
         self.seen = self.seen.saturating_add(chunk.len() as u64);
     }
 
-    /// The identities of `body`, which must be every piece given to [`Self::update`].
-    pub fn finish(self, body: &[u8]) -> Digests {
+    fn finish(self, body: &[u8]) -> Digests {
         let git_blob_id = match self.blob {
             Some((len, blob)) if len == self.seen => hex::encode(blob.finalize()),
             _ => git_blob_id(body),
@@ -86,8 +153,8 @@ impl StreamingDigests {
 mod tests {
     use super::*;
 
-    #[test]
-    fn streamed_digests_equal_the_whole_body_s_with_any_announced_length() {
+    #[tokio::test]
+    async fn streamed_digests_equal_the_whole_body_s_with_any_announced_length() {
         let body: Vec<u8> = (0..100_000u32).map(|n| (n % 251) as u8).collect();
         let whole = Digests::of(&body);
         let len = body.len() as u64;
@@ -95,14 +162,18 @@ mod tests {
             for chunk in [1, 7, 4096, 100_000] {
                 let mut streaming = StreamingDigests::new(announced);
                 for piece in body.chunks(chunk) {
-                    streaming.update(piece);
+                    streaming.update(Bytes::copy_from_slice(piece)).await;
                 }
-                assert_eq!(streaming.finish(&body), whole, "{announced:?} {chunk}");
+                assert_eq!(
+                    streaming.finish(&body).await,
+                    whole,
+                    "{announced:?} {chunk}"
+                );
             }
         }
         let mut empty = StreamingDigests::new(Some(0));
-        empty.update(b"");
-        assert_eq!(empty.finish(b""), Digests::of(b""));
+        empty.update(Bytes::new()).await;
+        assert_eq!(empty.finish(b"").await, Digests::of(b""));
     }
 
     #[test]

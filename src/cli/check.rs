@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::args::CheckArgs;
 use super::{LoadError, Loaded, load};
+use crate::digest::Digests;
 use crate::sync::SyncError;
 use crate::sync::fetch::Fetcher;
 use crate::sync::validate::summary::MapSummary;
@@ -95,8 +96,21 @@ pub fn summarize(
     rules: &Rules,
     last_good: Option<&MapSummary>,
 ) -> Result<Summary, CheckError> {
-    let accepted = crate::sync::accept(&loaded.bytes, rules, last_good, None)?;
-    let digests = loaded.digests();
+    // A file's bytes are hashed on a second thread while they are validated.
+    let (accepted, digests) = std::thread::scope(|scope| {
+        let digests = loaded
+            .digests
+            .is_none()
+            .then(|| scope.spawn(|| Digests::of(&loaded.bytes)));
+        let accepted = crate::sync::accept(&loaded.bytes, rules, last_good, None);
+        let digests = match digests.map(|hashing| hashing.join()) {
+            Some(Ok(digests)) => digests,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => loaded.digests(),
+        };
+        (accepted, digests)
+    });
+    let accepted = accepted?;
     Ok(Summary {
         models: accepted.models,
         digest: digests.sha256,

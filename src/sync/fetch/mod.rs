@@ -394,9 +394,9 @@ impl Fetcher {
             }
             reserved = self.in_flight.reserve(reserved, len).await;
             body.extend_from_slice(&chunk);
-            digests.update(&chunk);
+            digests.update(chunk).await;
         }
-        let digests = digests.finish(&body);
+        let digests = digests.finish(&body).await;
         Ok(FetchOutcome::Fetched {
             body: body.freeze(),
             digests,
