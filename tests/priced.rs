@@ -141,13 +141,16 @@ async fn a_failing_map_url_is_logged_once_and_the_loaded_map_kept() {
         (reported["source_revision"] == next_revision.as_str()).then_some(())
     })
     .await;
+    // The proxy's source endpoint can run on a worker thread and see the new map between
+    // the swap and the module's log line: wait for the line, then count.
+    let loaded_lines = |log: &str| log.matches("costmap_reload INFO loaded map").count();
+    eventually("the loaded line", || async {
+        (loaded_lines(&proxy.log_text()) >= 1).then_some(())
+    })
+    .await;
     let log = proxy.log_text();
     assert_eq!(failures(&log), 1, "{log}");
-    assert_eq!(
-        log.matches("costmap_reload INFO loaded map").count(),
-        1,
-        "{log}"
-    );
+    assert_eq!(loaded_lines(&log), 1, "{log}");
 }
 
 #[test]
