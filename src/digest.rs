@@ -12,10 +12,16 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// The git blob id of the bytes, `sha1("blob <len>\0" + bytes)`: what a LiteLLM proxy
 /// reports as `source_revision` after loading exactly these bytes.
 pub fn git_blob_id(bytes: &[u8]) -> String {
-    let mut hasher = Sha1::new();
-    hasher.update(format!("blob {}\0", bytes.len()).as_bytes());
+    let mut hasher = blob_hasher(bytes.len() as u64);
     hasher.update(bytes);
     hex::encode(hasher.finalize())
+}
+
+/// A git blob id's hasher for a body of `len` bytes, its header given.
+fn blob_hasher(len: u64) -> Sha1 {
+    let mut hasher = Sha1::new();
+    hasher.update(format!("blob {len}\0").as_bytes());
+    hasher
 }
 
 /// Both identities of one body.
@@ -117,11 +123,7 @@ struct Hashers {
 
 impl Hashers {
     fn new(announced_len: Option<u64>) -> Hashers {
-        let blob = announced_len.map(|len| {
-            let mut hasher = Sha1::new();
-            hasher.update(format!("blob {len}\0").as_bytes());
-            (len, hasher)
-        });
+        let blob = announced_len.map(|len| (len, blob_hasher(len)));
         Hashers {
             sha256: Sha256::new(),
             blob,

@@ -52,20 +52,9 @@ pub fn gunzip_bounded(gz: &[u8], max_bytes: u64) -> Result<Vec<u8>, GunzipError>
 pub fn gunzip_digest(gz: &[u8], max_bytes: u64) -> Result<(String, u64), GunzipError> {
     let mut hasher = Sha256::new();
     let mut decoder = GzDecoder::new(gz).take(max_bytes.saturating_add(1));
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let read = match decoder.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(GunzipError::Corrupt(err)),
-        };
-        size += read as u64;
-        if size > max_bytes {
-            return Err(GunzipError::TooLarge { max_bytes });
-        }
-        hasher.update(&buffer[..read]);
+    let size = std::io::copy(&mut decoder, &mut hasher).map_err(GunzipError::Corrupt)?;
+    if size > max_bytes {
+        return Err(GunzipError::TooLarge { max_bytes });
     }
     Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
 }

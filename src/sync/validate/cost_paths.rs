@@ -4,7 +4,7 @@
 //! body of a few megabytes. Real maps' paths are at most 70 bytes and take a sixth of
 //! the body in all; both readers refuse maps past these bounds, with the same message.
 
-use super::{ValidationError, truncated};
+use super::{Step, ValidationError, truncated};
 
 /// The longest cost path a map may have, in bytes as spelled.
 pub const MAX_COST_PATH_BYTES: usize = 256;
@@ -82,26 +82,18 @@ impl CostPathBounds {
     }
 }
 
-/// The length of a path spelled as [`spell_into`](super::spell_into) spells it, one step
-/// at a time: `a.b[2].c`.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct SpelledLength(pub(super) usize);
-
-impl SpelledLength {
-    pub(super) fn field(self, field: &str) -> SpelledLength {
-        let dot = usize::from(self.0 > 0);
-        SpelledLength(self.0 + dot + field.len())
-    }
-
-    pub(super) fn index(self, index: usize) -> SpelledLength {
-        let digits = index.checked_ilog10().unwrap_or(0) as usize + 1;
-        SpelledLength(self.0 + digits + 2)
-    }
+/// The length of `path` spelled as [`spell_into`](super::spell_into) spells it (`a.b[2].c`),
+/// without spelling it.
+pub(super) fn spelled_len<'a>(path: impl IntoIterator<Item = Step<'a>>) -> usize {
+    path.into_iter().fold(0, |len, step| match step {
+        Step::Field(field) => len + usize::from(len > 0) + field.len(),
+        Step::Index(index) => len + index.checked_ilog10().unwrap_or(0) as usize + 3,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Step, spelled};
+    use super::super::spelled;
     use super::*;
 
     #[test]
@@ -114,13 +106,10 @@ mod tests {
             &[],
         ];
         for path in paths {
-            let length = path
-                .iter()
-                .fold(SpelledLength::default(), |length, step| match step {
-                    Step::Field(field) => length.field(field),
-                    Step::Index(index) => length.index(*index),
-                });
-            assert_eq!(length.0, spelled(path.iter().copied()).len());
+            assert_eq!(
+                spelled_len(path.iter().copied()),
+                spelled(path.iter().copied()).len()
+            );
         }
     }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::api::Validation;
-use cost_paths::{CostPathBounds, SpelledLength};
+use cost_paths::{CostPathBounds, spelled_len};
 use violations::{Tally, Violation};
 
 pub use cost_paths::MAX_COST_PATH_BYTES;
@@ -182,7 +182,7 @@ fn check_cost_paths(map: &ModelMap, body_len: usize) -> Result<(), ValidationErr
     let mut bounds = CostPathBounds::for_body(body_len);
     for (model, entry) in map.models() {
         walk_costs(entry, false, &mut Vec::new(), &mut |leaf| {
-            bounds.admit(leaf.length.0);
+            bounds.admit(leaf.spelled_len());
         });
         bounds.end_model(model);
     }
@@ -194,7 +194,7 @@ fn check_cost_paths(map: &ModelMap, body_len: usize) -> Result<(), ValidationErr
 /// only when asked: building it for every node would cost work quadratic in the nesting.
 pub(crate) fn visit_costs<'a>(entry: &'a Value, visit: &mut impl FnMut(CostLeaf<'_, 'a>)) {
     walk_costs(entry, false, &mut Vec::new(), &mut |leaf| {
-        if leaf.length.0 <= MAX_COST_PATH_BYTES {
+        if leaf.spelled_len() <= MAX_COST_PATH_BYTES {
             visit(leaf);
         }
     });
@@ -203,44 +203,42 @@ pub(crate) fn visit_costs<'a>(entry: &'a Value, visit: &mut impl FnMut(CostLeaf<
 /// A leaf below a cost key, and the path to it.
 pub(crate) struct CostLeaf<'p, 'a> {
     pub(crate) value: &'a Value,
-    path: &'p [(Step<'a>, SpelledLength)],
-    length: SpelledLength,
+    path: &'p [Step<'a>],
 }
 
 impl CostLeaf<'_, '_> {
     /// `a.b[2].c`.
     pub(crate) fn spelled(&self) -> String {
-        spelled(self.path.iter().map(|(step, _)| *step))
+        spelled(self.path.iter().copied())
+    }
+
+    fn spelled_len(&self) -> usize {
+        spelled_len(self.path.iter().copied())
     }
 }
 
 fn walk_costs<'a>(
     value: &'a Value,
     under_cost: bool,
-    path: &mut Vec<(Step<'a>, SpelledLength)>,
+    path: &mut Vec<Step<'a>>,
     visit: &mut impl FnMut(CostLeaf<'_, 'a>),
 ) {
-    let length = path.last().map(|(_, length)| *length).unwrap_or_default();
     match value {
         Value::Object(fields) => {
             for (field, child) in fields {
-                path.push((Step::Field(field), length.field(field)));
+                path.push(Step::Field(field));
                 walk_costs(child, under_cost || field.contains("cost"), path, visit);
                 path.pop();
             }
         }
         Value::Array(items) => {
             for (index, child) in items.iter().enumerate() {
-                path.push((Step::Index(index), length.index(index)));
+                path.push(Step::Index(index));
                 walk_costs(child, under_cost, path, visit);
                 path.pop();
             }
         }
-        leaf if under_cost => visit(CostLeaf {
-            value: leaf,
-            path,
-            length,
-        }),
+        leaf if under_cost => visit(CostLeaf { value: leaf, path }),
         _ => {}
     }
 }

@@ -78,12 +78,7 @@ impl Costs {
             .into_iter()
             .map(|(path, number)| (paths.id(path), number))
             .collect();
-        let pending = PendingModel {
-            alias: false,
-            fingerprint: 0,
-            numbers,
-        };
-        pending.with_paths(&paths.finish()).costs
+        paths.finish().costs(numbers)
     }
 
     /// Every `(path, number)`, by path.
@@ -150,6 +145,20 @@ struct SortedPaths {
     places: Vec<u32>,
 }
 
+impl SortedPaths {
+    /// Costs numbered by [`CostPathIds::id`], renumbered by place and sorted.
+    fn costs(&self, mut numbers: Box<[(u32, f64)]>) -> Costs {
+        for (path, _) in numbers.iter_mut() {
+            *path = self.places[*path as usize];
+        }
+        numbers.sort_unstable_by_key(|(path, _)| *path);
+        Costs {
+            paths: Arc::clone(&self.paths),
+            numbers,
+        }
+    }
+}
+
 /// A model read, its costs numbered by [`CostPathIds`] until its map is read whole.
 #[derive(Debug)]
 pub(super) struct PendingModel {
@@ -176,17 +185,9 @@ impl PendingModel {
     }
 
     fn with_paths(self, sorted: &SortedPaths) -> ModelSummary {
-        let mut numbers = self.numbers;
-        for (path, _) in numbers.iter_mut() {
-            *path = sorted.places[*path as usize];
-        }
-        numbers.sort_unstable_by_key(|(path, _)| *path);
         ModelSummary {
             alias: self.alias,
-            costs: Costs {
-                paths: Arc::clone(&sorted.paths),
-                numbers,
-            },
+            costs: sorted.costs(self.numbers),
             fingerprint: self.fingerprint,
         }
     }

@@ -17,7 +17,7 @@ use serde::de::{DeserializeSeed, MapAccess, Visitor};
 
 use values::{KeySeed, Leaf, Node, OpenKeys, ValueSeed};
 
-use super::cost_paths::{CostPathBounds, SpelledLength};
+use super::cost_paths::{CostPathBounds, spelled_len};
 use super::parse::{describe_duplicates, describe_parse_error, describe_shape, is_map_shaped};
 use super::summary::{CostPathIds, MapSummary, PendingModel};
 use super::violations::Tally;
@@ -140,9 +140,8 @@ enum Step<'de> {
 struct State<'de> {
     /// Values seen so far, against [`MAX_VALUES`].
     values: usize,
-    /// The path from the current entry down to the current value, with the length of
-    /// each step's path spelled out.
-    path: Vec<(Step<'de>, SpelledLength)>,
+    /// The path from the current entry down to the current value.
+    path: Vec<Step<'de>>,
     /// The keys of the objects open around the current value.
     open_keys: OpenKeys<'de>,
     /// Whether the current entry is a model whose costs and violations count (not a
@@ -178,28 +177,9 @@ impl<'de> State<'de> {
         }
     }
 
-    fn spelled_length(&self) -> SpelledLength {
-        self.path
-            .last()
-            .map(|(_, length)| *length)
-            .unwrap_or_default()
-    }
-
-    fn push(&mut self, step: Step<'de>) {
-        let length = match &step {
-            Step::Field(field) => self.spelled_length().field(field),
-            Step::Index(index) => self.spelled_length().index(*index),
-        };
-        self.path.push((step, length));
-    }
-
-    fn pop(&mut self) -> Option<Step<'de>> {
-        self.path.pop().map(|(step, _)| step)
-    }
-
     /// A leaf below a key containing "cost": a price, or a broken rule.
     fn cost_leaf(&mut self, leaf: &Leaf) {
-        if !self.recording || !self.cost_bounds.admit(self.spelled_length().0) {
+        if !self.recording || !self.cost_bounds.admit(spelled_len(steps(&self.path))) {
             return;
         }
         if let Leaf::Number(number) = leaf
@@ -222,10 +202,8 @@ impl<'de> State<'de> {
 }
 
 /// The steps of `path`, as the shared spelling and ordering take them.
-fn steps<'p>(
-    path: &'p [(Step<'_>, SpelledLength)],
-) -> impl Iterator<Item = super::Step<'p>> + Clone {
-    path.iter().map(|(step, _)| match step {
+fn steps<'p>(path: &'p [Step<'_>]) -> impl Iterator<Item = super::Step<'p>> + Clone {
+    path.iter().map(|step| match step {
         Step::Field(field) => super::Step::Field(field),
         Step::Index(index) => super::Step::Index(*index),
     })

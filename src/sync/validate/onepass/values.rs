@@ -250,13 +250,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de, '_> {
         6u8.hash(&mut hasher);
         let mut index = 0usize;
         loop {
-            state.push(Step::Index(index));
+            state.path.push(Step::Index(index));
             let item = access.next_element_seed(ValueSeed {
                 state: &mut *state,
                 under_cost: self.under_cost,
                 fields: None,
             });
-            state.pop();
+            state.path.pop();
             let Some(item) = item? else { break };
             item.digest.hash(&mut hasher);
             index += 1;
@@ -276,13 +276,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de, '_> {
         let mut count = 0usize;
         while let Some(key) = access.next_key_seed(KeySeed)? {
             let under_cost = self.under_cost || names_a_cost(&key);
-            state.push(Step::Field(key));
+            state.path.push(Step::Field(key));
             let value = access.next_value_seed(ValueSeed {
                 state: &mut *state,
                 under_cost,
                 fields: None,
             });
-            let key = match state.pop() {
+            let key = match state.path.pop() {
                 Some(Step::Field(key)) => key,
                 _ => Cow::Borrowed(""),
             };
