@@ -312,6 +312,168 @@ async fn check_of_a_url_fetches_with_the_operators_client() {
     );
 }
 
+/// Runs `openssl ARGS...` in `dir`, which must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect(
+            "the openssl command (Debian's openssl package) is needed to make test certificates",
+        );
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA named `name` (`name.pem`, `name.key`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    let (key, cert, subject) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ],
+    );
+}
+
+#[test]
+fn check_of_an_https_url_verifies_against_the_system_roots_which_plain_http_never_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    make_ca(dir, "trusted");
+    make_ca(dir, "stranger");
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "trusted.pem",
+            "-CAkey",
+            "trusted.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+            "-out",
+            "server.pem",
+        ],
+    );
+    // A certificate file whose only certificate does not parse: a client that loads the
+    // system's roots from it fails to build.
+    std::fs::write(
+        dir.join("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("map.json"), small_map(60, &[])).unwrap();
+
+    // A real TLS server: openssl's, serving the directory (HTTP/1.0, the body to the close).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl");
+    server
+        .args([
+            "s_server",
+            "-quiet",
+            "-WWW",
+            "-cert",
+            "server.pem",
+            "-key",
+            "server.key",
+        ])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = testenv::spawn_tied(server).expect("start openssl s_server");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "openssl s_server never listened on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let check_with_roots = |url: &str, roots: &str| {
+        run_bin(["check", url, "--fetch-attempts", "1"], |cmd| {
+            cmd.env("SSL_CERT_FILE", dir.join(roots))
+                .env_remove("SSL_CERT_DIR");
+        })
+    };
+    let https = format!("https://127.0.0.1:{port}/map.json");
+    let ran = check_with_roots(&https, "trusted.pem");
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    assert_eq!(summary_field(&ran.stdout, "models"), "60");
+
+    let ran = check_with_roots(&https, "stranger.pem");
+    let stderr = ran.failed_cleanly("a server the roots do not vouch for");
+    assert!(stderr.contains("certificate"), "{stderr}");
+
+    let ran = check_with_roots(&https, "broken.pem");
+    let stderr = ran.failed_cleanly("roots that do not load");
+    assert!(
+        stderr.contains("could not set up the HTTP client"),
+        "{stderr}"
+    );
+    server.kill();
+
+    // Plain HTTP and files never load the roots, so the broken ones do not matter to them.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let source = runtime.block_on(Source::start(Answer::Map(small_map(60, &[]))));
+    let ran = check_with_roots(&source.url, "broken.pem");
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    let map = dir.join("map.json");
+    let ran = check_with_roots(&map.to_string_lossy(), "broken.pem");
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+}
+
 /// The value of an unlabelled counter in Prometheus text.
 fn counter(metrics: &str, name: &str) -> Option<f64> {
     metrics
