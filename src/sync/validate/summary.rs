@@ -3,7 +3,6 @@
 //! map instead of its parsed form (or its bytes, parsed again at every change): about a
 //! twentieth of the memory of the parsed map, and no second parse per sync.
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -108,8 +107,8 @@ impl Costs {
 /// once the map is read.
 #[derive(Debug, Default)]
 pub(super) struct CostPathIds {
-    /// Keyed at random: the paths are the source's.
-    ids: HashMap<Box<str>, u32>,
+    /// Seeded at random: the paths are the source's.
+    ids: foldhash::HashMap<Box<str>, u32>,
 }
 
 impl CostPathIds {

@@ -2,7 +2,6 @@
 //! parsed JSON, equal digest), and the rules on costs and on an entry's own fields.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -127,7 +126,7 @@ struct ObjectKeys<'de> {
     start: usize,
     /// A bit per digest's low byte: a key whose bit is clear is new without a scan.
     bits: [u64; 4],
-    wide: Option<HashSet<Cow<'de, str>>>,
+    wide: Option<foldhash::HashSet<Cow<'de, str>>>,
 }
 
 impl<'de> ObjectKeys<'de> {
