@@ -21,11 +21,13 @@
 //! them are passed through [`sanitize_url`] (no userinfo, no query, no fragment).
 
 pub mod address;
+mod clients;
 pub mod error;
 mod headers;
 pub mod shared;
 mod source_url;
 
+use clients::Clients;
 use source_url::check_scheme;
 pub use source_url::{sanitize_url, validate_source_url};
 
@@ -151,13 +153,7 @@ pub enum FetchOutcome {
 /// Fetches sources under one [`FetchPolicy`], reusing connections.
 #[derive(Clone)]
 pub struct Fetcher {
-    /// For `http://` hops: no TLS roots.
-    plain: reqwest::Client,
-    /// For `https://` hops, built at the first one: loading the system's roots reads and
-    /// parses every certificate file it has (3 ms here, a tenth of a `check`), which a
-    /// plain-HTTP source or a file never needs.
-    tls: Arc<tokio::sync::OnceCell<reqwest::Client>>,
-    resolver: Arc<PolicyResolver>,
+    clients: Clients,
     policy: FetchPolicy,
     addresses: Arc<AddressPolicy>,
     in_flight: ByteBudget,
@@ -183,30 +179,17 @@ impl Fetcher {
         } else {
             AddressPolicy::new(policy.allowed_cidrs.clone(), policy.own_addresses.clone())
         });
-        let resolver = Arc::new(PolicyResolver {
+        let clients = Clients::new(Arc::new(PolicyResolver {
             policy: Arc::clone(&addresses),
             lookup,
-        });
-        let plain = http_client(&resolver, false)?;
+        }))?;
         let in_flight = ByteBudget::new(policy.max_bytes_in_flight.max(policy.max_body_bytes));
         Ok(Fetcher {
-            plain,
-            tls: Arc::default(),
-            resolver,
+            clients,
             policy,
             addresses,
             in_flight,
         })
-    }
-
-    /// The client for `url`'s scheme (only http and https get this far).
-    async fn client_for(&self, url: &Url) -> Result<&reqwest::Client, FetchError> {
-        if url.scheme() != "https" {
-            return Ok(&self.plain);
-        }
-        self.tls
-            .get_or_try_init(|| async { http_client(&self.resolver, true) })
-            .await
     }
 
     /// The policy this fetcher enforces.
@@ -301,7 +284,11 @@ impl Fetcher {
                     headers.append(name.clone(), value.clone());
                 }
             }
-            let client = self.client_for(&url).await.map_err(AttemptError::fatal)?;
+            let client = self
+                .clients
+                .for_url(&url)
+                .await
+                .map_err(AttemptError::fatal)?;
             let response = client
                 .get(url.clone())
                 .headers(headers)
@@ -408,29 +395,6 @@ impl Fetcher {
             revision,
         })
     }
-}
-
-/// The client every source is fetched with; `tls_roots` loads the system's and the bundled
-/// roots, which only an https source needs.
-fn http_client(
-    resolver: &Arc<PolicyResolver>,
-    tls_roots: bool,
-) -> Result<reqwest::Client, FetchError> {
-    reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .gzip(true)
-        // Redirects are followed by hand: reqwest would forward the
-        // Secret's custom headers (e.g. X-Api-Key) to another origin; it
-        // only strips Authorization and cookies.
-        .redirect(reqwest::redirect::Policy::none())
-        // A proxy would resolve names itself, bypassing the address policy.
-        .no_proxy()
-        .dns_resolver(Arc::clone(resolver))
-        .tls_built_in_root_certs(tls_roots)
-        .build()
-        .map_err(|e| FetchError::Client {
-            detail: error_chain(&e),
-        })
 }
 
 /// Per-fetch state shared by all attempts.
