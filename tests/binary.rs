@@ -194,6 +194,28 @@ fn check_of_the_real_map_matches_what_litellm_reports() {
 }
 
 #[test]
+fn commands_end_quietly_when_their_reader_has_gone() {
+    let (_dir, path) = write_map(&small_map(60, &[]));
+    let path = path.to_string_lossy();
+    let runs: [&[&str]; 3] = [
+        &["check", &path],
+        &["diff", &path, &path],
+        &["crd", "modelcostmapsync"],
+    ];
+    for args in runs {
+        // The pipe's reading end is closed before the binary starts, as `| head` closes
+        // it after the lines it wanted: every write to it fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let ran = run_bin(args, |cmd| {
+            cmd.stdout(writer);
+        });
+        assert_eq!(ran.code(), 0, "{args:?}: {}", ran.stderr);
+        assert!(ran.stderr.is_empty(), "{args:?}: {}", ran.stderr);
+    }
+}
+
+#[test]
 fn check_refuses_invalid_files_with_exit_code_1_and_the_reason() {
     let deep_array = "[".repeat(200_000);
     let deep_in_map = format!("{{\"model\": {}", "[".repeat(200_000));

@@ -136,9 +136,14 @@ pub async fn run(args: CheckArgs) -> ExitCode {
     };
     match result {
         Ok(summary) => {
-            println!("valid map: {}", super::shown_source(&args.source));
-            println!("{summary}");
-            ExitCode::SUCCESS
+            let shown = super::shown_source(&args.source);
+            match super::print_out(format_args!("valid map: {shown}\n{summary}\n")) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: writing to standard output: {err}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Err(err) => {
             eprintln!(

@@ -1,6 +1,7 @@
 //! `costmap-operator crd`: the CRD YAML generated from the Rust types (`crds/` is its
 //! committed output; a test fails on drift).
 
+use anyhow::Context as _;
 use kube::CustomResourceExt;
 
 use super::args::CrdKind;
@@ -12,6 +13,6 @@ pub fn print(kind: CrdKind) -> anyhow::Result<()> {
         CrdKind::Modelcostmapsync => ModelCostMapSync::crd(),
         CrdKind::Clustermodelcostmapsync => ClusterModelCostMapSync::crd(),
     };
-    print!("{}", serde_yaml::to_string(&crd)?);
+    super::print_out(serde_yaml::to_string(&crd)?).context("writing to standard output")?;
     Ok(())
 }

@@ -317,12 +317,15 @@ pub async fn run(args: DiffArgs) -> ExitCode {
         super::shown_source(&args.new),
     );
     let report = report((&old_source, &old, &parsed), (&new_source, &new), &rules);
-    match args.output {
-        Output::Text => print!("{}", text(&report, &rules)),
+    let printed = match args.output {
+        Output::Text => super::print_out(text(&report, &rules)),
         Output::Json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
+            Ok(json) => super::print_out(format_args!("{json}\n")),
             Err(err) => return unusable(err.into()),
         },
+    };
+    if let Err(err) = printed {
+        return unusable(anyhow::Error::from(err).context("writing to standard output"));
     }
     if report.accepted {
         ExitCode::SUCCESS

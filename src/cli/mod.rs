@@ -8,11 +8,24 @@ pub mod crd;
 pub mod diff;
 pub mod plugin;
 
+use std::fmt;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use crate::bounded::{BoundedError, read_at_most};
 use crate::digest::Digests;
 use crate::sync::fetch::{FetchError, FetchOutcome, FetchRequest, Fetcher};
+
+/// Writes `text` to standard output. A reader that went away first (`check ... | head -2`)
+/// is no error of ours: the rest is dropped quietly, as other command-line tools do, where
+/// `print!` would panic.
+pub fn print_out(text: impl fmt::Display) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match write!(out, "{text}").and_then(|()| out.flush()) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
+}
 
 /// Why a map could not be had at all.
 #[derive(Debug, thiserror::Error)]
