@@ -61,7 +61,7 @@ fn sync_frequency() -> String {
 }
 
 /// Debian packages the node needs, with a command each provides (to see if it is there).
-const PACKAGES: [(&str, &str); 7] = [
+const PACKAGES: [(&str, &str); 8] = [
     ("containerd", "containerd"),
     ("runc", "runc"),
     ("iptables", "iptables-legacy"),
@@ -69,6 +69,7 @@ const PACKAGES: [(&str, &str); 7] = [
     ("busybox-static", "busybox"),
     ("iproute2", "ip"),
     ("gcc", "gcc"),
+    ("debootstrap", "debootstrap"),
 ];
 
 /// A running node.
@@ -405,7 +406,7 @@ fn ensure_packages() -> Result<()> {
         format!(
             "the node needs the Debian packages {} (containerd and runc run the pods; iptables \
              and conntrack serve kube-proxy; busybox-static and gcc make the test and pause \
-             images); install them and retry",
+             images; debootstrap makes the LiteLLM image's root); install them and retry",
             missing.join(", ")
         )
     })?;
