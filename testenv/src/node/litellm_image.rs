@@ -126,6 +126,9 @@ fn base_rootfs_tarball(dir: &Path) -> Result<PathBuf> {
     let started = Instant::now();
     let root = dir.join("debootstrap.rootfs");
     remove_dir(&root)?;
+    // The image is made before the node comes up (which installs what it needs): the
+    // packages, debootstrap among them, are installed here too when missing.
+    super::ensure_packages()?;
     eprintln!("debootstrap {SUITE} ({PACKAGES}) for the LiteLLM image (a few minutes, once)...");
     run_capture(
         Command::new("debootstrap")
