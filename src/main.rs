@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 
 fn run_plugin(plugin: cli::plugin::Plugin) -> ExitCode {
     match multi_thread(cli::plugin::run(plugin)) {
-        Ok(Ok(output)) => exit_code(cli::print_out(output).context("writing to standard output")),
+        Ok(Ok(output)) => exit_code(cli::print_out(output)),
         Ok(Err(err)) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE

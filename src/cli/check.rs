@@ -140,7 +140,7 @@ pub async fn run(args: CheckArgs) -> ExitCode {
             match super::print_out(format_args!("valid map: {shown}\n{summary}\n")) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("error: writing to standard output: {err}");
+                    eprintln!("error: {err:#}");
                     ExitCode::from(1)
                 }
             }

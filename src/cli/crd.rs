@@ -1,7 +1,6 @@
 //! `costmap-operator crd`: the CRD YAML generated from the Rust types (`crds/` is its
 //! committed output; a test fails on drift).
 
-use anyhow::Context as _;
 use kube::CustomResourceExt;
 
 use super::args::CrdKind;
@@ -13,6 +12,5 @@ pub fn print(kind: CrdKind) -> anyhow::Result<()> {
         CrdKind::Modelcostmapsync => ModelCostMapSync::crd(),
         CrdKind::Clustermodelcostmapsync => ClusterModelCostMapSync::crd(),
     };
-    super::print_out(serde_yaml::to_string(&crd)?).context("writing to standard output")?;
-    Ok(())
+    super::print_out(serde_yaml::to_string(&crd)?)
 }

@@ -325,7 +325,7 @@ pub async fn run(args: DiffArgs) -> ExitCode {
         },
     };
     if let Err(err) = printed {
-        return unusable(anyhow::Error::from(err).context("writing to standard output"));
+        return unusable(err);
     }
     if report.accepted {
         ExitCode::SUCCESS

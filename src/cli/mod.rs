@@ -19,11 +19,13 @@ use crate::sync::fetch::{FetchError, FetchOutcome, FetchRequest, Fetcher};
 /// Writes `text` to standard output. A reader that went away first (`check ... | head -2`)
 /// is no error of ours: the rest is dropped quietly, as other command-line tools do, where
 /// `print!` would panic.
-pub fn print_out(text: impl fmt::Display) -> io::Result<()> {
+pub fn print_out(text: impl fmt::Display) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match write!(out, "{text}").and_then(|()| out.flush()) {
-        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        written => written,
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::from(err).context("writing to standard output"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -229,7 +229,7 @@ impl<'de> TopLevel {
     /// The top level from its entries in document order. Sorting them by key, then place
     /// (a key's first entry stays first) finds the keys seen twice without hashing a key
     /// the source chose, and gives the index its order. The entries are sorted by
-    /// reference (two words each), not moved.
+    /// reference (a key's leading bytes, the key and its place: four words), not moved.
     fn of(mut entries: Vec<TopEntry<'de>>) -> TopLevel {
         // Each key's first eight bytes, big-endian, go first: most keys differ there, and
         // comparing two numbers costs less than a call to compare two strings.
