@@ -28,6 +28,11 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("floor: serde_json into IgnoredAny", |b| {
         b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&new_bytes)))
     });
+    visitor_floor::read(&new_bytes).expect("the visitor floor reads the real map");
+    group.bench_function(
+        "visitor floor: every value handed to a visitor that keeps nothing",
+        |b| b.iter(|| visitor_floor::read(black_box(&new_bytes))),
+    );
     group.bench_function("one pass (read, rules, index)", |b| {
         b.iter(|| {
             IndexedMap::read(black_box(&new_bytes)).and_then(|map| map.validated(&Rules::default()))
@@ -103,3 +108,85 @@ fn gzip_at(bytes: &[u8], level: u32) -> Vec<u8> {
 
 criterion_group!(benches, pipeline);
 criterion_main!(benches);
+
+/// What serde_json costs a reader that is handed every key and value, as the one-pass
+/// reader is: strings borrowed (UTF-8 checked once over the body), numbers read exactly
+/// (`float_roundtrip`), nothing kept. The floor of any visitor over the same bytes; the
+/// gap to `IgnoredAny` is what serde_json spends converting the values it skips there.
+mod visitor_floor {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+    use std::hint::black_box;
+
+    pub fn read(bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let text = std::str::from_utf8(bytes).map_err(serde::de::Error::custom)?;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        Any.deserialize(&mut deserializer)?;
+        deserializer.end()
+    }
+
+    struct Any;
+
+    impl<'de> DeserializeSeed<'de> for Any {
+        type Value = ();
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Any {
+        type Value = ();
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("any JSON value")
+        }
+
+        fn visit_bool<E>(self, value: bool) -> Result<(), E> {
+            black_box(value);
+            Ok(())
+        }
+
+        fn visit_i64<E>(self, value: i64) -> Result<(), E> {
+            black_box(value);
+            Ok(())
+        }
+
+        fn visit_u64<E>(self, value: u64) -> Result<(), E> {
+            black_box(value);
+            Ok(())
+        }
+
+        fn visit_f64<E>(self, value: f64) -> Result<(), E> {
+            black_box(value);
+            Ok(())
+        }
+
+        fn visit_borrowed_str<E>(self, value: &'de str) -> Result<(), E> {
+            black_box(value);
+            Ok(())
+        }
+
+        fn visit_str<E>(self, value: &str) -> Result<(), E> {
+            black_box(value);
+            Ok(())
+        }
+
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+            while items.next_element_seed(Any)?.is_some() {}
+            Ok(())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
+            while let Some(key) = fields.next_key::<&'de str>()? {
+                black_box(key);
+                fields.next_value_seed(Any)?;
+            }
+            Ok(())
+        }
+    }
+}
