@@ -477,6 +477,17 @@ fn check_of_an_https_url_verifies_against_the_system_roots_which_plain_http_neve
     let ran = check_with_roots(&https, "stranger.pem");
     let stderr = ran.failed_cleanly("a server the roots do not vouch for");
     assert!(stderr.contains("certificate"), "{stderr}");
+    // The same certificate is refused on every attempt: the first is the last, whatever
+    // --fetch-attempts allows (the default, four, would wait seven seconds to say so).
+    let ran = run_bin(["check", &https], |cmd| {
+        cmd.env("SSL_CERT_FILE", dir.join("stranger.pem"))
+            .env_remove("SSL_CERT_DIR");
+    });
+    let stderr = ran.failed_cleanly("a certificate refused with attempts to spare");
+    assert!(
+        stderr.contains("certificate") && !stderr.contains("attempts"),
+        "{stderr}"
+    );
 
     let ran = check_with_roots(&https, "broken.pem");
     let stderr = ran.failed_cleanly("roots that do not load");

@@ -165,7 +165,7 @@ pub struct FetchArgs {
     #[arg(long, default_value_t = FetchPolicy::default().max_bytes_in_flight)]
     pub max_bytes_in_flight: u64,
     /// Attempts per fetch, the first included: transport errors, timeouts, 408, 429 and
-    /// 5xx are retried with backoff within one sync.
+    /// 5xx are retried with backoff within one sync (a refused TLS certificate is not).
     #[arg(long, default_value_t = FetchPolicy::default().max_attempts, value_parser = clap::value_parser!(usize))]
     pub fetch_attempts: usize,
 }

@@ -475,6 +475,7 @@ fn classify(err: reqwest::Error, url: &Url) -> AttemptError {
     let is_timeout = err.is_timeout();
     let is_decode = err.is_decode();
     let is_body = err.is_body();
+    let refused_by_tls = clients::refused_by_tls(&err);
     let detail = error_chain(&err.without_url());
     if is_timeout {
         // We set no reqwest timeouts, but a lower layer may still time out.
@@ -487,6 +488,13 @@ fn classify(err: reqwest::Error, url: &Url) -> AttemptError {
     if is_decode {
         // A corrupt gzip stream will be just as corrupt next time.
         return AttemptError::fatal(FetchError::Body {
+            url: shown,
+            detail,
+            attempts: 1,
+        });
+    }
+    if refused_by_tls {
+        return AttemptError::fatal(FetchError::Connect {
             url: shown,
             detail,
             attempts: 1,
