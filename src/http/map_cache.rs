@@ -9,7 +9,9 @@
 //! written; never on the word of the ConfigMap's own annotations, which anyone who can edit
 //! the ConfigMap can edit too. A map served before stays served while status still names it,
 //! so a ConfigMap deleted or edited by hand changes nothing for proxies until the operator
-//! puts it back.
+//! puts it back; and while status names a map its ConfigMaps here do not hold yet (status is
+//! written after them, but they come down separate watches), so that a new map never
+//! leaves a moment where proxies get a 404.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -429,7 +431,10 @@ impl Inner {
     }
 
     /// Serves each stored map that status vouches for; keeps serving a map served before
-    /// while status still vouches for it. Where a namespaced object and a cluster one of
+    /// while status still vouches for it, or while its owner's ConfigMaps are here but hold
+    /// no map status names (status is written after the ConfigMaps, but they come down
+    /// separate watches: a status naming the next map can come before the ConfigMaps that
+    /// hold it, or before the last of its chunks). Where a namespaced object and a cluster one of
     /// the same name both have a map, the namespaced one is served. Only the maps
     /// `refresh` names are looked at: with a thousand objects, going over all of them at
     /// every event of every one was most of the operator's CPU.
@@ -438,6 +443,8 @@ impl Inner {
             return;
         }
         let mut served = HashMap::new();
+        // The owners whose status names a map and that have a ConfigMap here.
+        let mut awaited = HashSet::new();
         for ((namespace, _), stored) in &self.config_maps.items {
             if !refresh.concerns(namespace, &stored.owner) {
                 continue;
@@ -447,6 +454,9 @@ impl Inner {
             };
             if vouched.uid != stored.owner_uid {
                 continue;
+            }
+            if !vouched.digests.is_empty() {
+                awaited.insert((namespace.as_str(), stored.owner.as_str()));
             }
             for (key, map) in stored.maps.iter().chain(&stored.assembled) {
                 if vouched.vouches(map.digest()) {
@@ -474,7 +484,10 @@ impl Inner {
                 self.vouched(&key.namespace, &key.name, cluster)
                     .is_some_and(|vouched| vouched.vouches(map.digest()))
             });
-            if still_vouched {
+            // Or the map status names now is on its way (a map it names that is here
+            // already is in `served`, and replaces this one).
+            let awaited = || awaited.contains(&(key.namespace.as_str(), key.name.as_str()));
+            if still_vouched || awaited() {
                 served.entry(key).or_insert(map);
             }
         }

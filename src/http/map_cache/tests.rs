@@ -298,7 +298,51 @@ fn copies_of_a_cluster_object_are_served_in_each_namespace_once_its_status_vouch
     assert!(cache.get(&key("litellm")).is_none());
     cluster.status.as_mut().unwrap().sync.artifact = Some(artifact(b"{}"));
     cache.on_cluster_sync_event(Ok(Event::Apply(cluster)));
-    assert!(cache.get(&key("shared")).is_none(), "no longer vouched");
+    let shared_in_llm = || {
+        cache.get(&MapKey {
+            namespace: "llm".into(),
+            name: "shared".into(),
+            key: "map.json".into(),
+        })
+    };
+    assert_eq!(
+        shared_in_llm()
+            .expect("served until the copy's next version comes")
+            .digest(),
+        crate::digest::sha256_digest(bytes)
+    );
+    cache.on_config_map_event("", Ok(Event::Delete(copy("llm"))), MAX);
+    assert!(shared_in_llm().is_none(), "no longer vouched");
+}
+
+#[test]
+fn a_status_that_names_the_next_map_before_its_configmap_arrives_leaves_no_gap() {
+    let (old, new) = (b"{\"a\": {}}".as_slice(), b"{\"b\": {}}".as_slice());
+    let cache = listed(
+        vec![sync("litellm", old, None)],
+        vec![managed("litellm", "litellm", old)],
+    );
+    let served = || {
+        cache
+            .get(&key("litellm"))
+            .map(|map| map.digest().to_owned())
+    };
+    // The operator wrote the ConfigMap, then status; the status event came first.
+    cache.on_sync_event("", Ok(Event::Apply(sync("litellm", new, None))));
+    assert_eq!(served(), Some(crate::digest::sha256_digest(old)));
+    cache.on_config_map_event(
+        "",
+        Ok(Event::Apply(managed("litellm", "litellm", new))),
+        MAX,
+    );
+    assert_eq!(served(), Some(crate::digest::sha256_digest(new)));
+    // The old map is not served again for its ConfigMap holding it: status names the new.
+    cache.on_config_map_event(
+        "",
+        Ok(Event::Apply(managed("litellm", "litellm", old))),
+        MAX,
+    );
+    assert_eq!(served(), Some(crate::digest::sha256_digest(new)));
 }
 
 /// `cm` owned by the ModelCostMapSync `owner` with uid `uid`, at `version`.

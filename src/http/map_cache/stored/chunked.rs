@@ -257,6 +257,22 @@ mod tests {
     }
 
     #[test]
+    fn a_status_that_names_the_next_map_before_its_chunks_are_all_here_leaves_no_gap() {
+        let (a, b) = (big_map(2, 7), big_map(2, 11));
+        let (old, new) = (rendered(&a), rendered(&b));
+        let cache = listed(vec![sync("litellm", &a, None)], old);
+        // The operator wrote every ConfigMap, then status; status came before the last
+        // ConfigMaps (the first among them), so the set here mixes two maps.
+        cache.on_config_map_event("", Ok(Event::Apply(new[1].clone())), MAX);
+        cache.on_sync_event("", Ok(Event::Apply(sync("litellm", &b, None))));
+        assert_eq!(served(&cache), Some(sha256_digest(&a)));
+        for cm in new[2..].iter().chain([&new[0]]) {
+            cache.on_config_map_event("", Ok(Event::Apply(cm.clone())), MAX);
+        }
+        assert_eq!(served(&cache), Some(sha256_digest(&b)));
+    }
+
+    #[test]
     fn a_mixed_set_is_never_served_even_when_its_annotations_agree() {
         let (a, b) = (big_map(2, 7), big_map(2, 11));
         let (old, new) = (rendered(&a), rendered(&b));
