@@ -486,8 +486,8 @@ impl Inner {
             });
             // Or the map status names now is on its way (a map it names that is here
             // already is in `served`, and replaces this one).
-            let awaited = || awaited.contains(&(key.namespace.as_str(), key.name.as_str()));
-            if still_vouched || awaited() {
+            let next_on_its_way = || awaited.contains(&(key.namespace.as_str(), key.name.as_str()));
+            if still_vouched || next_on_its_way() {
                 served.entry(key).or_insert(map);
             }
         }

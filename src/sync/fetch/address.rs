@@ -405,14 +405,7 @@ pub(crate) fn system_lookup() -> LookupFn {
 
 /// The first [`BlockedAddress`] in an error's source chain.
 pub fn find_blocked(err: &(dyn std::error::Error + 'static)) -> Option<BlockedAddress> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<BlockedAddress>() {
-            return Some(*found);
-        }
-        current = e.source();
-    }
-    None
+    super::error::causes(err).find_map(|cause| cause.downcast_ref::<BlockedAddress>().copied())
 }
 
 #[cfg(test)]

@@ -64,27 +64,16 @@ fn client(resolver: &Arc<PolicyResolver>, tls_roots: bool) -> Result<reqwest::Cl
 /// refused (an unknown issuer, expired, for another name) or no protocol in common. Another
 /// attempt meets the same certificate, so it is not retried.
 pub(super) fn refused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return matches!(
+    super::error::causes(err)
+        .find_map(|cause| cause.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| {
+            matches!(
                 tls,
                 rustls::Error::InvalidCertificate(_)
                     | rustls::Error::NoCertificatesPresented
                     | rustls::Error::UnsupportedNameType
                     | rustls::Error::PeerIncompatible(_)
                     | rustls::Error::InvalidCertRevocationList(_)
-            );
-        }
-        // An io::Error's source is its inner error's source, not the inner error.
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            && refused_by_tls(inner)
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+            )
+        })
 }

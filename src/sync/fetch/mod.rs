@@ -521,16 +521,15 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     // reqwest's own top line ("error sending request") adds nothing to our
     // variant's message; its causes say what actually went wrong.
-    let mut current = match err.source() {
-        Some(source) if err.is::<reqwest::Error>() => Some(source),
-        _ => Some(err),
+    let first = match err.source() {
+        Some(source) if err.is::<reqwest::Error>() => source,
+        _ => err,
     };
-    while let Some(e) = current {
-        let text = e.to_string();
+    for cause in error::causes(first) {
+        let text = cause.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
-        current = e.source();
     }
     parts.join(": ")
 }
