@@ -405,7 +405,7 @@ pub(crate) fn system_lookup() -> LookupFn {
 
 /// The first [`BlockedAddress`] in an error's source chain.
 pub fn find_blocked(err: &(dyn std::error::Error + 'static)) -> Option<BlockedAddress> {
-    super::error::causes(err).find_map(|cause| cause.downcast_ref::<BlockedAddress>().copied())
+    super::causes::causes(err).find_map(|cause| cause.downcast_ref::<BlockedAddress>().copied())
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ fn client(resolver: &Arc<PolicyResolver>, tls_roots: bool) -> Result<reqwest::Cl
 /// refused (an unknown issuer, expired, for another name) or no protocol in common. Another
 /// attempt meets the same certificate, so it is not retried.
 pub(super) fn refused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
-    super::error::causes(err)
+    super::causes::causes(err)
         .find_map(|cause| cause.downcast_ref::<rustls::Error>())
         .is_some_and(|tls| {
             matches!(

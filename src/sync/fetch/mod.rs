@@ -21,6 +21,7 @@
 //! them are passed through [`sanitize_url`] (no userinfo, no query, no fragment).
 
 pub mod address;
+mod causes;
 mod clients;
 pub mod error;
 mod headers;
@@ -525,7 +526,7 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         Some(source) if err.is::<reqwest::Error>() => source,
         _ => err,
     };
-    for cause in error::causes(first) {
+    for cause in causes::causes(first) {
         let text = cause.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
