@@ -81,6 +81,10 @@ struct Inner {
     failed: HashMap<String, String>,
     /// The bound on decompression, as the ConfigMap watch was started with.
     max_bytes: u64,
+    /// Whether every watch had listed when the last event was done with, the gzips of
+    /// what they listed decompressed by then: a listing completes under the lock, but
+    /// its ConfigMaps are decompressed after it.
+    caught_up: bool,
 }
 
 impl MapCache {
@@ -127,10 +131,13 @@ impl MapCache {
         tokio::time::timeout(timeout, waiting).await.is_ok()
     }
 
-    /// Whether every watch has listed its objects and has not failed since: what the cache
-    /// serves is then what the cluster holds.
-    pub fn is_watching(&self) -> bool {
-        self.read().is_watching()
+    /// Whether every watch has listed its objects and has not failed since, and the maps
+    /// they listed are decompressed: what the cache serves is then what the cluster holds.
+    /// A replica is ready (in the Service) only then, or it would answer 404 for the
+    /// milliseconds its first maps take.
+    pub fn is_ready(&self) -> bool {
+        let inner = self.read();
+        inner.caught_up && inner.is_watching()
     }
 
     /// Keeps the cache current from the managed ConfigMaps and the ModelCostMapSyncs in
@@ -287,17 +294,20 @@ impl MapCache {
 
     fn update(&self, change: impl FnOnce(&mut Inner) -> Refresh) {
         let mut inner = self.write();
-        let was_watching = inner.is_watching();
         let refresh = change(&mut inner);
         inner.refresh_served(&refresh);
-        if !was_watching && inner.is_watching() {
-            info!("the map cache is watching");
-        }
         let pending = inner.owned_pending();
         drop(inner);
         if !pending.is_empty() {
             self.resolve(pending);
         }
+        let mut inner = self.write();
+        let caught_up = inner.is_watching();
+        if caught_up && !inner.caught_up {
+            info!("the map cache is watching, and serves what it listed");
+        }
+        inner.caught_up = caught_up;
+        drop(inner);
         self.changed.notify_waiters();
     }
 

@@ -118,7 +118,7 @@ async fn map(
 /// Ready once the operator runs and its map cache watches the cluster: a replica whose
 /// watches fail would serve maps it cannot tell are current.
 async fn readyz(State(state): State<ServerState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Relaxed) && state.maps.is_watching() {
+    if state.ready.load(Ordering::Relaxed) && state.maps.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

@@ -70,7 +70,7 @@ fn a_map_is_served_by_its_owner_once_both_watches_have_listed() {
     cache.on_config_map_event("", Ok(Event::InitApply(cm.clone())), MAX);
     cache.on_config_map_event("", Ok(Event::InitDone), MAX);
     assert!(
-        !cache.is_watching(),
+        !cache.is_ready(),
         "the ModelCostMapSync watch has not listed"
     );
     assert!(
@@ -83,7 +83,7 @@ fn a_map_is_served_by_its_owner_once_both_watches_have_listed() {
         Ok(Event::InitApply(sync("litellm", b"{\"a\": {}}", None))),
     );
     cache.on_sync_event("", Ok(Event::InitDone));
-    assert!(cache.is_watching());
+    assert!(cache.is_ready());
     assert_eq!(
         cache
             .get(&key("litellm"))
@@ -209,17 +209,17 @@ fn a_failed_watch_is_not_watching_until_it_lists_again_and_keeps_serving_meanwhi
         vec![managed("litellm", "litellm", bytes)],
     );
     cache.on_config_map_event("", Err(watcher::Error::NoResourceVersion), MAX);
-    assert!(!cache.is_watching());
+    assert!(!cache.is_ready());
     assert!(cache.get(&key("litellm")).is_some(), "still served");
     cache.on_config_map_event("", Ok(Event::Init), MAX);
-    assert!(!cache.is_watching(), "listing is not watching yet");
+    assert!(!cache.is_ready(), "listing is not watching yet");
     cache.on_config_map_event(
         "",
         Ok(Event::InitApply(managed("litellm", "litellm", bytes))),
         MAX,
     );
     cache.on_config_map_event("", Ok(Event::InitDone), MAX);
-    assert!(cache.is_watching());
+    assert!(cache.is_ready());
 }
 
 #[test]
@@ -264,10 +264,7 @@ fn copies_of_a_cluster_object_are_served_in_each_namespace_once_its_status_vouch
     };
     let cache = listed(vec![], vec![copy("llm"), copy("team-b")]);
     cache.write().cluster_syncs.expect(&[None]);
-    assert!(
-        !cache.is_watching(),
-        "the cluster objects are not listed yet"
-    );
+    assert!(!cache.is_ready(), "the cluster objects are not listed yet");
     let mut cluster = ClusterModelCostMapSync::new(
         "shared",
         serde_json::from_str("{\"namespaceSelector\": {}}").unwrap(),
@@ -283,7 +280,7 @@ fn copies_of_a_cluster_object_are_served_in_each_namespace_once_its_status_vouch
     cache.on_cluster_sync_event(Ok(Event::Init));
     cache.on_cluster_sync_event(Ok(Event::InitApply(cluster.clone())));
     cache.on_cluster_sync_event(Ok(Event::InitDone));
-    assert!(cache.is_watching());
+    assert!(cache.is_ready());
     for namespace in ["llm", "team-b"] {
         let key = MapKey {
             namespace: namespace.into(),
@@ -450,4 +447,45 @@ async fn waiting_for_a_digest_ends_when_the_map_arrives_or_at_the_timeout() {
     assert!(waiter.await.unwrap());
     assert!(cache.wait_for(&key("litellm"), &digest, short).await);
     assert!(!cache.wait_for(&key("litellm"), "sha256:other", short).await);
+}
+
+#[test]
+fn a_replica_is_ready_only_once_the_maps_it_listed_are_served() {
+    // Megabytes, so that decompressing and hashing them takes milliseconds; listed before
+    // their owner, so that the owner's listing completes the cache's and the gzip is
+    // decompressed after it.
+    let models: Vec<String> = (0..40_000)
+        .map(|n| format!("\"model-{n}\": {{\"input_cost_per_token\": {n}e-9, \"mode\": \"chat\"}}"))
+        .collect();
+    let bytes = format!("{{{}}}", models.join(", ")).into_bytes();
+    let cache = MapCache::default();
+    cache.write().config_maps.expect(&[None]);
+    cache.write().syncs.expect(&[None]);
+    cache.on_config_map_event("", Ok(Event::Init), MAX);
+    let cm = managed("litellm", "litellm", &bytes);
+    cache.on_config_map_event("", Ok(Event::InitApply(cm)), MAX);
+    cache.on_config_map_event("", Ok(Event::InitDone), MAX);
+    cache.on_sync_event("", Ok(Event::Init));
+    cache.on_sync_event("", Ok(Event::InitApply(sync("litellm", &bytes, None))));
+    let listing = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.on_sync_event("", Ok(Event::InitDone)))
+    };
+    // Served maps only come in this test: once ready, the map is there.
+    let mut polls_while_ready = 0u64;
+    while !listing.is_finished() {
+        if cache.is_ready() {
+            polls_while_ready += 1;
+            assert!(
+                cache.get(&key("litellm")).is_some(),
+                "ready, but the listed map is not served yet ({polls_while_ready} polls)"
+            );
+        }
+    }
+    listing.join().unwrap();
+    assert!(cache.is_ready());
+    assert_eq!(
+        cache.get(&key("litellm")).unwrap().digest(),
+        crate::digest::sha256_digest(&bytes)
+    );
 }
