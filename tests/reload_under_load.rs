@@ -125,9 +125,18 @@ async fn every_request_is_priced_by_one_map_while_maps_change_every_second() {
     let last = &alternates[(report.maps_published - 1) % 2];
     let blob = costmap_operator::digest::git_blob_id(&last.bytes);
     let http = reqwest::Client::new();
+    // Its "loaded map" line, not only its source info: LiteLLM's loader records the new
+    // revision as it finalizes the map, a moment before the module swaps it in and logs it
+    // (a fresh-clone CI run read the log in between: 17 maps fetched whole, 16 loaded).
     eventually("the proxy loads the last map published", || async {
         let reported = proxy.source(&http).await?;
-        (reported["source_revision"] == blob.as_str()).then_some(())
+        let log = proxy.log_text();
+        let last_loaded = log
+            .lines()
+            .rfind(|line| line.contains("costmap_reload INFO loaded map"))?;
+        (reported["source_revision"] == blob.as_str()
+            && last_loaded.contains(&format!("loaded map {blob} ")))
+        .then_some(())
     })
     .await;
     let log = proxy.log_text();
