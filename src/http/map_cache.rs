@@ -81,9 +81,7 @@ struct Inner {
     failed: HashMap<String, String>,
     /// The bound on decompression, as the ConfigMap watch was started with.
     max_bytes: u64,
-    /// Whether every watch had listed when the last event was done with, the gzips of
-    /// what they listed decompressed by then: a listing completes under the lock, but
-    /// its ConfigMaps are decompressed after it.
+    /// Whether every watch had listed, what they listed decompressed, after the last event.
     caught_up: bool,
 }
 
@@ -131,10 +129,9 @@ impl MapCache {
         tokio::time::timeout(timeout, waiting).await.is_ok()
     }
 
-    /// Whether every watch has listed its objects and has not failed since, and the maps
-    /// they listed are decompressed: what the cache serves is then what the cluster holds.
-    /// A replica is ready (in the Service) only then, or it would answer 404 for the
-    /// milliseconds its first maps take.
+    /// Whether every watch has listed and not failed since, and what they listed is
+    /// decompressed: the cache then serves what the cluster holds (else a replica in the
+    /// Service would answer 404 for the milliseconds its first maps take).
     pub fn is_ready(&self) -> bool {
         let inner = self.read();
         inner.caught_up && inner.is_watching()
@@ -297,17 +294,14 @@ impl MapCache {
         let refresh = change(&mut inner);
         inner.refresh_served(&refresh);
         let pending = inner.owned_pending();
-        drop(inner);
-        if !pending.is_empty() {
+        if pending.is_empty() {
+            inner.catch_up();
+            drop(inner);
+        } else {
+            drop(inner);
+            // Caught up under its lock, once the maps are in.
             self.resolve(pending);
         }
-        let mut inner = self.write();
-        let caught_up = inner.is_watching();
-        if caught_up && !inner.caught_up {
-            info!("the map cache is watching, and serves what it listed");
-        }
-        inner.caught_up = caught_up;
-        drop(inner);
         self.changed.notify_waiters();
     }
 
@@ -359,6 +353,7 @@ impl MapCache {
             inner.refresh_chunks(Some(&id.0));
             inner.refresh_served(&refresh);
         }
+        inner.catch_up();
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -418,6 +413,16 @@ impl Inner {
         let items = &mut self.config_maps.items;
         self.chunked
             .refresh(items, namespace, self.max_bytes, known);
+    }
+
+    /// Records whether every watch has listed, once what the last event made ours is
+    /// decompressed and served.
+    fn catch_up(&mut self) {
+        let caught_up = self.is_watching();
+        if caught_up && !self.caught_up {
+            info!("the map cache is watching, and serves what it listed");
+        }
+        self.caught_up = caught_up;
     }
 
     fn is_watching(&self) -> bool {
