@@ -667,6 +667,27 @@ async fn a_gzip_body_is_decoded() {
 }
 
 #[tokio::test]
+async fn the_real_map_arrives_whole_with_its_digests_with_a_length_and_without() {
+    // Many parts of the body are hashed while it arrives: with a Content-Length (room
+    // reserved up front) and gzip-encoded (no length: the body grows as it arrives).
+    let map = common::real_map("1.110.2");
+    let compressed = gzip(&map);
+    let (plain, zipped) = (map.clone(), compressed.clone());
+    let app = Router::new()
+        .route("/plain.json", get(move || async move { plain.clone() }))
+        .route(
+            "/gzip.json",
+            get(move || async move { ([(header::CONTENT_ENCODING, "gzip")], zipped.clone()) }),
+        );
+    let server = serve(app).await;
+    for path in ["/plain.json", "/gzip.json"] {
+        let outcome = fetch_url(&fetcher(fast_policy()), &server.url(path)).await;
+        let (body, _) = body_of(outcome.unwrap());
+        assert!(body == map, "{path}: the body is not the map served");
+    }
+}
+
+#[tokio::test]
 async fn a_gzip_bomb_is_cut_off_at_the_cap() {
     // 100 MiB of zeros, ~100 KiB on the wire, compressed one chunk at a time
     // so the test itself never holds 100 MiB either.

@@ -42,14 +42,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ipnet::IpNet;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 use url::Url;
 
 use crate::budget::ByteBudget;
-use crate::digest::{Digests, StreamingDigests};
+use crate::digest::{Digests, HashingBody};
 
 /// `User-Agent` sent with every request, so a source's logs can tell us apart.
 pub const USER_AGENT: &str = concat!("costmap-operator/", env!("CARGO_PKG_VERSION"));
@@ -376,22 +376,20 @@ impl Fetcher {
         // A known length is reserved whole, so two bodies never each hold half the budget
         // waiting for the other half; an unknown one grows its share as it arrives.
         let mut reserved = self.in_flight.reserve(None, capacity as u64).await;
-        let mut body = BytesMut::with_capacity(capacity);
-        let mut digests = StreamingDigests::new(expected);
+        let mut body = HashingBody::new(capacity, expected);
         while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, url))? {
             // Stop at the first chunk past the cap: the decoder produces
             // output incrementally, so a gzip bomb is never inflated further.
-            let len = (body.len() as u64).saturating_add(chunk.len() as u64);
+            let len = body.received().saturating_add(chunk.len() as u64);
             if len > limit {
                 return Err(too_large());
             }
             reserved = self.in_flight.reserve(reserved, len).await;
-            body.extend_from_slice(&chunk);
-            digests.update(chunk).await;
+            body.extend(&chunk);
         }
-        let digests = digests.finish(&body).await;
+        let (body, digests) = body.finish().await;
         Ok(FetchOutcome::Fetched {
-            body: body.freeze(),
+            body,
             digests,
             revision,
         })
